@@ -1,0 +1,26 @@
+# kdflow: the two commands a new user needs. Both create (or reuse) .venv with the pinned
+# dependencies first (scripts/setup-venv.sh: torch first, then requirements/lock.txt).
+SHELL := /bin/bash
+VENV ?= .venv
+CORES ?= 2
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+# Nothing is downloaded from the Hugging Face hub by the demo or the tests.
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+.PHONY: venv demo test lint clean-demo
+
+venv:
+	scripts/setup-venv.sh $(VENV)
+
+demo: venv  ## the embedded demo, end to end, on the CPU: results/demo/report.md
+	$(OFFLINE) snakemake --cores $(CORES) --configfile config/demo.yaml
+
+test: venv  ## the test suite (unit + Snakemake integration), offline
+	$(OFFLINE) python -m pytest -ra $(PYTEST_ARGS)
+
+lint: venv
+	snakemake --lint --configfile config/demo.yaml
+	snakefmt --check Snakefile workflow/
+
+clean-demo:
+	rm -rf results/demo

@@ -1,0 +1,127 @@
+"""`python -m kdflow <stage> ...`: the entry points the Snakemake rules call.
+
+Paths come from the rule's input/output; settings come as one JSON object (--spec) holding only
+what the job depends on, so Snakemake reruns a job exactly when its settings change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+
+def _spec(text: str) -> dict:
+    return json.loads(text)
+
+
+def _threads() -> None:
+    n = os.environ.get("KDFLOW_THREADS")
+    if n:
+        import torch
+
+        torch.set_num_threads(int(n))
+
+
+def cmd_synthesize_glue(a) -> None:
+    from .synthetic_glue import write_synthetic_glue
+
+    s = a.spec
+    write_synthetic_glue(a.task, a.out, train_size=s["train_size"], dev_size=s["dev_size"],
+                         label_noise=s["label_noise"], seed=s["seed"])
+
+
+def cmd_prepare_glue(a) -> None:
+    from .prepare_glue import prepare_glue
+
+    s = a.spec
+    prepare_glue(a.task, s["source"], a.out, tsv_dir=a.tsv_dir, hub_dataset=s["hub_dataset"],
+                 max_train_examples=s["max_train_examples"], subset_seed=s["subset_seed"])
+
+
+def cmd_train_tokenizer(a) -> None:
+    from .fileio import read_jsonl
+    from .models import train_wordpiece_tokenizer
+
+    rows = read_jsonl(a.train)
+    texts = [r["text_a"] for r in rows] + [r["text_b"] for r in rows]
+    train_wordpiece_tokenizer(texts, a.out, a.spec["vocab_size"])
+
+
+def cmd_finetune_teacher(a) -> None:
+    from .teacher import finetune_teacher
+
+    s = a.spec
+    finetune_teacher(a.task, s["model"], a.tokenizer, a.data_dir, s["finetune"], s["max_length"], a.model_out,
+                     a.log_out, a.checkpoints, s["eval_batch_size"])
+
+
+def cmd_cache_teacher(a) -> None:
+    from .teacher import cache_teacher_logits
+
+    s = a.spec
+    cache_teacher_logits(a.task, a.teacher, a.tokenizer, a.data_dir, s["max_length"], a.store, a.out, s["batch_size"])
+
+
+def cmd_distill(a) -> None:
+    from .distill import distill_student
+
+    distill_student(a.task, a.spec["point"], a.spec, a.teacher, a.teacher_tokenizer, a.student_tokenizer, a.data_dir,
+                    a.cache, a.model_out, a.log_out, a.checkpoints)
+
+
+def cmd_evaluate(a) -> None:
+    from .evaluate import evaluate_classifier
+
+    s = a.spec
+    evaluate_classifier(a.task, a.model, a.data_dir, s["max_length"], a.out, a.name, s.get("params"), s["batch_size"])
+
+
+def cmd_report(a) -> None:
+    from .paths import RunPaths
+    from .report import write_glue_report
+
+    s = a.spec
+    write_glue_report(RunPaths(a.root), s["tasks"], s["points"], s["swept"], s["title"])
+
+
+COMMANDS = {
+    "synthesize-glue": (cmd_synthesize_glue, ["task", "out"]),
+    "prepare-glue": (cmd_prepare_glue, ["task", "out", "tsv_dir?"]),
+    "train-tokenizer": (cmd_train_tokenizer, ["train", "out"]),
+    "finetune-teacher": (cmd_finetune_teacher, ["task", "tokenizer", "data_dir", "model_out", "log_out", "checkpoints"]),
+    "cache-teacher": (cmd_cache_teacher, ["task", "teacher", "tokenizer", "data_dir", "store", "out"]),
+    "distill": (cmd_distill, ["task", "teacher", "teacher_tokenizer", "student_tokenizer", "data_dir", "cache",
+                              "model_out", "log_out", "checkpoints"]),
+    "evaluate": (cmd_evaluate, ["task", "model", "data_dir", "out", "name"]),
+    "report": (cmd_report, ["root"]),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (func, args) in COMMANDS.items():
+        p = sub.add_parser(name, help=func.__doc__ or name)
+        for arg in args:
+            optional = arg.endswith("?")
+            arg = arg.rstrip("?")
+            p.add_argument("--" + arg.replace("_", "-"), dest=arg, required=not optional)
+        p.add_argument("--spec", type=_spec, default={}, help="job settings as a JSON object")
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    _threads()
+    logging.getLogger("kdflow").info("kdflow %s %s", args.command, json.dumps(args.spec, sort_keys=True))
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

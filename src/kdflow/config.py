@@ -1,0 +1,103 @@
+"""Config loading, schema validation (with defaults) and sweep expansion.
+
+The Snakefile validates the merged config with `validate_config` before any job is planned;
+a bad value fails here with the offending key spelled out (e.g. `distill.sweep.alpha[0]`).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+SWEEP_AXES = ("learning_rate", "alpha", "temperature")
+_AXIS_TAGS = {"learning_rate": "lr", "alpha": "a", "temperature": "T"}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _with_defaults(cls):
+    """A validator that fills in `default` values under `properties` (as Snakemake's does)."""
+    validate_properties = cls.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub and key not in instance:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(cls, {"properties": set_defaults})
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    out = ""
+    for part in error.absolute_path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top level>"
+
+
+def _best_message(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
+    # For oneOf/anyOf, report the most specific sub-error rather than "is not valid under any".
+    return jsonschema.exceptions.best_match([error]) if error.context else error
+
+
+def validate_config(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
+    """Validate `config` in place (defaults filled in) and return it; raise ConfigError."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator_cls = _with_defaults(jsonschema.validators.validator_for(schema))
+    errors = sorted(validator_cls(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for err in errors:
+            err = _best_message(err)
+            lines.append(f"  {_key_path(err)}: {err.message}")
+        raise ConfigError("invalid kdflow config (" + str(schema_path) + "):\n" + "\n".join(lines))
+    _check_consistency(config)
+    return config
+
+
+def _check_consistency(config: dict) -> None:
+    teacher = config["teacher"]
+    if isinstance(teacher["model"], dict) and not teacher["finetune"]["enabled"]:
+        raise ConfigError(
+            "teacher.finetune.enabled: a teacher built from a config (teacher.model.family) has "
+            "random weights and must be trained; set it to true or name a fine-tuned model"
+        )
+
+
+def load_config(path: str | Path, schema_path: str | Path = SCHEMA_PATH) -> dict:
+    return validate_config(yaml.safe_load(Path(path).read_text()), schema_path)
+
+
+def point_id(point: dict[str, float]) -> str:
+    """Readable, path-safe id of a sweep point: lr2e-05_a0.5_T2."""
+    return "_".join(f"{_AXIS_TAGS[axis]}{point[axis]:g}" for axis in SWEEP_AXES)
+
+
+def sweep_points(config: dict) -> dict[str, dict[str, float]]:
+    """All distillation jobs: {point id: {learning_rate, alpha, temperature}} in config order."""
+    sweep = config["distill"]["sweep"]
+    points = {}
+    for values in itertools.product(*(sweep[axis] for axis in SWEEP_AXES)):
+        point = dict(zip(SWEEP_AXES, map(float, values)))
+        points[point_id(point)] = point
+    return points
+
+
+def swept_axes(config: dict) -> list[str]:
+    """Axes with more than one value (learning_rate always: the study's table)."""
+    sweep = config["distill"]["sweep"]
+    return [a for a in SWEEP_AXES if a == "learning_rate" or len(sweep[a]) > 1]
+
+
+def run_root(config: dict) -> str:
+    return str(Path(config["results_dir"], config["run_name"]))

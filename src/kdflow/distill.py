@@ -1,0 +1,60 @@
+"""Stage `distill` for classification: train one student per sweep point (learning rate, alpha,
+temperature) from the teacher's cached logits; the teacher model is loaded only when the cosine
+loss on hidden states needs it online."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .fileio import read_jsonl, sha256_file
+from .models import (classifier_from_config, load_classifier, load_tokenizer, student_from_teacher,
+                     tokenizer_fingerprint)
+from .prepare_glue import GLUE_TASKS
+from .teacher_cache import open_pointer
+from .training import KDTrainer, PairClassificationDataset, PairCollator, train_and_save, training_arguments
+
+log = logging.getLogger(__name__)
+
+
+def build_student(student_spec, teacher_path: str, num_labels: int, tokenizer, seed: int):
+    if isinstance(student_spec, str):
+        return load_classifier(student_spec, num_labels)
+    if "from_teacher" in student_spec:
+        opts = student_spec["from_teacher"]
+        teacher = load_classifier(teacher_path, num_labels)
+        return student_from_teacher(teacher, opts.get("layers"), opts.get("copy_head", False), seed)
+    return classifier_from_config(student_spec, num_labels, tokenizer, seed)
+
+
+def distill_student(task: str, point: dict, spec: dict, teacher_path: str, teacher_tokenizer: str,
+                    student_tokenizer: str, data_dir: str | Path, cache_pointer: str | Path,
+                    model_out: str | Path, log_out: str | Path, checkpoint_dir: str | Path) -> dict:
+    """spec: {"student": <student config>, "distill": <distill config>, "max_length": int, "eval_batch_size": int}."""
+    labels = GLUE_TASKS[task].labels
+    distill_cfg, train_cfg = spec["distill"], spec["distill"]["training"]
+    data_dir = Path(data_dir)
+    train_file = data_dir / "train.jsonl"
+    entry = open_pointer(cache_pointer)
+    if entry.key_parts["data"] != sha256_file(train_file):
+        raise RuntimeError(f"{cache_pointer}: teacher cache was built from other training data than {train_file}; rerun the cache rule")
+    cached = entry.read_all()
+
+    tokenizer = load_tokenizer(student_tokenizer)
+    teacher = None
+    if distill_cfg["cosine_weight"] > 0:
+        if tokenizer_fingerprint(tokenizer) != tokenizer_fingerprint(load_tokenizer(teacher_tokenizer)):
+            raise ValueError("distill.cosine_weight > 0 needs the student to use the teacher's tokenizer")
+        teacher = load_classifier(teacher_path, len(labels))
+    student = build_student(spec["student"]["model"], teacher_path, len(labels), tokenizer, train_cfg["seed"])
+
+    max_length = spec["max_length"]
+    train = PairClassificationDataset(read_jsonl(train_file), tokenizer, max_length,
+                                      teacher_logits=cached["logits"], teacher_labels=cached["pseudo_labels"])
+    dev = PairClassificationDataset(read_jsonl(data_dir / f"{GLUE_TASKS[task].eval_splits[0]}.jsonl"), tokenizer, max_length)
+    args = training_arguments(train_cfg, point["learning_rate"], checkpoint_dir, spec["eval_batch_size"])
+    trainer = KDTrainer(model=student, args=args, train_dataset=train, eval_dataset=dev, data_collator=PairCollator(tokenizer),
+                        alpha=point["alpha"], temperature=point["temperature"], hard_labels=distill_cfg["hard_labels"],
+                        cosine_weight=distill_cfg["cosine_weight"], teacher=teacher)
+    job = {"stage": "distill", "task": task, "point": point, "spec": spec, "cache": entry.key}
+    return train_and_save(trainer, job, model_out, log_out, tokenizer=tokenizer)

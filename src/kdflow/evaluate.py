@@ -1,0 +1,28 @@
+"""Stage `evaluate` for classification: accuracy, macro-F1 and per-class F1 of one model on
+every dev split of the task (MNLI: matched and mismatched), one JSON per model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .fileio import read_jsonl, write_json
+from .metrics import classification_metrics
+from .models import load_classifier, load_tokenizer
+from .prepare_glue import GLUE_TASKS
+from .teacher import predict_logits
+from .training import PairClassificationDataset, PairCollator
+
+
+def evaluate_classifier(task: str, model_path: str, data_dir: str | Path, max_length: int, out: str | Path,
+                        name: str, params: dict | None = None, batch_size: int = 128) -> dict:
+    spec = GLUE_TASKS[task]
+    tokenizer = load_tokenizer(model_path)
+    model = load_classifier(model_path, len(spec.labels))
+    result = {"task": task, "model": name, "model_path": str(model_path), "params": params or {}, "splits": {}}
+    for split in spec.eval_splits:
+        rows = read_jsonl(Path(data_dir) / f"{split}.jsonl")
+        dataset = PairClassificationDataset(rows, tokenizer, max_length)
+        predictions = predict_logits(model, dataset, PairCollator(tokenizer), batch_size).argmax(-1).numpy()
+        result["splits"][split] = classification_metrics([r["label"] for r in rows], predictions, spec.labels)
+    write_json(out, result)
+    return result

@@ -1,0 +1,126 @@
+"""Models and tokenizers: hub/local loading, models built from a config (random weights),
+DistilBERT-style students made from teacher layers, locally trained tokenizers, fingerprints."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+log = logging.getLogger(__name__)
+
+CONFIG_FAMILIES = {"bert": (BertConfig, BertForSequenceClassification)}
+_LAYER_KEY = re.compile(r"^(.*?\b(?:encoder|transformer)\.layer)\.(\d+)\.(.*)$")
+
+
+def model_name(spec: str, task: str) -> str:
+    """A hub name or local path from the config; "{task}" is replaced by the task name."""
+    return spec.replace("{task}", task)
+
+
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(name_or_path)
+
+
+def load_classifier(name_or_path: str, num_labels: int) -> PreTrainedModel:
+    return AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=num_labels)
+
+
+def classifier_from_config(spec: dict, num_labels: int, tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
+    """A model of `spec["family"]` with `spec["config"]`, random weights, sized to the tokenizer."""
+    config_cls, model_cls = CONFIG_FAMILIES[spec["family"]]
+    config = config_cls(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, num_labels=num_labels, **spec["config"])
+    torch.manual_seed(seed)
+    return model_cls(config)
+
+
+def default_layer_map(num_teacher_layers: int) -> list[int]:
+    """DistilBERT's choice: every other teacher layer, starting at the first."""
+    return list(range(0, num_teacher_layers, 2))
+
+
+def student_from_teacher(teacher: PreTrainedModel, layers: list[int] | None = None, copy_head: bool = False, seed: int = 0) -> PreTrainedModel:
+    """DistilBERT's construction: a student with len(layers) layers, layer i initialized from
+    teacher layer layers[i], embeddings copied; the task head (pooler, classifier) copied only
+    with copy_head (otherwise freshly initialized, as for a pretrained student)."""
+    n_teacher = teacher.config.num_hidden_layers
+    layers = layers if layers is not None else default_layer_map(n_teacher)
+    bad = [i for i in layers if i >= n_teacher]
+    if bad:
+        raise ValueError(f"student.model.from_teacher.layers: {bad} out of range, the teacher has {n_teacher} layers")
+    config = teacher.config.__class__.from_dict(teacher.config.to_dict())
+    config.num_hidden_layers = len(layers)
+    torch.manual_seed(seed)
+    student = teacher.__class__(config)
+    teacher_state = teacher.state_dict()
+    base = teacher.base_model_prefix  # "bert"
+    new_state = {}
+    for key, value in student.state_dict().items():
+        m = _LAYER_KEY.match(key)
+        is_head = not key.startswith(base + ".") or ".pooler." in key
+        if m:
+            source = f"{m.group(1)}.{layers[int(m.group(2))]}.{m.group(3)}"
+        elif is_head and not copy_head:
+            continue
+        else:
+            source = key
+        new_state[key] = teacher_state[source].clone()
+    missing, unexpected = student.load_state_dict(new_state, strict=False)
+    assert not unexpected, unexpected
+    log.info("student from teacher layers %s; kept fresh: %s", layers, missing)
+    return student
+
+
+def train_wordpiece_tokenizer(texts, out_dir: str | Path, vocab_size: int) -> PreTrainedTokenizerBase:
+    """A BERT-style uncased WordPiece tokenizer trained on `texts`, saved with save_pretrained."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertTokenizerFast
+
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special))
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    fast = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                             sep_token="[SEP]", mask_token="[MASK]", do_lower_case=True)
+    fast.save_pretrained(str(out_dir))
+    return fast
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """Content hash of a tokenizer: its full vocabulary/merges/normalizer and special tokens."""
+    backend = tokenizer.backend_tokenizer.to_str() if tokenizer.is_fast else repr(sorted(tokenizer.get_vocab().items()))
+    h = hashlib.sha256(backend.encode())
+    h.update(repr(sorted(tokenizer.special_tokens_map.items())).encode())
+    return h.hexdigest()
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """Content hash of a model's weights (names, shapes, dtypes, bytes) and config."""
+    h = hashlib.sha256()
+    config = getattr(model, "config", None)
+    if config is not None:  # architecture only: not where it was loaded from, nor by which version
+        arch = {k: v for k, v in config.to_dict().items() if not k.startswith("_") and k != "transformers_version"}
+        h.update(json.dumps(arch, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().contiguous().cpu()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

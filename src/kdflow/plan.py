@@ -1,0 +1,59 @@
+"""Decisions the workflow takes from the config, shared by the Snakefile and the stage CLI:
+which teacher and tokenizer each job uses, and whether a tokenizer must be trained locally."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .models import model_name
+from .paths import RunPaths
+
+
+def teacher_is_finetuned_here(config: dict) -> bool:
+    return config["teacher"]["finetune"]["enabled"]
+
+
+def teacher_model(config: dict, task: str, paths: RunPaths) -> str:
+    """The fine-tuned teacher: kdflow's own output, or the model the config names."""
+    if teacher_is_finetuned_here(config):
+        return paths.teacher_model(task)
+    return model_name(config["teacher"]["model"], task)
+
+
+def _built_from_config(model) -> bool:
+    return isinstance(model, dict) and "family" in model
+
+
+def teacher_tokenizer(config: dict, task: str, paths: RunPaths) -> str:
+    teacher = config["teacher"]
+    if teacher["tokenizer"]:
+        return model_name(teacher["tokenizer"], task)
+    if _built_from_config(teacher["model"]):
+        return paths.tokenizer_dir(task)
+    return model_name(teacher["model"], task)
+
+
+def student_tokenizer(config: dict, task: str, paths: RunPaths) -> str:
+    student = config["student"]
+    if student["tokenizer"]:
+        return model_name(student["tokenizer"], task)
+    if isinstance(student["model"], str):
+        return model_name(student["model"], task)
+    if "from_teacher" in student["model"]:
+        return teacher_tokenizer(config, task, paths)
+    return paths.tokenizer_dir(task)
+
+
+def trains_tokenizer(config: dict, task: str, paths: RunPaths) -> bool:
+    return paths.tokenizer_dir(task) in (teacher_tokenizer(config, task, paths), student_tokenizer(config, task, paths))
+
+
+def glue_tsv_dir(config: dict, task: str, paths: RunPaths) -> str | None:
+    """Where prepare reads GLUE TSVs: kdflow's synthetic output, a local GLUE folder (<local_dir>/MNLI,
+    <local_dir>/QQP, as GLUE distributes them), or None for the hub."""
+    source = config["glue"]["source"]
+    if source == "synthetic":
+        return paths.raw_glue_dir(task)
+    if source == "local":
+        return str(Path(config["glue"]["local_dir"]) / task.upper())
+    return None

@@ -1,0 +1,186 @@
+"""The trainer shared by teacher fine-tuning and student distillation: a Hugging Face Trainer
+whose compute_loss adds the teacher's signal, so checkpoints, resume and DeepSpeed come with it.
+
+Fine-tuning is the same code with alpha = 0 and no teacher. The per-step log (train loss and its
+KD/CE/cosine parts, eval loss, learning rate) is written to log.jsonl for the report.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from .fileio import atomic_path, read_json, write_json, write_jsonl
+from .losses import cosine_hidden_loss, distillation_loss
+
+log = logging.getLogger(__name__)
+
+
+class PairClassificationDataset(Dataset):
+    """Tokenized sentence pairs with labels and, for distillation, the teacher's cached outputs."""
+
+    def __init__(self, rows: list[dict], tokenizer: PreTrainedTokenizerBase, max_length: int,
+                 teacher_logits: torch.Tensor | None = None, teacher_labels: torch.Tensor | None = None):
+        if teacher_logits is not None and len(teacher_logits) != len(rows):
+            raise ValueError(f"teacher cache has {len(teacher_logits)} rows, the data {len(rows)}")
+        self.encodings = tokenizer([r["text_a"] for r in rows], [r["text_b"] for r in rows],
+                                   truncation=True, max_length=max_length)
+        self.labels = [r["label"] for r in rows]
+        self.teacher_logits = teacher_logits
+        self.teacher_labels = teacher_labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        item = {k: v[i] for k, v in self.encodings.items()}
+        item["labels"] = self.labels[i]
+        if self.teacher_logits is not None:
+            item["teacher_logits"] = self.teacher_logits[i]
+            item["teacher_labels"] = self.teacher_labels[i]
+        return item
+
+
+class PairCollator:
+    """Pads the token fields with the tokenizer; stacks labels and teacher outputs."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase):
+        self.tokenizer = tokenizer
+
+    def __call__(self, items: list[dict]) -> dict:
+        token_keys = [k for k in items[0] if k not in ("labels", "teacher_logits", "teacher_labels")]
+        batch = self.tokenizer.pad([{k: it[k] for k in token_keys} for it in items], return_tensors="pt")
+        batch = dict(batch)
+        batch["labels"] = torch.tensor([it["labels"] for it in items], dtype=torch.long)
+        if "teacher_logits" in items[0]:
+            batch["teacher_logits"] = torch.stack([torch.as_tensor(it["teacher_logits"]) for it in items]).float()
+            batch["teacher_labels"] = torch.tensor([int(it["teacher_labels"]) for it in items], dtype=torch.long)
+        return batch
+
+
+class KDTrainer(Trainer):
+    """Trainer with the distillation loss. Batches carry `teacher_logits` from the cache; the
+    teacher model itself runs only for the cosine loss on hidden states. Evaluation batches have
+    no teacher outputs: eval loss is the student's cross-entropy on the gold labels."""
+
+    def __init__(self, *args, alpha: float = 0.0, temperature: float = 1.0, hard_labels: bool = False,
+                 cosine_weight: float = 0.0, teacher: PreTrainedModel | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.alpha, self.temperature, self.hard_labels, self.cosine_weight = alpha, temperature, hard_labels, cosine_weight
+        if cosine_weight > 0 and teacher is None:
+            raise ValueError("cosine_weight > 0 needs the teacher model online")
+        self.teacher = teacher
+        if teacher is not None:
+            teacher.eval().requires_grad_(False)
+            teacher.to(self.args.device)
+        self._part_sums: dict[str, float] = {}
+        self._part_count = 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        teacher_logits = inputs.pop("teacher_logits", None)
+        teacher_labels = inputs.pop("teacher_labels", None)
+        labels = inputs.pop("labels")
+        use_cosine = self.cosine_weight > 0 and model.training
+        outputs = model(**inputs, output_hidden_states=use_cosine)
+        if teacher_logits is None:  # evaluation, or plain fine-tuning
+            loss, parts = distillation_loss(outputs.logits, None, labels, alpha=0.0, temperature=1.0)
+        else:
+            ce_labels = teacher_labels if self.hard_labels else labels
+            loss, parts = distillation_loss(outputs.logits, teacher_logits, ce_labels, self.alpha, self.temperature)
+        if use_cosine:
+            with torch.no_grad():
+                teacher_out = self.teacher(**inputs, output_hidden_states=True)
+            cos = cosine_hidden_loss(outputs.hidden_states[-1], teacher_out.hidden_states[-1], inputs["attention_mask"])
+            loss = loss + self.cosine_weight * cos
+            parts["cos"] = cos.item()
+        if model.training:
+            for k, v in parts.items():
+                self._part_sums[k] = self._part_sums.get(k, 0.0) + v
+            self._part_count += 1
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        if "loss" in logs and self._part_count:
+            logs.update({f"loss_{k}": round(v / self._part_count, 6) for k, v in self._part_sums.items()})
+            self._part_sums, self._part_count = {}, 0
+        super().log(logs, *args, **kwargs)
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def training_arguments(train_cfg: dict, learning_rate: float, output_dir: str | Path, eval_batch_size: int = 128) -> TrainingArguments:
+    """TrainingArguments from the config's `training` block; batch_size is the global batch."""
+    accum = train_cfg["gradient_accumulation_steps"]
+    per_device = train_cfg["batch_size"] // (world_size() * accum)
+    if per_device < 1:
+        raise ValueError(f"training.batch_size {train_cfg['batch_size']} < devices x gradient_accumulation_steps")
+    cuda = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        learning_rate=learning_rate,
+        num_train_epochs=train_cfg["epochs"],
+        max_steps=train_cfg["max_steps"],
+        per_device_train_batch_size=per_device,
+        per_device_eval_batch_size=eval_batch_size,
+        gradient_accumulation_steps=accum,
+        weight_decay=train_cfg["weight_decay"],
+        warmup_ratio=train_cfg["warmup_ratio"],
+        lr_scheduler_type=train_cfg["lr_scheduler"],
+        logging_steps=train_cfg["logging_steps"],
+        eval_strategy="steps",
+        eval_steps=train_cfg["eval_steps"],
+        save_strategy="steps",
+        save_steps=train_cfg["save_steps"],
+        save_total_limit=train_cfg["save_total_limit"],
+        seed=train_cfg["seed"],
+        data_seed=train_cfg["seed"],
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        use_cpu=not cuda,
+        report_to=[],
+        remove_unused_columns=False,
+        prediction_loss_only=True,
+        disable_tqdm=not sys.stderr.isatty(),
+        dataloader_num_workers=0,
+    )
+
+
+def prepare_checkpoint_dir(output_dir: str | Path, job_spec: dict) -> str | None:
+    """The newest checkpoint to resume from, if it was written by this same job (same spec);
+    checkpoints of a job with other settings are removed instead of resumed."""
+    output_dir = Path(output_dir)
+    spec_file = output_dir / "job.json"
+    if output_dir.is_dir() and (not spec_file.is_file() or read_json(spec_file) != job_spec):
+        log.warning("%s: checkpoints from a job with other settings, removing them", output_dir)
+        shutil.rmtree(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_json(spec_file, job_spec)
+    return get_last_checkpoint(str(output_dir))
+
+
+def train_and_save(trainer: KDTrainer, job_spec: dict, model_out: str | Path, log_out: str | Path,
+                   tokenizer: PreTrainedTokenizerBase | None = None) -> dict:
+    """Train (resuming from this job's newest checkpoint in args.output_dir, if any), then write
+    the final model and the log history atomically and drop the checkpoints."""
+    last = prepare_checkpoint_dir(trainer.args.output_dir, job_spec)
+    if last:
+        log.info("resuming from %s", last)
+    trainer.train(resume_from_checkpoint=last)
+    trainer.evaluate()
+    if trainer.is_world_process_zero():
+        with atomic_path(model_out, is_dir=True) as tmp:
+            trainer.model.save_pretrained(str(tmp))
+            if tokenizer is not None:
+                tokenizer.save_pretrained(str(tmp))
+        write_jsonl(log_out, trainer.state.log_history)
+        shutil.rmtree(trainer.args.output_dir, ignore_errors=True)  # done: nothing left to resume
+    return trainer.state.log_history[-1]
