@@ -118,12 +118,19 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def per_device_batch(global_batch: int, accumulation: int, devices: int) -> int:
+    """training.batch_size is the global batch: per device x devices x accumulation steps."""
+    per_device, rest = divmod(global_batch, devices * accumulation)
+    if per_device < 1 or rest:
+        raise ValueError(f"training.batch_size {global_batch} is not a multiple of devices ({devices}) x "
+                         f"gradient_accumulation_steps ({accumulation})")
+    return per_device
+
+
 def training_arguments(train_cfg: dict, learning_rate: float, output_dir: str | Path, eval_batch_size: int = 128) -> TrainingArguments:
-    """TrainingArguments from the config's `training` block; batch_size is the global batch."""
+    """TrainingArguments from the config's `training` block."""
     accum = train_cfg["gradient_accumulation_steps"]
-    per_device = train_cfg["batch_size"] // (world_size() * accum)
-    if per_device < 1:
-        raise ValueError(f"training.batch_size {train_cfg['batch_size']} < devices x gradient_accumulation_steps")
+    per_device = per_device_batch(train_cfg["batch_size"], accum, world_size())
     cuda = torch.cuda.is_available()
     return TrainingArguments(
         output_dir=str(output_dir),

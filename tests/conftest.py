@@ -1,0 +1,54 @@
+"""Shared fixtures. Everything is offline: the hub is never contacted, models are built from
+tiny configs and tokenizers are trained on data the tests generate."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_BERT = {"family": "bert", "config": {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2,
+                                          "intermediate_size": 64, "max_position_embeddings": 64}}
+
+
+@pytest.fixture(scope="session")
+def glue_data(tmp_path_factory):
+    """Synthetic MNLI in GLUE TSV layout, prepared to JSONL: {"raw": dir, "data": dir}."""
+    from kdflow.prepare_glue import prepare_glue
+    from kdflow.synthetic_glue import write_synthetic_glue
+
+    root = tmp_path_factory.mktemp("glue")
+    write_synthetic_glue("mnli", root / "raw", train_size=200, dev_size=40, seed=0)
+    prepare_glue("mnli", "synthetic", root / "data", tsv_dir=root / "raw")
+    return {"raw": root / "raw", "data": root / "data"}
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(glue_data, tmp_path_factory):
+    from kdflow.fileio import read_jsonl
+    from kdflow.models import train_wordpiece_tokenizer
+
+    rows = read_jsonl(glue_data["data"] / "train.jsonl")
+    out = tmp_path_factory.mktemp("tok")
+    train_wordpiece_tokenizer([r["text_a"] for r in rows] + [r["text_b"] for r in rows], out, vocab_size=300)
+    return out
+
+
+@pytest.fixture(scope="session")
+def teacher_dir(tokenizer_dir, tmp_path_factory):
+    """A tiny 4-layer BERT classifier (random weights) saved with its tokenizer."""
+    from kdflow.models import classifier_from_config, load_tokenizer
+
+    tok = load_tokenizer(str(tokenizer_dir))
+    model = classifier_from_config(TINY_BERT, 3, tok, seed=0)
+    out = tmp_path_factory.mktemp("teacher")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

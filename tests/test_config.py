@@ -1,0 +1,108 @@
+"""Config validation (before any job is planned), sweep expansion, and Snakemake's planning of
+the study config and lint, run for real through the snakemake command line."""
+
+import copy
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kdflow.config import ConfigError, load_config, point_id, sweep_points, swept_axes, validate_config
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+@pytest.fixture
+def demo():
+    return yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+
+
+def test_shipped_configs_are_valid_and_get_defaults():
+    study = load_config(REPO / "config" / "config.yaml")
+    assert study["teacher"]["model"] == "bert-base-uncased"
+    assert study["student"]["model"] == "distilbert-base-uncased"
+    assert study["distill"]["sweep"]["learning_rate"] == [2e-5, 2e-7, 2e-9]
+    assert study["distill"]["sweep"]["alpha"] == [0.5]
+    demo = load_config(REPO / "config" / "demo.yaml")
+    assert len(demo["distill"]["sweep"]["learning_rate"]) >= 3
+    assert demo["distill"]["training"]["save_steps"] == 100
+    assert demo["distill"]["training"]["gradient_accumulation_steps"] == 1  # default filled in
+    assert demo["glue"]["subset_seed"] == 0
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c["glue"].update(tasks=["mnli", "sst2"]), r"glue\.tasks\[1\]: 'sst2' is not one of \['mnli', 'qqp'\]"),
+        (lambda c: c["distill"]["sweep"].update(learning_rate=[1e-3, -1e-5]), r"distill\.sweep\.learning_rate\[1\]: -1e-05 is less than or equal to the minimum of 0"),
+        (lambda c: c["distill"]["sweep"].update(alpha=[1.5]), r"distill\.sweep\.alpha\[0\]: 1\.5 is greater than the maximum of 1"),
+        (lambda c: c["distill"]["sweep"].update(alpha=[-0.1]), r"distill\.sweep\.alpha\[0\]: -0\.1 is less than the minimum of 0"),
+        (lambda c: c.pop("teacher"), r"<top level>: 'teacher' is a required property"),
+        (lambda c: c["teacher"].pop("model"), r"teacher: 'model' is a required property"),
+        (lambda c: c["glue"].update(source="local"), r"glue: 'local_dir' is a required property"),
+        (lambda c: c["distill"].update(temprature=[2.0]), r"distill: Additional properties are not allowed \('temprature'"),
+        (lambda c: c["teacher"]["finetune"].update(enabled=False), r"teacher\.finetune\.enabled: a teacher built from a config"),
+    ],
+)
+def test_bad_values_fail_naming_the_key(demo, edit, message):
+    edit(demo)
+    with pytest.raises(ConfigError, match=message):
+        validate_config(demo)
+
+
+def test_sweep_points_and_ids(demo):
+    demo["distill"]["sweep"] = {"learning_rate": [2e-5, 2e-7], "alpha": [0.5, 1.0], "temperature": [2.0]}
+    validate_config(demo)
+    points = sweep_points(demo)
+    assert list(points) == ["lr2e-05_a0.5_T2", "lr2e-05_a1_T2", "lr2e-07_a0.5_T2", "lr2e-07_a1_T2"]
+    assert points["lr2e-07_a1_T2"] == {"learning_rate": 2e-7, "alpha": 1.0, "temperature": 2.0}
+    assert swept_axes(demo) == ["learning_rate", "alpha"]
+    assert point_id({"learning_rate": 1e-3, "alpha": 0.25, "temperature": 4}) == "lr0.001_a0.25_T4"
+
+
+def offline_env():
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
+    return env
+
+
+def test_study_plans_two_tasks_by_three_learning_rates_offline(tmp_path):
+    out = subprocess.run(
+        [*SNAKEMAKE, "-n", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--configfile",
+         str(REPO / "config" / "config.yaml"), "--quiet", "rules"],
+        capture_output=True, text=True, env=offline_env(), timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out.stdout + out.stderr, re.M))
+    assert counts["prepare_glue"] == "2"
+    assert counts["finetune_teacher"] == "2"
+    assert counts["cache_teacher"] == "2"
+    assert counts["distill"] == "6"
+    assert counts["evaluate_student"] == "6"
+    assert counts["report"] == "1"
+    assert "synthesize_glue" not in counts and "train_tokenizer" not in counts
+
+
+def test_invalid_config_fails_before_any_job(tmp_path, demo):
+    demo["distill"]["sweep"]["alpha"] = [2.0]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(demo))
+    out = subprocess.run([*SNAKEMAKE, "--cores", "1", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+                          "--configfile", str(bad)], capture_output=True, text=True, env=offline_env(), timeout=300)
+    assert out.returncode != 0
+    assert "distill.sweep.alpha[0]: 2.0 is greater than the maximum of 1" in out.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_snakemake_lint_and_snakefmt_are_clean():
+    lint = subprocess.run([*SNAKEMAKE, "--lint", "-s", str(REPO / "Snakefile"), "--directory", str(REPO)],
+                          capture_output=True, text=True, env=offline_env(), timeout=300)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    fmt = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert fmt.returncode == 0, fmt.stderr

@@ -1,0 +1,88 @@
+import json
+import shutil
+
+import pytest
+import torch
+
+from kdflow.fileio import read_json
+from kdflow.teacher import cache_teacher_logits, predict_logits
+from kdflow.teacher_cache import CacheEntry, open_pointer
+from kdflow.models import load_classifier, load_tokenizer
+from kdflow.fileio import read_jsonl
+from kdflow.training import PairClassificationDataset, PairCollator
+
+
+def run_cache(teacher_dir, data_dir, store, pointer, max_length=32):
+    return cache_teacher_logits("mnli", str(teacher_dir), str(teacher_dir), data_dir, max_length, store, pointer, batch_size=64)
+
+
+def test_round_trip_matches_the_teacher(teacher_dir, glue_data, tmp_path):
+    manifest = run_cache(teacher_dir, glue_data["data"], tmp_path / "store", tmp_path / "mnli.json")
+    entry = open_pointer(tmp_path / "mnli.json")
+    cached = entry.read_all()
+    rows = read_jsonl(glue_data["data"] / "train.jsonl")
+    assert cached["logits"].shape == (len(rows), 3) and manifest["rows"] == len(rows)
+    tok = load_tokenizer(str(teacher_dir))
+    expected = predict_logits(load_classifier(str(teacher_dir), 3), PairClassificationDataset(rows, tok, 32), PairCollator(tok), 16)
+    torch.testing.assert_close(cached["logits"], expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(cached["pseudo_labels"], expected.argmax(-1))
+    assert read_json(tmp_path / "mnli.json")["reused"] is False
+
+
+def test_unchanged_inputs_are_reused_not_recomputed(teacher_dir, glue_data, tmp_path):
+    run_cache(teacher_dir, glue_data["data"], tmp_path / "store", tmp_path / "a.json")
+    entry = open_pointer(tmp_path / "a.json")
+    shard = entry.shard_path(0)
+    before = shard.stat().st_mtime_ns
+    (tmp_path / "a.json").unlink()  # what Snakemake does to a rerun job's output
+    run_cache(teacher_dir, glue_data["data"], tmp_path / "store", tmp_path / "a.json")
+    assert read_json(tmp_path / "a.json")["reused"] is True
+    assert shard.stat().st_mtime_ns == before
+    assert read_json(tmp_path / "a.json")["key"] == entry.key
+
+
+@pytest.mark.parametrize("change", ["data", "teacher", "tokenizer", "max_length"])
+def test_a_changed_input_builds_a_new_entry(teacher_dir, glue_data, tmp_path, change):
+    store = tmp_path / "store"
+    run_cache(teacher_dir, glue_data["data"], store, tmp_path / "a.json")
+    key = read_json(tmp_path / "a.json")["key"]
+    data, teacher, max_length = glue_data["data"], teacher_dir, 32
+    if change == "data":
+        data = tmp_path / "data"
+        shutil.copytree(glue_data["data"], data)
+        rows = (data / "train.jsonl").read_text().splitlines()
+        (data / "train.jsonl").write_text("\n".join(rows[:-1]) + "\n")
+    elif change in ("teacher", "tokenizer"):
+        teacher = tmp_path / "teacher"
+        shutil.copytree(teacher_dir, teacher)
+        if change == "teacher":
+            model = load_classifier(str(teacher), 3)
+            with torch.no_grad():
+                model.classifier.weight.mul_(2)
+            model.save_pretrained(teacher)
+        else:
+            tok = load_tokenizer(str(teacher))
+            tok.add_tokens(["zebra"])
+            tok.save_pretrained(teacher)
+    else:
+        max_length = 16
+    run_cache(teacher, data, store, tmp_path / "b.json", max_length)
+    pointer = read_json(tmp_path / "b.json")
+    assert pointer["key"] != key and pointer["reused"] is False
+    assert len([p for p in store.iterdir() if p.is_dir()]) == 2
+
+
+def test_incomplete_entry_is_not_trusted(tmp_path):
+    entry = CacheEntry(tmp_path, {"kind": "test", "n": 1})
+    entry.write_shard(0, {"x": torch.arange(3)})
+    assert not entry.is_complete()
+    with pytest.raises(RuntimeError, match=r"shards \[1\] missing"):
+        entry.finish(2, {})
+    pointer = tmp_path / "p.json"
+    pointer.write_text(json.dumps({"key": entry.key, "dir": str(entry.dir), "key_parts": entry.key_parts}))
+    with pytest.raises(RuntimeError, match="missing or incomplete"):
+        open_pointer(pointer)
+    entry.write_shard(1, {"x": torch.arange(3, 5)})
+    entry.finish(2, {})
+    assert torch.equal(open_pointer(pointer).read_all()["x"], torch.arange(5))
+    assert not list(tmp_path.rglob(".*tmp*"))  # atomic writes leave no temporaries

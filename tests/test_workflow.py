@@ -1,0 +1,123 @@
+"""Real Snakemake runs of the GLUE DAG: a small demo config end to end (report numbers are
+the runs' numbers, reruns redo only what changed, the teacher cache is reused), and the
+shipped demo itself (quality and the learning-rate effect)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from kdflow.config import load_config, sweep_points
+from kdflow.paths import RunPaths
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.integration
+
+SMALL = {
+    "run_name": "small",
+    "glue": {"tasks": ["mnli", "qqp"], "source": "synthetic", "max_length": 40,
+             "synthetic": {"train_size": 240, "dev_size": 40}, "tokenizer_training": {"vocab_size": 300}},
+    "teacher": {
+        "model": {"family": "bert", "config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                                               "intermediate_size": 64, "max_position_embeddings": 64}},
+        "finetune": {"learning_rate": 1e-3, "training": {"max_steps": 20, "batch_size": 16, "eval_steps": 10, "save_steps": 10, "logging_steps": 5}},
+    },
+    "student": {"model": {"from_teacher": {"layers": [1]}}},
+    "distill": {"sweep": {"learning_rate": [1e-3, 1e-5]},
+                "training": {"max_steps": 10, "batch_size": 16, "eval_steps": 5, "save_steps": 5, "logging_steps": 5}},
+}
+
+
+def snakemake(workdir, configfile, *args, timeout=900):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(configfile), "--cores", "2", *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-6000:]
+    return out.stdout + out.stderr
+
+
+def planned(output: str) -> dict[str, int]:
+    table = output.split("Job stats:")[1] if "Job stats:" in output else ""
+    return {k: int(v) for k, v in re.findall(r"^(\w+)\s+(\d+)$", table, re.M) if k not in ("total",)}
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("wf")
+    configfile = workdir / "small.yaml"
+    configfile.write_text(yaml.safe_dump(SMALL))
+    snakemake(workdir, configfile)
+    config = load_config(configfile)
+    return workdir, configfile, RunPaths(str(workdir / "results" / "small")), config
+
+
+def test_report_numbers_are_the_runs_numbers(small_run):
+    workdir, _, paths, config = small_run
+    points = sweep_points(config)
+    for task, splits in (("mnli", ("dev_matched", "dev_mismatched")), ("qqp", ("dev",))):
+        table = pd.read_csv(paths.report_table(task, "learning_rate", "csv"))
+        assert sorted(table["Learning rate"]) == [1e-5, 1e-3]
+        for point_id, params in points.items():
+            result = json.loads(Path(paths.eval_json(task, point_id)).read_text())
+            assert set(result["splits"]) == set(splits)
+            row = table[table["Learning rate"] == params["learning_rate"]].iloc[0]
+            for split in splits:
+                suffix = {"dev_matched": " m", "dev_mismatched": " mm", "dev": ""}[split]
+                m = result["splits"][split]
+                assert row[f"Accuracy{suffix} (%)"] == pytest.approx(round(100 * m["accuracy"], 2))
+                assert row[f"Macro-F1{suffix}"] == pytest.approx(round(100 * m["macro_f1"], 2))
+                assert 0 <= m["accuracy"] <= 1 and m["n"] > 0
+                assert set(m["per_class_f1"]) == ({"entailment", "neutral", "contradiction"} if task == "mnli" else {"not_duplicate", "duplicate"})
+        history = [json.loads(line) for line in Path(paths.distill_log(task, next(iter(points)))).read_text().splitlines()]
+        assert max(h["step"] for h in history) == 10
+        assert Path(paths.report_plot(task)).read_bytes()[:4] == b"\x89PNG"
+    report = Path(paths.report_md()).read_text()
+    assert "## MNLI" in report and "## QQP" in report and "dropped" in report
+    for rule in ("prepare_glue", "cache_teacher", "distill", "evaluate_student", "report"):  # log: and benchmark: on every rule
+        assert any(Path(paths.root, "benchmarks", rule).glob("**/*.tsv")) or Path(paths.benchmark(rule)).is_file()
+        assert any(Path(paths.root, "logs", rule).glob("**/*.log")) or Path(paths.log(rule)).is_file()
+
+
+def test_rerun_redoes_only_what_is_missing(small_run):
+    workdir, configfile, paths, _ = small_run
+    assert "Nothing to be done" in snakemake(workdir, configfile, "-n")
+    # As after a failed evaluation job: its output is gone and the report never ran.
+    Path(paths.eval_json("qqp", "lr1e-05_a0.5_T2")).unlink()
+    Path(paths.report_md()).unlink()
+    assert planned(snakemake(workdir, configfile, "-n")) == {"evaluate_student": 1, "report": 1, "all": 1}
+
+
+def test_teacher_cache_is_reused_when_its_rule_reruns(small_run):
+    workdir, configfile, paths, _ = small_run
+    pointer = json.loads(Path(paths.cache_pointer("mnli")).read_text())
+    shard = Path(pointer["dir"], "shard-00000.safetensors")
+    if not shard.is_absolute():
+        shard = workdir / shard
+    mtime = shard.stat().st_mtime_ns
+    snakemake(workdir, configfile, "--forcerun", "cache_teacher", "--until", "cache_teacher")
+    again = json.loads(Path(paths.cache_pointer("mnli")).read_text())
+    assert again["key"] == pointer["key"] and again["reused"] is True
+    assert shard.stat().st_mtime_ns == mtime
+
+
+def test_shipped_demo_shows_the_learning_rate_effect(tmp_path):
+    """The real demo (config/demo.yaml), end to end: the slow test that proves the real thing."""
+    snakemake(tmp_path, REPO / "config" / "demo.yaml", timeout=1500)
+    paths = RunPaths(str(tmp_path / "results" / "demo"))
+    chance = {"mnli": ("Accuracy m (%)", 100 / 3), "qqp": ("Accuracy (%)", None)}
+    for task, (column, chance_acc) in chance.items():
+        table = pd.read_csv(paths.report_table(task, "learning_rate", "csv")).sort_values("Learning rate")
+        if chance_acc is None:  # QQP: the majority class is the bar
+            counts = json.loads(Path(paths.data_manifest(task)).read_text())["splits"]["dev"]["label_counts"]
+            chance_acc = 100 * max(counts.values()) / sum(counts.values())
+        best, lowest = table[column].max(), table.iloc[0][column]
+        assert best > chance_acc + 10, (task, best, chance_acc)
+        assert best > lowest + 5, (task, table)  # the smallest learning rate barely moves the student
