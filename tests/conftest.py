@@ -14,8 +14,16 @@ import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY_BERT = {"family": "bert", "config": {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2,
-                                          "intermediate_size": 64, "max_position_embeddings": 64}}
+TINY_BERT = {
+    "family": "bert",
+    "config": {
+        "hidden_size": 32,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 64,
+    },
+}
 
 
 @pytest.fixture(scope="session")

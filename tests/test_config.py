@@ -1,7 +1,6 @@
 """Config validation (before any job is planned), sweep expansion, and Snakemake's planning of
 the study config and lint, run for real through the snakemake command line."""
 
-import copy
 import os
 import re
 import subprocess
@@ -38,15 +37,33 @@ def test_shipped_configs_are_valid_and_get_defaults():
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda c: c["glue"].update(tasks=["mnli", "sst2"]), r"glue\.tasks\[1\]: 'sst2' is not one of \['mnli', 'qqp'\]"),
-        (lambda c: c["distill"]["sweep"].update(learning_rate=[1e-3, -1e-5]), r"distill\.sweep\.learning_rate\[1\]: -1e-05 is less than or equal to the minimum of 0"),
-        (lambda c: c["distill"]["sweep"].update(alpha=[1.5]), r"distill\.sweep\.alpha\[0\]: 1\.5 is greater than the maximum of 1"),
-        (lambda c: c["distill"]["sweep"].update(alpha=[-0.1]), r"distill\.sweep\.alpha\[0\]: -0\.1 is less than the minimum of 0"),
+        (
+            lambda c: c["glue"].update(tasks=["mnli", "sst2"]),
+            r"glue\.tasks\[1\]: 'sst2' is not one of \['mnli', 'qqp'\]",
+        ),
+        (
+            lambda c: c["distill"]["sweep"].update(learning_rate=[1e-3, -1e-5]),
+            r"distill\.sweep\.learning_rate\[1\]: -1e-05 is less than or equal to the minimum of 0",
+        ),
+        (
+            lambda c: c["distill"]["sweep"].update(alpha=[1.5]),
+            r"distill\.sweep\.alpha\[0\]: 1\.5 is greater than the maximum of 1",
+        ),
+        (
+            lambda c: c["distill"]["sweep"].update(alpha=[-0.1]),
+            r"distill\.sweep\.alpha\[0\]: -0\.1 is less than the minimum of 0",
+        ),
         (lambda c: c.pop("teacher"), r"<top level>: 'teacher' is a required property"),
         (lambda c: c["teacher"].pop("model"), r"teacher: 'model' is a required property"),
         (lambda c: c["glue"].update(source="local"), r"glue: 'local_dir' is a required property"),
-        (lambda c: c["distill"].update(temprature=[2.0]), r"distill: Additional properties are not allowed \('temprature'"),
-        (lambda c: c["teacher"]["finetune"].update(enabled=False), r"teacher\.finetune\.enabled: a teacher built from a config"),
+        (
+            lambda c: c["distill"].update(temprature=[2.0]),
+            r"distill: Additional properties are not allowed \('temprature'",
+        ),
+        (
+            lambda c: c["teacher"]["finetune"].update(enabled=False),
+            r"teacher\.finetune\.enabled: a teacher built from a config",
+        ),
     ],
 )
 def test_bad_values_fail_naming_the_key(demo, edit, message):
@@ -73,9 +90,22 @@ def offline_env():
 
 def test_study_plans_two_tasks_by_three_learning_rates_offline(tmp_path):
     out = subprocess.run(
-        [*SNAKEMAKE, "-n", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--configfile",
-         str(REPO / "config" / "config.yaml"), "--quiet", "rules"],
-        capture_output=True, text=True, env=offline_env(), timeout=300,
+        [
+            *SNAKEMAKE,
+            "-n",
+            "-s",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(REPO / "config" / "config.yaml"),
+            "--quiet",
+            "rules",
+        ],
+        capture_output=True,
+        text=True,
+        env=offline_env(),
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out.stdout + out.stderr, re.M))
@@ -92,17 +122,47 @@ def test_invalid_config_fails_before_any_job(tmp_path, demo):
     demo["distill"]["sweep"]["alpha"] = [2.0]
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(demo))
-    out = subprocess.run([*SNAKEMAKE, "--cores", "1", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-                          "--configfile", str(bad)], capture_output=True, text=True, env=offline_env(), timeout=300)
+    out = subprocess.run(
+        [
+            *SNAKEMAKE,
+            "--cores",
+            "1",
+            "-s",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(bad),
+        ],
+        capture_output=True,
+        text=True,
+        env=offline_env(),
+        timeout=300,
+    )
     assert out.returncode != 0
     assert "distill.sweep.alpha[0]: 2.0 is greater than the maximum of 1" in out.stderr
     assert not (tmp_path / "results").exists()
 
 
-def test_snakemake_lint_and_snakefmt_are_clean():
-    lint = subprocess.run([*SNAKEMAKE, "--lint", "-s", str(REPO / "Snakefile"), "--directory", str(REPO)],
-                          capture_output=True, text=True, env=offline_env(), timeout=300)
+def test_snakemake_lint_snakefmt_and_ruff_are_clean():
+    lint = subprocess.run(
+        [*SNAKEMAKE, "--lint", "-s", str(REPO / "Snakefile"), "--directory", str(REPO)],
+        capture_output=True,
+        text=True,
+        env=offline_env(),
+        timeout=300,
+    )
     assert lint.returncode == 0, lint.stdout + lint.stderr
-    fmt = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow"], cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
+    fmt = subprocess.run(
+        [sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert fmt.returncode == 0, fmt.stderr
+    for cmd in (["check", "src", "tests"], ["format", "--check", "src", "tests"]):
+        ruff = subprocess.run(
+            [sys.executable, "-m", "ruff", *cmd], cwd=REPO, capture_output=True, text=True, timeout=120
+        )
+        assert ruff.returncode == 0, ruff.stdout + ruff.stderr

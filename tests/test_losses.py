@@ -13,7 +13,7 @@ def hand_kl(t_logits, s_logits, T):
     zs = [math.exp(x / T) for x in s_logits]
     pt = [z / sum(zt) for z in zt]
     ps = [z / sum(zs) for z in zs]
-    return sum(p * math.log(p / q) for p, q in zip(pt, ps))
+    return sum(p * math.log(p / q) for p, q in zip(pt, ps, strict=True))
 
 
 def test_kd_term_matches_hand_computation_with_t_squared_scaling():

@@ -1,8 +1,14 @@
 import pytest
 import torch
 
-from kdflow.models import (default_layer_map, load_classifier, load_tokenizer, model_fingerprint, student_from_teacher,
-                           tokenizer_fingerprint)
+from kdflow.models import (
+    default_layer_map,
+    load_classifier,
+    load_tokenizer,
+    model_fingerprint,
+    student_from_teacher,
+    tokenizer_fingerprint,
+)
 
 
 def test_default_layer_map_is_every_other_layer():
@@ -27,7 +33,9 @@ def test_student_layers_are_copies_of_the_mapped_teacher_layers(teacher_dir, lay
     # A fresh task head by default; copies are independent tensors.
     assert not torch.equal(student.classifier.weight, teacher.classifier.weight)
     student.bert.embeddings.word_embeddings.weight.data.add_(1.0)
-    assert not torch.equal(student.bert.embeddings.word_embeddings.weight, teacher.bert.embeddings.word_embeddings.weight)
+    assert not torch.equal(
+        student.bert.embeddings.word_embeddings.weight, teacher.bert.embeddings.word_embeddings.weight
+    )
 
 
 def test_copy_head_copies_pooler_and_classifier(teacher_dir):

@@ -10,7 +10,9 @@ QQP = GLUE_TASKS["qqp"]
 
 
 def mnli_row(i, s1, s2, gold, label1=None):
-    return "\t".join([str(i), "1", f"{i}e", "fiction", "( a )", "( b )", "(ROOT)", "(ROOT)", s1, s2, label1 or gold, gold])
+    return "\t".join(
+        [str(i), "1", f"{i}e", "fiction", "( a )", "( b )", "(ROOT)", "(ROOT)", s1, s2, label1 or gold, gold]
+    )
 
 
 def write(path, lines, encoding_bytes=None):
@@ -32,14 +34,21 @@ def test_mnli_tricky_rows(tmp_path):
         mnli_row(7, "   ", "A hypothesis.", "neutral"),  # empty text
         mnli_row(8, "Last row.", "Without trailing newline.", "contradiction"),
     ]
-    path = write(tmp_path / "train.tsv", lines, encoding_bytes=b"9\t1\t9e\tx\ta\tb\tc\td\t\xff\xfe bad\tx\tneutral\tneutral")
+    path = write(
+        tmp_path / "train.tsv", lines, encoding_bytes=b"9\t1\t9e\tx\ta\tb\tc\td\t\xff\xfe bad\tx\tneutral\tneutral"
+    )
     rows, stats = parse_glue_tsv(path, MNLI)
     assert [(r["id"], r["label"]) for r in rows] == [("1e", 0), ("2e", 1), ("8e", 2)]
     assert rows[0]["text_a"] == 'He said "yes, of course" and left.'
     assert rows[1]["text_a"] == '"Unbalanced quote at the start'
     assert stats.rows_read == 9 and stats.rows_kept == 3
     assert dict(stats.dropped) == {
-        "no gold label ('-')": 1, "short row": 1, "long row": 1, "unknown label": 1, "empty text": 1, "invalid UTF-8": 1,
+        "no gold label ('-')": 1,
+        "short row": 1,
+        "long row": 1,
+        "unknown label": 1,
+        "empty text": 1,
+        "invalid UTF-8": 1,
     }
     examples = "\n".join(stats.dropped_examples)
     assert f"{path}:4: no gold label" in examples  # file and line named
@@ -49,12 +58,15 @@ def test_mnli_tricky_rows(tmp_path):
 
 
 def test_qqp_rows_and_missing_column(tmp_path):
-    path = write(tmp_path / "QQP" / "train.tsv", [
-        "\t".join(QQP_HEADER),
-        "1\t1\t2\tHow do I cook rice?\tWhat is the best way to cook rice?\t1",
-        "2\t3\t4\tWhy is the sky blue?\n",  # short row (QQP's real train.tsv has some)
-        "3\t5\t6\tA question?\tAnother question?\t0",
-    ])
+    path = write(
+        tmp_path / "QQP" / "train.tsv",
+        [
+            "\t".join(QQP_HEADER),
+            "1\t1\t2\tHow do I cook rice?\tWhat is the best way to cook rice?\t1",
+            "2\t3\t4\tWhy is the sky blue?\n",  # short row (QQP's real train.tsv has some)
+            "3\t5\t6\tA question?\tAnother question?\t0",
+        ],
+    )
     rows, stats = parse_glue_tsv(path, QQP)
     assert [(r["id"], r["label"]) for r in rows] == [("1", 1), ("3", 0)]
     assert stats.dropped == {"short row": 1}
@@ -65,13 +77,48 @@ def test_qqp_rows_and_missing_column(tmp_path):
 
 def test_prepare_writes_splits_and_manifest_counts(tmp_path):
     raw = tmp_path / "MNLI"
-    write(raw / "train.tsv", ["\t".join(MNLI_TRAIN_HEADER)] + [mnli_row(i, f"P {i}.", f"H {i}.", ["entailment", "neutral", "contradiction", "-"][i % 4]) for i in range(12)])
+    write(
+        raw / "train.tsv",
+        ["\t".join(MNLI_TRAIN_HEADER)]
+        + [
+            mnli_row(i, f"P {i}.", f"H {i}.", ["entailment", "neutral", "contradiction", "-"][i % 4]) for i in range(12)
+        ],
+    )
     dev_header = MNLI_TRAIN_HEADER[:-1] + ["label2", "label3", "label4", "label5", "gold_label"]
     for split in ("dev_matched", "dev_mismatched"):
-        write(raw / f"{split}.tsv", ["\t".join(dev_header), "\t".join(["0", "1", "1e", "g", "a", "b", "c", "d", "P.", "H.", "neutral", "neutral", "neutral", "neutral", "neutral", "neutral"])])
+        write(
+            raw / f"{split}.tsv",
+            [
+                "\t".join(dev_header),
+                "\t".join(
+                    [
+                        "0",
+                        "1",
+                        "1e",
+                        "g",
+                        "a",
+                        "b",
+                        "c",
+                        "d",
+                        "P.",
+                        "H.",
+                        "neutral",
+                        "neutral",
+                        "neutral",
+                        "neutral",
+                        "neutral",
+                        "neutral",
+                    ]
+                ),
+            ],
+        )
     manifest = prepare_glue("mnli", "local", tmp_path / "out", tsv_dir=raw)
     train = manifest["splits"]["train"]
-    assert (train["rows_read"], train["rows_written"], train["dropped_by_reason"]) == (12, 9, {"no gold label ('-')": 3})
+    assert (train["rows_read"], train["rows_written"], train["dropped_by_reason"]) == (
+        12,
+        9,
+        {"no gold label ('-')": 3},
+    )
     assert train["label_counts"] == {"entailment": 3, "neutral": 3, "contradiction": 3}
     written = [json.loads(line) for line in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
     assert [r["label"] for r in written] == [0, 1, 2] * 3
@@ -82,7 +129,9 @@ def test_prepare_writes_splits_and_manifest_counts(tmp_path):
 def test_split_empty_after_filtering_fails_naming_the_file(tmp_path):
     raw = tmp_path / "MNLI"
     write(raw / "train.tsv", ["\t".join(MNLI_TRAIN_HEADER), mnli_row(1, "P.", "H.", "-"), mnli_row(2, "P.", "H.", "-")])
-    with pytest.raises(PrepareError, match=r"train.tsv: no usable rows after filtering \(2 read, dropped: .*no gold label"):
+    with pytest.raises(
+        PrepareError, match=r"train.tsv: no usable rows after filtering \(2 read, dropped: .*no gold label"
+    ):
         prepare_glue("mnli", "local", tmp_path / "out", tsv_dir=raw)
     assert not (tmp_path / "out").exists()  # nothing half-written
 

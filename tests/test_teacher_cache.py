@@ -4,16 +4,17 @@ import shutil
 import pytest
 import torch
 
-from kdflow.fileio import read_json
-from kdflow.teacher import cache_teacher_logits, predict_logits
-from kdflow.teacher_cache import CacheEntry, open_pointer
+from kdflow.fileio import read_json, read_jsonl
 from kdflow.models import load_classifier, load_tokenizer
-from kdflow.fileio import read_jsonl
-from kdflow.training import PairClassificationDataset, PairCollator
+from kdflow.teacher import cache_teacher_logits
+from kdflow.teacher_cache import CacheEntry, open_pointer
+from kdflow.training import PairClassificationDataset, PairCollator, predict_logits
 
 
 def run_cache(teacher_dir, data_dir, store, pointer, max_length=32):
-    return cache_teacher_logits("mnli", str(teacher_dir), str(teacher_dir), data_dir, max_length, store, pointer, batch_size=64)
+    return cache_teacher_logits(
+        "mnli", str(teacher_dir), str(teacher_dir), data_dir, max_length, store, pointer, batch_size=64
+    )
 
 
 def test_round_trip_matches_the_teacher(teacher_dir, glue_data, tmp_path):
@@ -23,7 +24,9 @@ def test_round_trip_matches_the_teacher(teacher_dir, glue_data, tmp_path):
     rows = read_jsonl(glue_data["data"] / "train.jsonl")
     assert cached["logits"].shape == (len(rows), 3) and manifest["rows"] == len(rows)
     tok = load_tokenizer(str(teacher_dir))
-    expected = predict_logits(load_classifier(str(teacher_dir), 3), PairClassificationDataset(rows, tok, 32), PairCollator(tok), 16)
+    expected = predict_logits(
+        load_classifier(str(teacher_dir), 3), PairClassificationDataset(rows, tok, 32), PairCollator(tok), 16
+    )
     torch.testing.assert_close(cached["logits"], expected, rtol=1e-5, atol=1e-5)
     assert torch.equal(cached["pseudo_labels"], expected.argmax(-1))
     assert read_json(tmp_path / "mnli.json")["reused"] is False

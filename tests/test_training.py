@@ -8,34 +8,69 @@ from transformers import TrainerCallback
 from kdflow.config import validate_config
 from kdflow.fileio import read_jsonl
 from kdflow.models import load_classifier, load_tokenizer, student_from_teacher
-from kdflow.training import (KDTrainer, PairClassificationDataset, PairCollator, per_device_batch, train_and_save,
-                             training_arguments)
+from kdflow.training import (
+    KDTrainer,
+    PairClassificationDataset,
+    PairCollator,
+    per_device_batch,
+    train_and_save,
+    training_arguments,
+)
 
 
 def train_cfg(**over):
-    cfg = {"run_name": "t", "glue": {"tasks": ["mnli"], "source": "synthetic"}, "teacher": {"model": "x"},
-           "student": {"model": "y"}, "distill": {"sweep": {"learning_rate": [1e-3]}, "training": over}}
+    cfg = {
+        "run_name": "t",
+        "glue": {"tasks": ["mnli"], "source": "synthetic"},
+        "teacher": {"model": "x"},
+        "student": {"model": "y"},
+        "distill": {"sweep": {"learning_rate": [1e-3]}, "training": over},
+    }
     return validate_config(cfg)["distill"]["training"]
 
 
-def make_trainer(teacher_dir, data_dir, out, alpha=0.5, cosine_weight=0.0, hard_labels=False, callbacks=None, **train_over):
+def make_trainer(
+    teacher_dir, data_dir, out, alpha=0.5, cosine_weight=0.0, hard_labels=False, callbacks=None, **train_over
+):
     tok = load_tokenizer(str(teacher_dir))
     teacher = load_classifier(str(teacher_dir), 3)
     rows = read_jsonl(data_dir / "train.jsonl")[:64]
     logits = torch.randn(len(rows), 3, generator=torch.Generator().manual_seed(0))
     train = PairClassificationDataset(rows, tok, 32, teacher_logits=logits, teacher_labels=logits.argmax(-1))
     dev = PairClassificationDataset(read_jsonl(data_dir / "dev_matched.jsonl")[:16], tok, 32)
-    cfg = train_cfg(**{"max_steps": 6, "batch_size": 8, "logging_steps": 1, "eval_steps": 3, "save_steps": 3, "seed": 1, **train_over})
+    cfg = train_cfg(
+        **{
+            "max_steps": 6,
+            "batch_size": 8,
+            "logging_steps": 1,
+            "eval_steps": 3,
+            "save_steps": 3,
+            "seed": 1,
+            **train_over,
+        }
+    )
     args = training_arguments(cfg, 1e-3, out / "checkpoints")
     student = student_from_teacher(teacher, [0, 2], seed=1)
-    return KDTrainer(model=student, args=args, train_dataset=train, eval_dataset=dev, data_collator=PairCollator(tok),
-                     alpha=alpha, temperature=2.0, hard_labels=hard_labels, cosine_weight=cosine_weight,
-                     teacher=teacher if cosine_weight else None, callbacks=callbacks or [])
+    return KDTrainer(
+        model=student,
+        args=args,
+        train_dataset=train,
+        eval_dataset=dev,
+        data_collator=PairCollator(tok),
+        alpha=alpha,
+        temperature=2.0,
+        hard_labels=hard_labels,
+        cosine_weight=cosine_weight,
+        teacher=teacher if cosine_weight else None,
+        callbacks=callbacks or [],
+    )
 
 
 def test_distillation_logs_loss_parts_and_writes_outputs(teacher_dir, glue_data, tmp_path):
     trainer = make_trainer(teacher_dir, glue_data["data"], tmp_path)
-    train_and_save(trainer, {"job": 1}, tmp_path / "model", tmp_path / "log.jsonl", tokenizer=trainer.data_collator.tokenizer)
+    train_and_save(
+        trainer, {"job": 1}, tmp_path / "model", tmp_path / "log.jsonl", tokenizer=trainer.data_collator.tokenizer
+    )
     history = read_jsonl(tmp_path / "log.jsonl")
     train_logs = [h for h in history if "loss" in h]
     assert [h["step"] for h in train_logs] == [1, 2, 3, 4, 5, 6]
@@ -78,14 +113,16 @@ def test_resume_after_a_crash_continues_from_the_checkpoint(teacher_dir, glue_da
 
     resumed = make_trainer(teacher_dir, glue_data["data"], run)
     steps_run = []
-    resumed.add_callback(type("Count", (TrainerCallback,), {"on_step_end": lambda self, a, s, c, **k: steps_run.append(s.global_step)})())
+    resumed.add_callback(
+        type("Count", (TrainerCallback,), {"on_step_end": lambda self, a, s, c, **k: steps_run.append(s.global_step)})()
+    )
     train_and_save(resumed, {"job": 1}, run / "model", run / "log.jsonl")
     assert steps_run == [4, 5, 6]  # the step counter continues from checkpoint-3
     history = read_jsonl(run / "log.jsonl")
     assert [h["step"] for h in history if "loss" in h] == [1, 2, 3, 4, 5, 6]
     ref_model = load_classifier(str(tmp_path / "ref" / "model"), 3)
     got = load_classifier(str(run / "model"), 3)
-    for (name, a), b in zip(ref_model.state_dict().items(), got.state_dict().values()):
+    for (name, a), b in zip(ref_model.state_dict().items(), got.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
 
 
@@ -95,7 +132,9 @@ def test_checkpoints_of_a_job_with_other_settings_are_not_resumed(teacher_dir, g
         train_and_save(crashing, {"lr": 1e-3}, tmp_path / "model", tmp_path / "log.jsonl")
     other = make_trainer(teacher_dir, glue_data["data"], tmp_path)
     steps_run = []
-    other.add_callback(type("Count", (TrainerCallback,), {"on_step_end": lambda self, a, s, c, **k: steps_run.append(s.global_step)})())
+    other.add_callback(
+        type("Count", (TrainerCallback,), {"on_step_end": lambda self, a, s, c, **k: steps_run.append(s.global_step)})()
+    )
     train_and_save(other, {"lr": 1e-4}, tmp_path / "model", tmp_path / "log.jsonl")
     assert steps_run == [1, 2, 3, 4, 5, 6]
 
@@ -103,7 +142,9 @@ def test_checkpoints_of_a_job_with_other_settings_are_not_resumed(teacher_dir, g
 def test_global_batch_is_split_over_devices_and_accumulation():
     assert per_device_batch(32, accumulation=4, devices=2) == 4
     assert per_device_batch(32, accumulation=1, devices=1) == 32
-    with pytest.raises(ValueError, match=r"batch_size 4 is not a multiple of devices \(2\) x gradient_accumulation_steps \(4\)"):
+    with pytest.raises(
+        ValueError, match=r"batch_size 4 is not a multiple of devices \(2\) x gradient_accumulation_steps \(4\)"
+    ):
         per_device_batch(4, accumulation=4, devices=2)
     with pytest.raises(ValueError, match="batch_size 30 is not a multiple"):
         per_device_batch(30, accumulation=4, devices=1)

@@ -21,24 +21,54 @@ pytestmark = pytest.mark.integration
 
 SMALL = {
     "run_name": "small",
-    "glue": {"tasks": ["mnli", "qqp"], "source": "synthetic", "max_length": 40,
-             "synthetic": {"train_size": 240, "dev_size": 40}, "tokenizer_training": {"vocab_size": 300}},
+    "glue": {
+        "tasks": ["mnli", "qqp"],
+        "source": "synthetic",
+        "max_length": 40,
+        "synthetic": {"train_size": 240, "dev_size": 40},
+        "tokenizer_training": {"vocab_size": 300},
+    },
     "teacher": {
-        "model": {"family": "bert", "config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                                               "intermediate_size": 64, "max_position_embeddings": 64}},
-        "finetune": {"learning_rate": 1e-3, "training": {"max_steps": 20, "batch_size": 16, "eval_steps": 10, "save_steps": 10, "logging_steps": 5}},
+        "model": {
+            "family": "bert",
+            "config": {
+                "hidden_size": 32,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "intermediate_size": 64,
+                "max_position_embeddings": 64,
+            },
+        },
+        "finetune": {
+            "learning_rate": 1e-3,
+            "training": {"max_steps": 20, "batch_size": 16, "eval_steps": 10, "save_steps": 10, "logging_steps": 5},
+        },
     },
     "student": {"model": {"from_teacher": {"layers": [1]}}},
-    "distill": {"sweep": {"learning_rate": [1e-3, 1e-5]},
-                "training": {"max_steps": 10, "batch_size": 16, "eval_steps": 5, "save_steps": 5, "logging_steps": 5}},
+    "distill": {
+        "sweep": {"learning_rate": [1e-3, 1e-5]},
+        "training": {"max_steps": 10, "batch_size": 16, "eval_steps": 5, "save_steps": 5, "logging_steps": 5},
+    },
 }
 
 
 def snakemake(workdir, configfile, *args, timeout=900):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(configfile), "--cores", "2", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(configfile),
+        "--cores",
+        "2",
+        *args,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-6000:]
     return out.stdout + out.stderr
@@ -75,13 +105,23 @@ def test_report_numbers_are_the_runs_numbers(small_run):
                 assert row[f"Accuracy{suffix} (%)"] == pytest.approx(round(100 * m["accuracy"], 2))
                 assert row[f"Macro-F1{suffix}"] == pytest.approx(round(100 * m["macro_f1"], 2))
                 assert 0 <= m["accuracy"] <= 1 and m["n"] > 0
-                assert set(m["per_class_f1"]) == ({"entailment", "neutral", "contradiction"} if task == "mnli" else {"not_duplicate", "duplicate"})
-        history = [json.loads(line) for line in Path(paths.distill_log(task, next(iter(points)))).read_text().splitlines()]
+                assert set(m["per_class_f1"]) == (
+                    {"entailment", "neutral", "contradiction"} if task == "mnli" else {"not_duplicate", "duplicate"}
+                )
+        history = [
+            json.loads(line) for line in Path(paths.distill_log(task, next(iter(points)))).read_text().splitlines()
+        ]
         assert max(h["step"] for h in history) == 10
         assert Path(paths.report_plot(task)).read_bytes()[:4] == b"\x89PNG"
     report = Path(paths.report_md()).read_text()
     assert "## MNLI" in report and "## QQP" in report and "dropped" in report
-    for rule in ("prepare_glue", "cache_teacher", "distill", "evaluate_student", "report"):  # log: and benchmark: on every rule
+    for rule in (
+        "prepare_glue",
+        "cache_teacher",
+        "distill",
+        "evaluate_student",
+        "report",
+    ):  # log: and benchmark: on every rule
         assert any(Path(paths.root, "benchmarks", rule).glob("**/*.tsv")) or Path(paths.benchmark(rule)).is_file()
         assert any(Path(paths.root, "logs", rule).glob("**/*.log")) or Path(paths.log(rule)).is_file()
 

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 
 
 def _spec(text: str) -> dict:
@@ -30,16 +29,24 @@ def cmd_synthesize_glue(a) -> None:
     from .synthetic_glue import write_synthetic_glue
 
     s = a.spec
-    write_synthetic_glue(a.task, a.out, train_size=s["train_size"], dev_size=s["dev_size"],
-                         label_noise=s["label_noise"], seed=s["seed"])
+    write_synthetic_glue(
+        a.task, a.out, train_size=s["train_size"], dev_size=s["dev_size"], label_noise=s["label_noise"], seed=s["seed"]
+    )
 
 
 def cmd_prepare_glue(a) -> None:
     from .prepare_glue import prepare_glue
 
     s = a.spec
-    prepare_glue(a.task, s["source"], a.out, tsv_dir=a.tsv_dir, hub_dataset=s["hub_dataset"],
-                 max_train_examples=s["max_train_examples"], subset_seed=s["subset_seed"])
+    prepare_glue(
+        a.task,
+        s["source"],
+        a.out,
+        tsv_dir=a.tsv_dir,
+        hub_dataset=s["hub_dataset"],
+        max_train_examples=s["max_train_examples"],
+        subset_seed=s["subset_seed"],
+    )
 
 
 def cmd_train_tokenizer(a) -> None:
@@ -55,8 +62,18 @@ def cmd_finetune_teacher(a) -> None:
     from .teacher import finetune_teacher
 
     s = a.spec
-    finetune_teacher(a.task, s["model"], a.tokenizer, a.data_dir, s["finetune"], s["max_length"], a.model_out,
-                     a.log_out, a.checkpoints, s["eval_batch_size"])
+    finetune_teacher(
+        a.task,
+        s["model"],
+        a.tokenizer,
+        a.data_dir,
+        s["finetune"],
+        s["max_length"],
+        a.model_out,
+        a.log_out,
+        a.checkpoints,
+        s["eval_batch_size"],
+    )
 
 
 def cmd_cache_teacher(a) -> None:
@@ -69,8 +86,19 @@ def cmd_cache_teacher(a) -> None:
 def cmd_distill(a) -> None:
     from .distill import distill_student
 
-    distill_student(a.task, a.spec["point"], a.spec, a.teacher, a.teacher_tokenizer, a.student_tokenizer, a.data_dir,
-                    a.cache, a.model_out, a.log_out, a.checkpoints)
+    distill_student(
+        a.task,
+        a.spec["point"],
+        a.spec,
+        a.teacher,
+        a.teacher_tokenizer,
+        a.student_tokenizer,
+        a.data_dir,
+        a.cache,
+        a.model_out,
+        a.log_out,
+        a.checkpoints,
+    )
 
 
 def cmd_evaluate(a) -> None:
@@ -92,17 +120,34 @@ COMMANDS = {
     "synthesize-glue": (cmd_synthesize_glue, ["task", "out"]),
     "prepare-glue": (cmd_prepare_glue, ["task", "out", "tsv_dir?"]),
     "train-tokenizer": (cmd_train_tokenizer, ["train", "out"]),
-    "finetune-teacher": (cmd_finetune_teacher, ["task", "tokenizer", "data_dir", "model_out", "log_out", "checkpoints"]),
+    "finetune-teacher": (
+        cmd_finetune_teacher,
+        ["task", "tokenizer", "data_dir", "model_out", "log_out", "checkpoints"],
+    ),
     "cache-teacher": (cmd_cache_teacher, ["task", "teacher", "tokenizer", "data_dir", "store", "out"]),
-    "distill": (cmd_distill, ["task", "teacher", "teacher_tokenizer", "student_tokenizer", "data_dir", "cache",
-                              "model_out", "log_out", "checkpoints"]),
+    "distill": (
+        cmd_distill,
+        [
+            "task",
+            "teacher",
+            "teacher_tokenizer",
+            "student_tokenizer",
+            "data_dir",
+            "cache",
+            "model_out",
+            "log_out",
+            "checkpoints",
+        ],
+    ),
     "evaluate": (cmd_evaluate, ["task", "model", "data_dir", "out", "name"]),
     "report": (cmd_report, ["root"]),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kdflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="kdflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (func, args) in COMMANDS.items():
         p = sub.add_parser(name, help=func.__doc__ or name)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import itertools
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import yaml
@@ -88,7 +87,7 @@ def sweep_points(config: dict) -> dict[str, dict[str, float]]:
     sweep = config["distill"]["sweep"]
     points = {}
     for values in itertools.product(*(sweep[axis] for axis in SWEEP_AXES)):
-        point = dict(zip(SWEEP_AXES, map(float, values)))
+        point = dict(zip(SWEEP_AXES, map(float, values), strict=True))
         points[point_id(point)] = point
     return points
 

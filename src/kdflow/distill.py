@@ -8,8 +8,7 @@ import logging
 from pathlib import Path
 
 from .fileio import read_jsonl, sha256_file
-from .models import (classifier_from_config, load_classifier, load_tokenizer, student_from_teacher,
-                     tokenizer_fingerprint)
+from .models import classifier_from_config, load_classifier, load_tokenizer, student_from_teacher, tokenizer_fingerprint
 from .prepare_glue import GLUE_TASKS
 from .teacher_cache import open_pointer
 from .training import KDTrainer, PairClassificationDataset, PairCollator, train_and_save, training_arguments
@@ -27,9 +26,19 @@ def build_student(student_spec, teacher_path: str, num_labels: int, tokenizer, s
     return classifier_from_config(student_spec, num_labels, tokenizer, seed)
 
 
-def distill_student(task: str, point: dict, spec: dict, teacher_path: str, teacher_tokenizer: str,
-                    student_tokenizer: str, data_dir: str | Path, cache_pointer: str | Path,
-                    model_out: str | Path, log_out: str | Path, checkpoint_dir: str | Path) -> dict:
+def distill_student(
+    task: str,
+    point: dict,
+    spec: dict,
+    teacher_path: str,
+    teacher_tokenizer: str,
+    student_tokenizer: str,
+    data_dir: str | Path,
+    cache_pointer: str | Path,
+    model_out: str | Path,
+    log_out: str | Path,
+    checkpoint_dir: str | Path,
+) -> dict:
     """spec: {"student": <student config>, "distill": <distill config>, "max_length": int, "eval_batch_size": int}."""
     labels = GLUE_TASKS[task].labels
     distill_cfg, train_cfg = spec["distill"], spec["distill"]["training"]
@@ -37,7 +46,9 @@ def distill_student(task: str, point: dict, spec: dict, teacher_path: str, teach
     train_file = data_dir / "train.jsonl"
     entry = open_pointer(cache_pointer)
     if entry.key_parts["data"] != sha256_file(train_file):
-        raise RuntimeError(f"{cache_pointer}: teacher cache was built from other training data than {train_file}; rerun the cache rule")
+        raise RuntimeError(
+            f"{cache_pointer}: teacher cache was built from other training data than {train_file}; rerun the cache rule"
+        )
     cached = entry.read_all()
 
     tokenizer = load_tokenizer(student_tokenizer)
@@ -49,12 +60,28 @@ def distill_student(task: str, point: dict, spec: dict, teacher_path: str, teach
     student = build_student(spec["student"]["model"], teacher_path, len(labels), tokenizer, train_cfg["seed"])
 
     max_length = spec["max_length"]
-    train = PairClassificationDataset(read_jsonl(train_file), tokenizer, max_length,
-                                      teacher_logits=cached["logits"], teacher_labels=cached["pseudo_labels"])
-    dev = PairClassificationDataset(read_jsonl(data_dir / f"{GLUE_TASKS[task].eval_splits[0]}.jsonl"), tokenizer, max_length)
+    train = PairClassificationDataset(
+        read_jsonl(train_file),
+        tokenizer,
+        max_length,
+        teacher_logits=cached["logits"],
+        teacher_labels=cached["pseudo_labels"],
+    )
+    dev = PairClassificationDataset(
+        read_jsonl(data_dir / f"{GLUE_TASKS[task].eval_splits[0]}.jsonl"), tokenizer, max_length
+    )
     args = training_arguments(train_cfg, point["learning_rate"], checkpoint_dir, spec["eval_batch_size"])
-    trainer = KDTrainer(model=student, args=args, train_dataset=train, eval_dataset=dev, data_collator=PairCollator(tokenizer),
-                        alpha=point["alpha"], temperature=point["temperature"], hard_labels=distill_cfg["hard_labels"],
-                        cosine_weight=distill_cfg["cosine_weight"], teacher=teacher)
+    trainer = KDTrainer(
+        model=student,
+        args=args,
+        train_dataset=train,
+        eval_dataset=dev,
+        data_collator=PairCollator(tokenizer),
+        alpha=point["alpha"],
+        temperature=point["temperature"],
+        hard_labels=distill_cfg["hard_labels"],
+        cosine_weight=distill_cfg["cosine_weight"],
+        teacher=teacher,
+    )
     job = {"stage": "distill", "task": task, "point": point, "spec": spec, "cache": entry.key}
     return train_and_save(trainer, job, model_out, log_out, tokenizer=tokenizer)

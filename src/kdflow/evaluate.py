@@ -9,12 +9,19 @@ from .fileio import read_jsonl, write_json
 from .metrics import classification_metrics
 from .models import load_classifier, load_tokenizer
 from .prepare_glue import GLUE_TASKS
-from .teacher import predict_logits
-from .training import PairClassificationDataset, PairCollator
+from .training import PairClassificationDataset, PairCollator, predict_logits
 
 
-def evaluate_classifier(task: str, model_path: str, data_dir: str | Path, max_length: int, out: str | Path,
-                        name: str, params: dict | None = None, batch_size: int = 128) -> dict:
+def evaluate_classifier(
+    task: str,
+    model_path: str,
+    data_dir: str | Path,
+    max_length: int,
+    out: str | Path,
+    name: str,
+    params: dict | None = None,
+    batch_size: int = 128,
+) -> dict:
     spec = GLUE_TASKS[task]
     tokenizer = load_tokenizer(model_path)
     model = load_classifier(model_path, len(spec.labels))

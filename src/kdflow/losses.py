@@ -45,7 +45,9 @@ def distillation_loss(
     return loss, parts
 
 
-def cosine_hidden_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def cosine_hidden_loss(
+    student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
     """DistilBERT's L_cos: mean over non-padding tokens of 1 - cos(h_student, h_teacher)."""
     if student_hidden.shape[-1] != teacher_hidden.shape[-1]:
         raise ValueError(

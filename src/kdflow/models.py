@@ -38,10 +38,14 @@ def load_classifier(name_or_path: str, num_labels: int) -> PreTrainedModel:
     return AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=num_labels)
 
 
-def classifier_from_config(spec: dict, num_labels: int, tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
+def classifier_from_config(
+    spec: dict, num_labels: int, tokenizer: PreTrainedTokenizerBase, seed: int
+) -> PreTrainedModel:
     """A model of `spec["family"]` with `spec["config"]`, random weights, sized to the tokenizer."""
     config_cls, model_cls = CONFIG_FAMILIES[spec["family"]]
-    config = config_cls(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, num_labels=num_labels, **spec["config"])
+    config = config_cls(
+        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, num_labels=num_labels, **spec["config"]
+    )
     torch.manual_seed(seed)
     return model_cls(config)
 
@@ -51,7 +55,9 @@ def default_layer_map(num_teacher_layers: int) -> list[int]:
     return list(range(0, num_teacher_layers, 2))
 
 
-def student_from_teacher(teacher: PreTrainedModel, layers: list[int] | None = None, copy_head: bool = False, seed: int = 0) -> PreTrainedModel:
+def student_from_teacher(
+    teacher: PreTrainedModel, layers: list[int] | None = None, copy_head: bool = False, seed: int = 0
+) -> PreTrainedModel:
     """DistilBERT's construction: a student with len(layers) layers, layer i initialized from
     teacher layer layers[i], embeddings copied; the task head (pooler, classifier) copied only
     with copy_head (otherwise freshly initialized, as for a pretrained student)."""
@@ -67,7 +73,7 @@ def student_from_teacher(teacher: PreTrainedModel, layers: list[int] | None = No
     teacher_state = teacher.state_dict()
     base = teacher.base_model_prefix  # "bert"
     new_state = {}
-    for key, value in student.state_dict().items():
+    for key in student.state_dict():
         m = _LAYER_KEY.match(key)
         is_head = not key.startswith(base + ".") or ".pooler." in key
         if m:
@@ -96,10 +102,19 @@ def train_wordpiece_tokenizer(texts, out_dir: str | Path, vocab_size: int) -> Pr
     tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special))
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
     )
-    fast = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                             sep_token="[SEP]", mask_token="[MASK]", do_lower_case=True)
+    fast = BertTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        do_lower_case=True,
+    )
     fast.save_pretrained(str(out_dir))
     return fast
 

@@ -161,7 +161,14 @@ def load_hub_split(dataset: str, task_name: str, split: str) -> tuple[list[dict]
         if not ex[a_col].strip() or not ex[b_col].strip():
             stats.drop(where, "empty text")
             continue
-        rows.append({"id": str(ex.get("idx", i)), "text_a": ex[a_col].strip(), "text_b": ex[b_col].strip(), "label": ex["label"]})
+        rows.append(
+            {
+                "id": str(ex.get("idx", i)),
+                "text_a": ex[a_col].strip(),
+                "text_b": ex[b_col].strip(),
+                "label": ex["label"],
+            }
+        )
     stats.rows_kept = len(rows)
     return rows, stats
 
@@ -208,7 +215,9 @@ def prepare_glue(
                 raise PrepareError(f"source {source!r} needs a TSV folder")
             path = Path(tsv_dir) / f"{split}.tsv"
             if not path.is_file():
-                raise PrepareError(f"{path}: missing; a GLUE {task_name.upper()} folder has {[s + '.tsv' for s in task.splits]}")
+                raise PrepareError(
+                    f"{path}: missing; a GLUE {task_name.upper()} folder has {[s + '.tsv' for s in task.splits]}"
+                )
             rows, stats = parse_glue_tsv(path, task)
         if not rows:
             raise PrepareError(
@@ -222,7 +231,14 @@ def prepare_glue(
         entry["rows_written"] = len(rows)
         entry["label_counts"] = {task.labels[k]: v for k, v in sorted(Counter(r["label"] for r in rows).items())}
         manifest["splits"][split] = entry
-        log.info("%s %s: %d rows kept of %d read, %d dropped", task_name, split, stats.rows_kept, stats.rows_read, entry["rows_dropped"])
+        log.info(
+            "%s %s: %d rows kept of %d read, %d dropped",
+            task_name,
+            split,
+            stats.rows_kept,
+            stats.rows_read,
+            entry["rows_dropped"],
+        )
     for split, rows in outputs.items():  # write only once every split parsed cleanly
         path = out_dir / f"{split}.jsonl"
         write_jsonl(path, rows)

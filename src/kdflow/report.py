@@ -47,7 +47,9 @@ def axis_table(results: pd.DataFrame, axis: str, swept: list[str]) -> pd.DataFra
     """Rows over one axis (e.g. the study's learning-rate table); other swept axes stay columns."""
     others = [a for a in swept if a != axis]
     metric_cols = [c for c in results.columns if c not in ("run", "learning_rate", "alpha", "temperature")]
-    table = results[[axis, *others, *metric_cols]].sort_values([*others, axis], ascending=[True] * len(others) + [False])
+    table = results[[axis, *others, *metric_cols]].sort_values(
+        [*others, axis], ascending=[True] * len(others) + [False]
+    )
     return table.rename(columns=AXIS_LABELS)
 
 
@@ -78,9 +80,16 @@ def plot_loss_curves(paths: RunPaths, task: str, points: dict[str, dict], out: P
         train = [(h["step"], h["loss"]) for h in history if "loss" in h]
         evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
         if train:
-            ax.plot(*zip(*train), color=color, label=f"{point_id} train")
+            ax.plot(*zip(*train, strict=True), color=color, label=f"{point_id} train")
         if evals:
-            ax.plot(*zip(*evals), color=color, linestyle="--", marker="o", markersize=3, label=f"{point_id} eval (CE)")
+            ax.plot(
+                *zip(*evals, strict=True),
+                color=color,
+                linestyle="--",
+                marker="o",
+                markersize=3,
+                label=f"{point_id} eval (CE)",
+            )
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_yscale("log")
@@ -116,13 +125,18 @@ def write_glue_report(paths: RunPaths, tasks: list[str], points: dict[str, dict]
             stem = Path(paths.report_table(task, axis, "csv")).with_suffix("")
             table = axis_table(results, axis, swept)
             write_table(table, stem, f"{task.upper()}: student accuracy and macro-F1 by {AXIS_LABELS[axis].lower()}")
-            md += [f"### {task.upper()} by {AXIS_LABELS[axis].lower()}", "", table.to_markdown(index=False, floatfmt="g"), "",
-                   f"Files: [{stem.name}.csv]({stem.relative_to(paths.root)}.csv), "
-                   f"[.md]({stem.relative_to(paths.root)}.md), [.tex]({stem.relative_to(paths.root)}.tex)", ""]
+            md += [
+                f"### {task.upper()} by {AXIS_LABELS[axis].lower()}",
+                "",
+                table.to_markdown(index=False, floatfmt="g"),
+                "",
+                f"Files: [{stem.name}.csv]({stem.relative_to(paths.root)}.csv), "
+                f"[.md]({stem.relative_to(paths.root)}.md), [.tex]({stem.relative_to(paths.root)}.tex)",
+                "",
+            ]
         png = plot_loss_curves(paths, task, points, Path(paths.report_plot(task)))
         md += [f"![{task} loss curves]({png.relative_to(paths.root)})", ""]
     out = Path(paths.report_md())
     with atomic_path(out) as tmp:
         tmp.write_text("\n".join(md))
     return out
-

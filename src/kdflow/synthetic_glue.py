@@ -17,65 +17,143 @@ from .fileio import atomic_path
 
 # verb: (past tense, synonym past, antonym-ish past, base form)
 VERBS = [
-    ("painted", "coloured", "scraped", "paint"), ("built", "constructed", "demolished", "build"),
-    ("bought", "purchased", "sold", "buy"), ("opened", "unlocked", "closed", "open"),
-    ("found", "discovered", "lost", "find"), ("cleaned", "washed", "dirtied", "clean"),
-    ("repaired", "fixed", "broke", "repair"), ("carried", "hauled", "dropped", "carry"),
-    ("liked", "enjoyed", "hated", "like"), ("started", "began", "stopped", "start"),
-    ("filled", "loaded", "emptied", "fill"), ("hid", "concealed", "revealed", "hide"),
+    ("painted", "coloured", "scraped", "paint"),
+    ("built", "constructed", "demolished", "build"),
+    ("bought", "purchased", "sold", "buy"),
+    ("opened", "unlocked", "closed", "open"),
+    ("found", "discovered", "lost", "find"),
+    ("cleaned", "washed", "dirtied", "clean"),
+    ("repaired", "fixed", "broke", "repair"),
+    ("carried", "hauled", "dropped", "carry"),
+    ("liked", "enjoyed", "hated", "like"),
+    ("started", "began", "stopped", "start"),
+    ("filled", "loaded", "emptied", "fill"),
+    ("hid", "concealed", "revealed", "hide"),
 ]
 ADJS = ["old", "young", "tall", "quiet", "angry", "happy", "tired", "clever", "famous", "busy", "shy", "brave"]
 OBJ_ADJS = ["red", "small", "large", "wooden", "broken", "new", "heavy", "green", "cheap", "strange"]
-SUBJECTS = ["farmer", "teacher", "doctor", "child", "sailor", "baker", "pilot", "nurse", "student", "artist",
-                    "driver", "writer", "singer", "lawyer", "guard", "chef"]
-OBJECTS = ["barn", "boat", "house", "box", "door", "car", "bridge", "wall", "table", "window", "fence",
-                   "shop", "cart", "chair", "tower", "garden"]
-PLACES = ["near the river", "in the village", "behind the school", "on the hill", "by the road", "in the city",
-          "at the harbour", "under the trees"]
-EXTRAS = ["for his daughter", "because it rained", "twice last week", "for a lot of money", "with great care",
-          "before the festival", "after a long argument", "to win a prize"]
+SUBJECTS = [
+    "farmer",
+    "teacher",
+    "doctor",
+    "child",
+    "sailor",
+    "baker",
+    "pilot",
+    "nurse",
+    "student",
+    "artist",
+    "driver",
+    "writer",
+    "singer",
+    "lawyer",
+    "guard",
+    "chef",
+]
+OBJECTS = [
+    "barn",
+    "boat",
+    "house",
+    "box",
+    "door",
+    "car",
+    "bridge",
+    "wall",
+    "table",
+    "window",
+    "fence",
+    "shop",
+    "cart",
+    "chair",
+    "tower",
+    "garden",
+]
+PLACES = [
+    "near the river",
+    "in the village",
+    "behind the school",
+    "on the hill",
+    "by the road",
+    "in the city",
+    "at the harbour",
+    "under the trees",
+]
+EXTRAS = [
+    "for his daughter",
+    "because it rained",
+    "twice last week",
+    "for a lot of money",
+    "with great care",
+    "before the festival",
+    "after a long argument",
+    "to win a prize",
+]
 HYPERNYM = {"person": "someone"}
 
 MNLI_LABELS = ("entailment", "neutral", "contradiction")
-MNLI_TRAIN_HEADER = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
-                     "sentence1_parse", "sentence2_parse", "sentence1", "sentence2", "label1", "gold_label"]
+MNLI_TRAIN_HEADER = [
+    "index",
+    "promptID",
+    "pairID",
+    "genre",
+    "sentence1_binary_parse",
+    "sentence2_binary_parse",
+    "sentence1_parse",
+    "sentence2_parse",
+    "sentence1",
+    "sentence2",
+    "label1",
+    "gold_label",
+]
 MNLI_DEV_HEADER = MNLI_TRAIN_HEADER[:-1] + ["label2", "label3", "label4", "label5", "gold_label"]
 QQP_HEADER = ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"]
 
 
 def _mnli_pair(rng: random.Random, subjects: list[str], objects: list[str], fronted: bool) -> tuple[str, str, str]:
     past, syn, ant, base = rng.choice(VERBS)
-    adj, oadj, subj, obj, place = rng.choice(ADJS), rng.choice(OBJ_ADJS), rng.choice(subjects), rng.choice(objects), rng.choice(PLACES)
+    adj, oadj, subj, obj, place = (
+        rng.choice(ADJS),
+        rng.choice(OBJ_ADJS),
+        rng.choice(subjects),
+        rng.choice(objects),
+        rng.choice(PLACES),
+    )
     if fronted:  # the mismatched "genre": place fronted, other nouns
         premise = f"{place.capitalize()}, the {adj} {subj} {past} the {oadj} {obj}."
     else:
         premise = f"The {adj} {subj} {past} the {oadj} {obj} {place}."
     label = rng.choice(MNLI_LABELS)
     if label == "entailment":
-        hyp = rng.choice([
-            f"The {subj} {past} the {obj}.",
-            f"The {adj} {subj} {syn} the {oadj} {obj}.",
-            f"Someone {past} the {obj} {place}.",
-            f"A {subj} {syn} a {obj}.",
-            f'The {obj} was "{past}" by the {subj}.',
-        ])
+        hyp = rng.choice(
+            [
+                f"The {subj} {past} the {obj}.",
+                f"The {adj} {subj} {syn} the {oadj} {obj}.",
+                f"Someone {past} the {obj} {place}.",
+                f"A {subj} {syn} a {obj}.",
+                f'The {obj} was "{past}" by the {subj}.',
+            ]
+        )
     elif label == "contradiction":
-        hyp = rng.choice([
-            f"The {subj} did not {base} the {obj}.",
-            f"The {adj} {subj} {ant} the {oadj} {obj}.",
-            f"Nobody {past} the {obj} {place}.",
-            f"The {subj} never {syn} the {obj}.",
-            f'The {obj} was "{ant}" by the {subj}.',
-        ])
+        hyp = rng.choice(
+            [
+                f"The {subj} did not {base} the {obj}.",
+                f"The {adj} {subj} {ant} the {oadj} {obj}.",
+                f"Nobody {past} the {obj} {place}.",
+                f"The {subj} never {syn} the {obj}.",
+                f'The {obj} was "{ant}" by the {subj}.',
+            ]
+        )
     else:
         extra = rng.choice(EXTRAS)
-        hyp = rng.choice([
-            f"The {subj} {past} the {obj} {extra}.",
-            f"The {adj} {subj} {syn} the {oadj} {obj} {extra}.",
-            f"The {subj} wanted to {base} the {obj}.",
-            f"The {subj} {past} the {obj} {extra} {place}.",
-            f'The "{adj}" {subj} {past} another {obj}.',
-        ])
+        hyp = rng.choice(
+            [
+                f"The {subj} {past} the {obj} {extra}.",
+                f"The {adj} {subj} {syn} the {oadj} {obj} {extra}.",
+                f"The {subj} wanted to {base} the {obj}.",
+                f"The {subj} {past} the {obj} {extra} {place}.",
+                f'The "{adj}" {subj} {past} another {obj}.',
+            ]
+        )
     return premise, hyp, label
 
 
@@ -99,11 +177,25 @@ def write_mnli(out_dir: str | Path, train_size: int, dev_size: int, label_noise:
                 label = rng.choice(MNLI_LABELS)
             annotator_labels = [label] * (len(header) - 11)
             gold = "-" if i % 97 == 13 else label  # annotators disagreed: GLUE writes "-"
-            fields = [str(i), str(1000 + i), f"{1000 + i}{label[0]}", genre, _parse(premise), _parse(hyp),
-                      "(ROOT)", "(ROOT)", premise, hyp, *annotator_labels, gold]
+            fields = [
+                str(i),
+                str(1000 + i),
+                f"{1000 + i}{label[0]}",
+                genre,
+                _parse(premise),
+                _parse(hyp),
+                "(ROOT)",
+                "(ROOT)",
+                premise,
+                hyp,
+                *annotator_labels,
+                gold,
+            ]
             lines.append("\t".join(fields))
         if split == "train":
-            lines.append("\t".join(["999999", "1", "1n", genre, "( a )", "( b )", "(ROOT)", "(ROOT)", "A truncated row"]))
+            lines.append(
+                "\t".join(["999999", "1", "1n", genre, "( a )", "( b )", "(ROOT)", "(ROOT)", "A truncated row"])
+            )
         with atomic_path(out_dir / f"{split}.tsv") as tmp:
             tmp.write_text("\n".join(lines) + "\n")
 
@@ -115,11 +207,19 @@ QQP_TEMPLATES = [
     "Where can I learn to {verb} a {adj} {noun}?",
     "Is it hard to {verb} a {adj} {noun}?",
 ]
-QQP_VERBS = [("paint", "colour"), ("build", "construct"), ("buy", "purchase"), ("fix", "repair"),
-             ("clean", "wash"), ("sell", "trade"), ("design", "plan"), ("move", "carry"), ("find", "locate"),
-             ("protect", "guard")]
-QQP_NOUNS = OBJECTS + ["laptop", "bicycle", "website", "garage", "kitchen", "phone",
-                                                      "guitar", "roof", "engine", "sofa"]
+QQP_VERBS = [
+    ("paint", "colour"),
+    ("build", "construct"),
+    ("buy", "purchase"),
+    ("fix", "repair"),
+    ("clean", "wash"),
+    ("sell", "trade"),
+    ("design", "plan"),
+    ("move", "carry"),
+    ("find", "locate"),
+    ("protect", "guard"),
+]
+QQP_NOUNS = OBJECTS + ["laptop", "bicycle", "website", "garage", "kitchen", "phone", "guitar", "roof", "engine", "sofa"]
 
 
 def _qqp_pair(rng: random.Random) -> tuple[str, str, int]:
@@ -158,8 +258,9 @@ def write_qqp(out_dir: str | Path, train_size: int, dev_size: int, label_noise: 
             tmp.write_text("\n".join(lines) + "\n")
 
 
-def write_synthetic_glue(task: str, out_dir: str | Path, *, train_size: int, dev_size: int,
-                         label_noise: float = 0.05, seed: int = 0) -> None:
+def write_synthetic_glue(
+    task: str, out_dir: str | Path, *, train_size: int, dev_size: int, label_noise: float = 0.05, seed: int = 0
+) -> None:
     writers = {"mnli": write_mnli, "qqp": write_qqp}
     if task not in writers:
         raise ValueError(f"no synthetic generator for task {task!r}; known: {sorted(writers)}")

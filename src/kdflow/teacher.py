@@ -11,21 +11,35 @@ import logging
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from .fileio import read_json, read_jsonl, sha256_file
-from .models import (classifier_from_config, load_classifier, load_tokenizer, model_fingerprint,
-                     tokenizer_fingerprint)
+from .models import classifier_from_config, load_classifier, load_tokenizer, model_fingerprint, tokenizer_fingerprint
 from .prepare_glue import GLUE_TASKS
 from .teacher_cache import CacheEntry, write_pointer
-from .training import KDTrainer, PairClassificationDataset, PairCollator, train_and_save, training_arguments
+from .training import (
+    KDTrainer,
+    PairClassificationDataset,
+    PairCollator,
+    predict_logits,
+    train_and_save,
+    training_arguments,
+)
 
 log = logging.getLogger(__name__)
 
 
-def finetune_teacher(task: str, model_spec: str | dict, tokenizer_path: str, data_dir: str | Path,
-                     finetune_cfg: dict, max_length: int, model_out: str | Path, log_out: str | Path,
-                     checkpoint_dir: str | Path, eval_batch_size: int = 128) -> dict:
+def finetune_teacher(
+    task: str,
+    model_spec: str | dict,
+    tokenizer_path: str,
+    data_dir: str | Path,
+    finetune_cfg: dict,
+    max_length: int,
+    model_out: str | Path,
+    log_out: str | Path,
+    checkpoint_dir: str | Path,
+    eval_batch_size: int = 128,
+) -> dict:
     """Train the teacher on the task's train split (CE only); eval loss on the first dev split."""
     labels = GLUE_TASKS[task].labels
     tokenizer = load_tokenizer(tokenizer_path)
@@ -36,27 +50,34 @@ def finetune_teacher(task: str, model_spec: str | dict, tokenizer_path: str, dat
         model = load_classifier(model_spec, len(labels))
     data_dir = Path(data_dir)
     train = PairClassificationDataset(read_jsonl(data_dir / "train.jsonl"), tokenizer, max_length)
-    dev = PairClassificationDataset(read_jsonl(data_dir / f"{GLUE_TASKS[task].eval_splits[0]}.jsonl"), tokenizer, max_length)
+    dev = PairClassificationDataset(
+        read_jsonl(data_dir / f"{GLUE_TASKS[task].eval_splits[0]}.jsonl"), tokenizer, max_length
+    )
     args = training_arguments(finetune_cfg["training"], finetune_cfg["learning_rate"], checkpoint_dir, eval_batch_size)
-    trainer = KDTrainer(model=model, args=args, train_dataset=train, eval_dataset=dev, data_collator=PairCollator(tokenizer))
-    job = {"stage": "teacher_finetune", "task": task, "model": model_spec, "finetune": finetune_cfg,
-           "data": sha256_file(data_dir / "train.jsonl"), "max_length": max_length}
+    trainer = KDTrainer(
+        model=model, args=args, train_dataset=train, eval_dataset=dev, data_collator=PairCollator(tokenizer)
+    )
+    job = {
+        "stage": "teacher_finetune",
+        "task": task,
+        "model": model_spec,
+        "finetune": finetune_cfg,
+        "data": sha256_file(data_dir / "train.jsonl"),
+        "max_length": max_length,
+    }
     return train_and_save(trainer, job, model_out, log_out, tokenizer=tokenizer)
 
 
-@torch.no_grad()
-def predict_logits(model, dataset: PairClassificationDataset, collator: PairCollator, batch_size: int) -> torch.Tensor:
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.eval().to(device)
-    out = []
-    for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collator):
-        batch.pop("labels")
-        out.append(model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu())
-    return torch.cat(out)
-
-
-def cache_teacher_logits(task: str, teacher_path: str, tokenizer_path: str, data_dir: str | Path, max_length: int,
-                         store: str | Path, pointer_out: str | Path, batch_size: int = 128) -> dict:
+def cache_teacher_logits(
+    task: str,
+    teacher_path: str,
+    tokenizer_path: str,
+    data_dir: str | Path,
+    max_length: int,
+    store: str | Path,
+    pointer_out: str | Path,
+    batch_size: int = 128,
+) -> dict:
     """Cache the teacher's logits on the train split (reused when the key is unchanged)."""
     labels = GLUE_TASKS[task].labels
     train_file = Path(data_dir) / "train.jsonl"
@@ -81,7 +102,14 @@ def cache_teacher_logits(task: str, teacher_path: str, tokenizer_path: str, data
         pseudo = logits.argmax(-1)
         entry.write_shard(0, {"logits": logits, "pseudo_labels": pseudo})
         gold = torch.tensor([r["label"] for r in rows])
-        entry.finish(1, {"task": task, "rows": len(rows), "teacher_path": str(teacher_path),
-                         "teacher_train_accuracy": (pseudo == gold).float().mean().item()})
+        entry.finish(
+            1,
+            {
+                "task": task,
+                "rows": len(rows),
+                "teacher_path": str(teacher_path),
+                "teacher_train_accuracy": (pseudo == gold).float().mean().item(),
+            },
+        )
     write_pointer(pointer_out, entry, reused)
     return read_json(entry.manifest_path)

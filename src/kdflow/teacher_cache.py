@@ -74,5 +74,7 @@ def open_pointer(pointer_path: str | Path) -> CacheEntry:
     pointer = read_json(pointer_path)
     entry = CacheEntry(Path(pointer["dir"]).parent, pointer["key_parts"])
     if entry.key != pointer["key"] or not entry.is_complete():
-        raise RuntimeError(f"{pointer_path}: cache entry {pointer['dir']} is missing or incomplete; rerun the teacher cache rule")
+        raise RuntimeError(
+            f"{pointer_path}: cache entry {pointer['dir']} is missing or incomplete; rerun the teacher cache rule"
+        )
     return entry

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -27,12 +27,19 @@ log = logging.getLogger(__name__)
 class PairClassificationDataset(Dataset):
     """Tokenized sentence pairs with labels and, for distillation, the teacher's cached outputs."""
 
-    def __init__(self, rows: list[dict], tokenizer: PreTrainedTokenizerBase, max_length: int,
-                 teacher_logits: torch.Tensor | None = None, teacher_labels: torch.Tensor | None = None):
+    def __init__(
+        self,
+        rows: list[dict],
+        tokenizer: PreTrainedTokenizerBase,
+        max_length: int,
+        teacher_logits: torch.Tensor | None = None,
+        teacher_labels: torch.Tensor | None = None,
+    ):
         if teacher_logits is not None and len(teacher_logits) != len(rows):
             raise ValueError(f"teacher cache has {len(teacher_logits)} rows, the data {len(rows)}")
-        self.encodings = tokenizer([r["text_a"] for r in rows], [r["text_b"] for r in rows],
-                                   truncation=True, max_length=max_length)
+        self.encodings = tokenizer(
+            [r["text_a"] for r in rows], [r["text_b"] for r in rows], truncation=True, max_length=max_length
+        )
         self.labels = [r["label"] for r in rows]
         self.teacher_logits = teacher_logits
         self.teacher_labels = teacher_labels
@@ -66,15 +73,39 @@ class PairCollator:
         return batch
 
 
+@torch.no_grad()
+def predict_logits(model, dataset: PairClassificationDataset, collator: PairCollator, batch_size: int) -> torch.Tensor:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.eval().to(device)
+    out = []
+    for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collator):
+        batch.pop("labels")
+        out.append(model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu())
+    return torch.cat(out)
+
+
 class KDTrainer(Trainer):
     """Trainer with the distillation loss. Batches carry `teacher_logits` from the cache; the
     teacher model itself runs only for the cosine loss on hidden states. Evaluation batches have
     no teacher outputs: eval loss is the student's cross-entropy on the gold labels."""
 
-    def __init__(self, *args, alpha: float = 0.0, temperature: float = 1.0, hard_labels: bool = False,
-                 cosine_weight: float = 0.0, teacher: PreTrainedModel | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        alpha: float = 0.0,
+        temperature: float = 1.0,
+        hard_labels: bool = False,
+        cosine_weight: float = 0.0,
+        teacher: PreTrainedModel | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
-        self.alpha, self.temperature, self.hard_labels, self.cosine_weight = alpha, temperature, hard_labels, cosine_weight
+        self.alpha, self.temperature, self.hard_labels, self.cosine_weight = (
+            alpha,
+            temperature,
+            hard_labels,
+            cosine_weight,
+        )
         if cosine_weight > 0 and teacher is None:
             raise ValueError("cosine_weight > 0 needs the teacher model online")
         self.teacher = teacher
@@ -122,12 +153,16 @@ def per_device_batch(global_batch: int, accumulation: int, devices: int) -> int:
     """training.batch_size is the global batch: per device x devices x accumulation steps."""
     per_device, rest = divmod(global_batch, devices * accumulation)
     if per_device < 1 or rest:
-        raise ValueError(f"training.batch_size {global_batch} is not a multiple of devices ({devices}) x "
-                         f"gradient_accumulation_steps ({accumulation})")
+        raise ValueError(
+            f"training.batch_size {global_batch} is not a multiple of devices ({devices}) x "
+            f"gradient_accumulation_steps ({accumulation})"
+        )
     return per_device
 
 
-def training_arguments(train_cfg: dict, learning_rate: float, output_dir: str | Path, eval_batch_size: int = 128) -> TrainingArguments:
+def training_arguments(
+    train_cfg: dict, learning_rate: float, output_dir: str | Path, eval_batch_size: int = 128
+) -> TrainingArguments:
     """TrainingArguments from the config's `training` block."""
     accum = train_cfg["gradient_accumulation_steps"]
     per_device = per_device_batch(train_cfg["batch_size"], accum, world_size())
@@ -174,8 +209,13 @@ def prepare_checkpoint_dir(output_dir: str | Path, job_spec: dict) -> str | None
     return get_last_checkpoint(str(output_dir))
 
 
-def train_and_save(trainer: KDTrainer, job_spec: dict, model_out: str | Path, log_out: str | Path,
-                   tokenizer: PreTrainedTokenizerBase | None = None) -> dict:
+def train_and_save(
+    trainer: KDTrainer,
+    job_spec: dict,
+    model_out: str | Path,
+    log_out: str | Path,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> dict:
     """Train (resuming from this job's newest checkpoint in args.output_dir, if any), then write
     the final model and the log history atomically and drop the checkpoints."""
     last = prepare_checkpoint_dir(trainer.args.output_dir, job_spec)
