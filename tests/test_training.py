@@ -1,6 +1,9 @@
 """KDTrainer on a tiny BERT: the distillation loss path, the online-teacher cosine path, and
 resume after a crash from the newest checkpoint (the same weights as an uninterrupted run)."""
 
+import os
+import signal
+
 import pytest
 import torch
 from transformers import TrainerCallback
@@ -9,9 +12,13 @@ from kdflow.config import validate_config
 from kdflow.fileio import read_jsonl
 from kdflow.models import load_classifier, load_tokenizer, student_from_teacher
 from kdflow.training import (
+    COMPLETE_MARKER,
+    STOP_SIGNALS,
     KDTrainer,
     PairClassificationDataset,
     PairCollator,
+    Preempted,
+    last_complete_checkpoint,
     per_device_batch,
     train_and_save,
     training_arguments,
@@ -91,6 +98,14 @@ def test_cosine_loss_runs_the_frozen_teacher_online(teacher_dir, glue_data, tmp_
     assert not any(p.requires_grad for p in trainer.teacher.parameters())
 
 
+class StepRecorder(TrainerCallback):
+    def __init__(self, steps):
+        self.steps = steps
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+
+
 class CrashAfter(TrainerCallback):
     def __init__(self, step):
         self.step = step
@@ -113,9 +128,7 @@ def test_resume_after_a_crash_continues_from_the_checkpoint(teacher_dir, glue_da
 
     resumed = make_trainer(teacher_dir, glue_data["data"], run)
     steps_run = []
-    resumed.add_callback(
-        type("Count", (TrainerCallback,), {"on_step_end": lambda self, a, s, c, **k: steps_run.append(s.global_step)})()
-    )
+    resumed.add_callback(StepRecorder(steps_run))
     train_and_save(resumed, {"job": 1}, run / "model", run / "log.jsonl")
     assert steps_run == [4, 5, 6]  # the step counter continues from checkpoint-3
     history = read_jsonl(run / "log.jsonl")
@@ -132,9 +145,7 @@ def test_checkpoints_of_a_job_with_other_settings_are_not_resumed(teacher_dir, g
         train_and_save(crashing, {"lr": 1e-3}, tmp_path / "model", tmp_path / "log.jsonl")
     other = make_trainer(teacher_dir, glue_data["data"], tmp_path)
     steps_run = []
-    other.add_callback(
-        type("Count", (TrainerCallback,), {"on_step_end": lambda self, a, s, c, **k: steps_run.append(s.global_step)})()
-    )
+    other.add_callback(StepRecorder(steps_run))
     train_and_save(other, {"lr": 1e-4}, tmp_path / "model", tmp_path / "log.jsonl")
     assert steps_run == [1, 2, 3, 4, 5, 6]
 
@@ -148,3 +159,44 @@ def test_global_batch_is_split_over_devices_and_accumulation():
         per_device_batch(4, accumulation=4, devices=2)
     with pytest.raises(ValueError, match="batch_size 30 is not a multiple"):
         per_device_batch(30, accumulation=4, devices=1)
+
+
+class SignalAt(TrainerCallback):
+    """Sends this process a real signal, as Slurm does before a time limit or on preemption."""
+
+    def __init__(self, step, signum):
+        self.step, self.signum = step, signum
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM])
+def test_signal_saves_a_checkpoint_and_stops_then_rerun_resumes(teacher_dir, glue_data, tmp_path, signum):
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    try:
+        trainer = make_trainer(teacher_dir, glue_data["data"], tmp_path, callbacks=[SignalAt(2, signum)])
+        with pytest.raises(Preempted, match=f"stopped by {signal.Signals(signum).name}; saved .*checkpoint-2"):
+            train_and_save(trainer, {"job": 1}, tmp_path / "model", tmp_path / "log.jsonl")
+        assert (
+            tmp_path / "checkpoints" / "checkpoint-2" / COMPLETE_MARKER
+        ).is_file()  # saved off-schedule (save_steps 3)
+        assert not (tmp_path / "model").exists() and not (tmp_path / "log.jsonl").exists()
+
+        resumed = make_trainer(teacher_dir, glue_data["data"], tmp_path)
+        steps_run = []
+        resumed.add_callback(StepRecorder(steps_run))
+        train_and_save(resumed, {"job": 1}, tmp_path / "model", tmp_path / "log.jsonl")
+        assert steps_run == [3, 4, 5, 6]
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def test_a_checkpoint_killed_mid_write_is_not_resumed(tmp_path):
+    (tmp_path / "checkpoint-3").mkdir()
+    (tmp_path / "checkpoint-3" / COMPLETE_MARKER).touch()
+    (tmp_path / "checkpoint-6").mkdir()  # no marker: the job died while writing it
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-3")
+    assert not (tmp_path / "checkpoint-6").exists()

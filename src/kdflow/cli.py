@@ -58,6 +58,24 @@ def cmd_train_tokenizer(a) -> None:
     train_wordpiece_tokenizer(texts, a.out, a.spec["vocab_size"])
 
 
+def exits_when_preempted(command):
+    """Training commands: a SIGTERM/SIGUSR1 saves a checkpoint, then the job exits 128 + signal
+    (non-zero, so Slurm and Snakemake see a failure; the rerun resumes from the checkpoint)."""
+
+    def run(a) -> None:
+        from .training import Preempted
+
+        try:
+            command(a)
+        except Preempted as stop:
+            logging.getLogger("kdflow").error("%s", stop)
+            sys.exit(128 + stop.signum)
+
+    run.__doc__ = command.__doc__
+    return run
+
+
+@exits_when_preempted
 def cmd_finetune_teacher(a) -> None:
     from .teacher import finetune_teacher
 
@@ -83,6 +101,7 @@ def cmd_cache_teacher(a) -> None:
     cache_teacher_logits(a.task, a.teacher, a.tokenizer, a.data_dir, s["max_length"], a.store, a.out, s["batch_size"])
 
 
+@exits_when_preempted
 def cmd_distill(a) -> None:
     from .distill import distill_student
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from .fileio import atomic_path, read_json, write_json, write_jsonl
@@ -196,8 +197,55 @@ def training_arguments(
     )
 
 
+COMPLETE_MARKER = "kdflow-complete"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # Slurm: preemption / time limit (--signal=USR1@<s>)
+
+
+class Preempted(RuntimeError):
+    """Training stopped on a signal after saving a checkpoint; a rerun resumes from it."""
+
+    def __init__(self, signum: int, checkpoint: str | None):
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}; saved {checkpoint}; rerun to resume")
+
+
+class CheckpointGuard(TrainerCallback):
+    """Marks each checkpoint complete once the Trainer has fully written it (a checkpoint killed
+    mid-write is never resumed), and turns SIGTERM/SIGUSR1 into "save a checkpoint now and stop"."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._request_stop)
+
+    def _request_stop(self, signum, frame) -> None:
+        log.warning("received %s: saving a checkpoint and stopping", signal.Signals(signum).name)
+        self.signum = signum
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.signum is not None:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            (Path(args.output_dir) / f"checkpoint-{state.global_step}" / COMPLETE_MARKER).touch()
+        return control
+
+
+def last_complete_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest checkpoint marked complete; incomplete ones (killed mid-write) are removed."""
+    while (last := get_last_checkpoint(str(output_dir))) is not None:
+        if (Path(last) / COMPLETE_MARKER).is_file():
+            return last
+        log.warning("%s was not completely written, removing it", last)
+        shutil.rmtree(last)
+    return None
+
+
 def prepare_checkpoint_dir(output_dir: str | Path, job_spec: dict) -> str | None:
-    """The newest checkpoint to resume from, if it was written by this same job (same spec);
+    """The newest complete checkpoint to resume from, if this same job (same spec) wrote it;
     checkpoints of a job with other settings are removed instead of resumed."""
     output_dir = Path(output_dir)
     spec_file = output_dir / "job.json"
@@ -206,7 +254,7 @@ def prepare_checkpoint_dir(output_dir: str | Path, job_spec: dict) -> str | None
         shutil.rmtree(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     write_json(spec_file, job_spec)
-    return get_last_checkpoint(str(output_dir))
+    return last_complete_checkpoint(output_dir)
 
 
 def train_and_save(
@@ -217,11 +265,16 @@ def train_and_save(
     tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> dict:
     """Train (resuming from this job's newest checkpoint in args.output_dir, if any), then write
-    the final model and the log history atomically and drop the checkpoints."""
+    the final model and the log history atomically and drop the checkpoints. On SIGTERM/SIGUSR1
+    save a checkpoint and raise Preempted instead: no output is written."""
+    guard = CheckpointGuard()
+    trainer.add_callback(guard)
     last = prepare_checkpoint_dir(trainer.args.output_dir, job_spec)
     if last:
         log.info("resuming from %s", last)
     trainer.train(resume_from_checkpoint=last)
+    if guard.signum is not None:
+        raise Preempted(guard.signum, last_complete_checkpoint(trainer.args.output_dir))
     trainer.evaluate()
     if trainer.is_world_process_zero():
         with atomic_path(model_out, is_dir=True) as tmp:
