@@ -199,4 +199,6 @@ def test_a_checkpoint_killed_mid_write_is_not_resumed(tmp_path):
     (tmp_path / "checkpoint-3" / COMPLETE_MARKER).touch()
     (tmp_path / "checkpoint-6").mkdir()  # no marker: the job died while writing it
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-3")
+    assert (tmp_path / "checkpoint-6").exists()  # only the main process removes
+    assert last_complete_checkpoint(tmp_path, remove_incomplete=True) == str(tmp_path / "checkpoint-3")
     assert not (tmp_path / "checkpoint-6").exists()

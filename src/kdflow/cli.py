@@ -117,6 +117,7 @@ def cmd_distill(a) -> None:
         a.model_out,
         a.log_out,
         a.checkpoints,
+        a.deepspeed,
     )
 
 
@@ -156,6 +157,7 @@ COMMANDS = {
             "model_out",
             "log_out",
             "checkpoints",
+            "deepspeed?",
         ],
     ),
     "evaluate": (cmd_evaluate, ["task", "model", "data_dir", "out", "name"]),

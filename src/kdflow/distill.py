@@ -38,8 +38,10 @@ def distill_student(
     model_out: str | Path,
     log_out: str | Path,
     checkpoint_dir: str | Path,
+    deepspeed_config: str | None = None,
 ) -> dict:
-    """spec: {"student": <student config>, "distill": <distill config>, "max_length": int, "eval_batch_size": int}."""
+    """spec: {"point", "student", "distill" (without its sweep), "max_length", "eval_batch_size"}.
+    Runs in every process that kdflow.launch started; only the main one writes the outputs."""
     labels = GLUE_TASKS[task].labels
     distill_cfg, train_cfg = spec["distill"], spec["distill"]["training"]
     data_dir = Path(data_dir)
@@ -70,7 +72,9 @@ def distill_student(
     dev = PairClassificationDataset(
         read_jsonl(data_dir / f"{GLUE_TASKS[task].eval_splits[0]}.jsonl"), tokenizer, max_length
     )
-    args = training_arguments(train_cfg, point["learning_rate"], checkpoint_dir, spec["eval_batch_size"])
+    args = training_arguments(
+        train_cfg, point["learning_rate"], checkpoint_dir, spec["eval_batch_size"], deepspeed_config
+    )
     trainer = KDTrainer(
         model=student,
         args=args,

@@ -17,9 +17,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
-from .fileio import atomic_path, read_json, write_json, write_jsonl
+from .fileio import read_json, write_json, write_jsonl
 from .losses import cosine_hidden_loss, distillation_loss
 
 log = logging.getLogger(__name__)
@@ -162,9 +161,13 @@ def per_device_batch(global_batch: int, accumulation: int, devices: int) -> int:
 
 
 def training_arguments(
-    train_cfg: dict, learning_rate: float, output_dir: str | Path, eval_batch_size: int = 128
+    train_cfg: dict,
+    learning_rate: float,
+    output_dir: str | Path,
+    eval_batch_size: int = 128,
+    deepspeed_config: str | None = None,
 ) -> TrainingArguments:
-    """TrainingArguments from the config's `training` block."""
+    """TrainingArguments from the config's `training` block (and a DeepSpeed JSON, if any)."""
     accum = train_cfg["gradient_accumulation_steps"]
     per_device = per_device_batch(train_cfg["batch_size"], accum, world_size())
     cuda = torch.cuda.is_available()
@@ -194,6 +197,8 @@ def training_arguments(
         prediction_loss_only=True,
         disable_tqdm=not sys.stderr.isatty(),
         dataloader_num_workers=0,
+        deepspeed=deepspeed_config,
+        ddp_backend="gloo" if world_size() > 1 and not cuda else None,
     )
 
 
@@ -234,27 +239,33 @@ class CheckpointGuard(TrainerCallback):
         return control
 
 
-def last_complete_checkpoint(output_dir: str | Path) -> str | None:
-    """The newest checkpoint marked complete; incomplete ones (killed mid-write) are removed."""
-    while (last := get_last_checkpoint(str(output_dir))) is not None:
-        if (Path(last) / COMPLETE_MARKER).is_file():
-            return last
-        log.warning("%s was not completely written, removing it", last)
-        shutil.rmtree(last)
+def last_complete_checkpoint(output_dir: str | Path, remove_incomplete: bool = False) -> str | None:
+    """The newest checkpoint marked complete; incomplete ones (killed mid-write) are skipped,
+    and removed with remove_incomplete."""
+    names = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    for path in sorted(names, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
+        if (path / COMPLETE_MARKER).is_file():
+            return str(path)
+        log.warning("%s was not completely written, %s", path, "removing it" if remove_incomplete else "skipping it")
+        if remove_incomplete:
+            shutil.rmtree(path)
     return None
 
 
-def prepare_checkpoint_dir(output_dir: str | Path, job_spec: dict) -> str | None:
-    """The newest complete checkpoint to resume from, if this same job (same spec) wrote it;
-    checkpoints of a job with other settings are removed instead of resumed."""
+def prepare_checkpoint_dir(output_dir: str | Path, job_spec: dict) -> None:
+    """Keep only checkpoints this same job (same spec) wrote completely; checkpoints of a job
+    with other settings are removed instead of resumed. Called on the main process."""
     output_dir = Path(output_dir)
     spec_file = output_dir / "job.json"
-    if output_dir.is_dir() and (not spec_file.is_file() or read_json(spec_file) != job_spec):
+    checkpoints = list(output_dir.glob("checkpoint-*"))
+    same_job = spec_file.is_file() and read_json(spec_file) == job_spec
+    if checkpoints and not same_job:
         log.warning("%s: checkpoints from a job with other settings, removing them", output_dir)
-        shutil.rmtree(output_dir)
+        for path in checkpoints:
+            shutil.rmtree(path)
     output_dir.mkdir(parents=True, exist_ok=True)
     write_json(spec_file, job_spec)
-    return last_complete_checkpoint(output_dir)
+    last_complete_checkpoint(output_dir, remove_incomplete=True)
 
 
 def train_and_save(
@@ -269,18 +280,39 @@ def train_and_save(
     save a checkpoint and raise Preempted instead: no output is written."""
     guard = CheckpointGuard()
     trainer.add_callback(guard)
-    last = prepare_checkpoint_dir(trainer.args.output_dir, job_spec)
+    checkpoints = trainer.args.output_dir
+    main = trainer.is_world_process_zero()
+    if main:
+        prepare_checkpoint_dir(checkpoints, job_spec)
+    trainer.accelerator.wait_for_everyone()
+    last = last_complete_checkpoint(checkpoints)
+    if main:
+        stage = trainer.accelerator.state.deepspeed_plugin.zero_stage if trainer.is_deepspeed_enabled else None
+        log.info(
+            "training on %d process(es) (%s), %s",
+            trainer.args.world_size,
+            trainer.args.device.type,
+            f"DeepSpeed ZeRO-{stage}" if stage is not None else "no DeepSpeed",
+        )
     if last:
-        log.info("resuming from %s", last)
+        log.info("resuming from %s (step %s)", last, last.rsplit("-", 1)[-1])
     trainer.train(resume_from_checkpoint=last)
     if guard.signum is not None:
-        raise Preempted(guard.signum, last_complete_checkpoint(trainer.args.output_dir))
+        raise Preempted(guard.signum, last_complete_checkpoint(checkpoints))
     trainer.evaluate()
-    if trainer.is_world_process_zero():
-        with atomic_path(model_out, is_dir=True) as tmp:
-            trainer.model.save_pretrained(str(tmp))
-            if tokenizer is not None:
-                tokenizer.save_pretrained(str(tmp))
+    # Every process takes part in saving (ZeRO-3 gathers the weights); the main one renames.
+    model_out = Path(model_out)
+    partial = model_out.with_name(f".{model_out.name}.partial")
+    if main:
+        shutil.rmtree(partial, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(partial))
+    if main:
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(partial))
+        shutil.rmtree(model_out, ignore_errors=True)
+        os.replace(partial, model_out)
         write_jsonl(log_out, trainer.state.log_history)
-        shutil.rmtree(trainer.args.output_dir, ignore_errors=True)  # done: nothing left to resume
+        shutil.rmtree(checkpoints, ignore_errors=True)  # done: nothing left to resume
+    trainer.accelerator.wait_for_everyone()
     return trainer.state.log_history[-1]

@@ -5,10 +5,13 @@ import os
 import re
 
 from kdflow import plan
+from kdflow.cluster import apply_profile_defaults, outlive_slurm_signals
 from kdflow.config import run_root, sweep_points, swept_axes
 from kdflow.paths import RunPaths
 from kdflow.prepare_glue import GLUE_TASKS
 
+apply_profile_defaults()  # variables of profiles/slurm: exported values win
+outlive_slurm_signals()  # in a Slurm job: let training save its checkpoint on USR1/TERM
 P = RunPaths(run_root(config))
 TASKS = config["glue"]["tasks"]
 POINTS = sweep_points(config)
@@ -51,6 +54,16 @@ def teacher_model_input(wildcards):
     if plan.teacher_is_finetuned_here(config):
         return [P.teacher_model(wildcards.task)]
     return []
+
+
+def deepspeed_config_input(wildcards):
+    """The DeepSpeed JSON for distillation: the config's own file or workflow/deepspeed/<stage>.json."""
+    dist = config["distill"]["distributed"]
+    if dist["deepspeed_config"]:
+        return [dist["deepspeed_config"]]
+    if dist["deepspeed"] == "none":
+        return []
+    return [workflow.source_path(f"../deepspeed/{dist['deepspeed']}.json")]
 
 
 def report_outputs():
