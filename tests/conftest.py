@@ -11,19 +11,11 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+from tiny import tiny_bert  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY_BERT = {
-    "family": "bert",
-    "config": {
-        "hidden_size": 32,
-        "num_hidden_layers": 4,
-        "num_attention_heads": 2,
-        "intermediate_size": 64,
-        "max_position_embeddings": 64,
-    },
-}
+TINY_BERT = tiny_bert(layers=4)
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import tiny_bert
 
 from kdflow.config import validate_config
 from kdflow.fileio import read_jsonl
@@ -26,17 +27,7 @@ NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 def setup(glue_data, tokenizer_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("ds")
     tok = load_tokenizer(str(tokenizer_dir))
-    spec = {
-        "family": "bert",
-        "config": {
-            "hidden_size": 32,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "intermediate_size": 64,
-            "max_position_embeddings": 64,
-            **NO_DROPOUT,
-        },
-    }
+    spec = tiny_bert(**NO_DROPOUT)
     teacher = classifier_from_config(spec, 3, tok, seed=0)
     teacher.save_pretrained(root / "teacher")
     tok.save_pretrained(root / "teacher")

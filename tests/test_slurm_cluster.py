@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny import small_glue_config
 
 from kdflow.fileio import read_jsonl
 from kdflow.paths import RunPaths
@@ -28,38 +29,14 @@ from kdflow.paths import RunPaths
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.cluster
 
-CONFIG = {
-    "run_name": "cluster",
-    "glue": {
-        "tasks": ["mnli"],
-        "source": "synthetic",
-        "max_length": 40,
-        "synthetic": {"train_size": 400, "dev_size": 40},
-        "tokenizer_training": {"vocab_size": 300},
-    },
-    "teacher": {
-        "model": {
-            "family": "bert",
-            "config": {
-                "hidden_size": 32,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 2,
-                "intermediate_size": 64,
-                "max_position_embeddings": 64,
-            },
-        },
-        "finetune": {
-            "learning_rate": 1e-3,
-            "training": {"max_steps": 20, "batch_size": 16, "eval_steps": 10, "save_steps": 10, "logging_steps": 5},
-        },
-    },
-    "student": {"model": {"from_teacher": {"layers": [1]}}},
-    "distill": {
-        "sweep": {"learning_rate": [1e-3, 1e-5]},
-        "training": {"max_steps": 300, "batch_size": 16, "eval_steps": 100, "save_steps": 20, "logging_steps": 5},
-        "distributed": {"deepspeed": "zero2", "cpu_processes": 2},
-    },
-}
+CONFIG = small_glue_config(
+    "cluster",
+    ["mnli"],
+    400,
+    {"max_steps": 300, "batch_size": 16, "eval_steps": 100, "save_steps": 20, "logging_steps": 5},
+    distributed={"deepspeed": "zero2", "cpu_processes": 2},
+)
+
 # What profiles/slurm/config.yaml asks for, per rule: partition and GPUs (type v100-sxm2).
 EXPECTED = {
     "synthesize_glue": ("short", 0),

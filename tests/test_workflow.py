@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from tiny import small_glue_config
 
 from kdflow.config import load_config, sweep_points
 from kdflow.paths import RunPaths
@@ -19,37 +20,12 @@ from kdflow.paths import RunPaths
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.integration
 
-SMALL = {
-    "run_name": "small",
-    "glue": {
-        "tasks": ["mnli", "qqp"],
-        "source": "synthetic",
-        "max_length": 40,
-        "synthetic": {"train_size": 240, "dev_size": 40},
-        "tokenizer_training": {"vocab_size": 300},
-    },
-    "teacher": {
-        "model": {
-            "family": "bert",
-            "config": {
-                "hidden_size": 32,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 2,
-                "intermediate_size": 64,
-                "max_position_embeddings": 64,
-            },
-        },
-        "finetune": {
-            "learning_rate": 1e-3,
-            "training": {"max_steps": 20, "batch_size": 16, "eval_steps": 10, "save_steps": 10, "logging_steps": 5},
-        },
-    },
-    "student": {"model": {"from_teacher": {"layers": [1]}}},
-    "distill": {
-        "sweep": {"learning_rate": [1e-3, 1e-5]},
-        "training": {"max_steps": 10, "batch_size": 16, "eval_steps": 5, "save_steps": 5, "logging_steps": 5},
-    },
-}
+SMALL = small_glue_config(
+    "small",
+    ["mnli", "qqp"],
+    240,
+    {"max_steps": 10, "batch_size": 16, "eval_steps": 5, "save_steps": 5, "logging_steps": 5},
+)
 
 
 def snakemake(workdir, configfile, *args, timeout=900):

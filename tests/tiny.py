@@ -1,0 +1,39 @@
+"""Tiny models and small workflow configs shared by the tests (offline, seconds on a CPU)."""
+
+
+def tiny_bert(layers: int = 2, **config) -> dict:
+    """A BERT built from a config: hidden 32, 2 heads."""
+    return {
+        "family": "bert",
+        "config": {
+            "hidden_size": 32,
+            "num_hidden_layers": layers,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "max_position_embeddings": 64,
+            **config,
+        },
+    }
+
+
+def small_glue_config(run_name: str, tasks: list[str], train_size: int, distill_training: dict, **distill) -> dict:
+    """The demo's workflow at test size: synthetic data, a 2-layer teacher, a 1-layer student."""
+    return {
+        "run_name": run_name,
+        "glue": {
+            "tasks": tasks,
+            "source": "synthetic",
+            "max_length": 40,
+            "synthetic": {"train_size": train_size, "dev_size": 40},
+            "tokenizer_training": {"vocab_size": 300},
+        },
+        "teacher": {
+            "model": tiny_bert(),
+            "finetune": {
+                "learning_rate": 1e-3,
+                "training": {"max_steps": 20, "batch_size": 16, "eval_steps": 10, "save_steps": 10, "logging_steps": 5},
+            },
+        },
+        "student": {"model": {"from_teacher": {"layers": [1]}}},
+        "distill": {"sweep": {"learning_rate": [1e-3, 1e-5]}, "training": distill_training, **distill},
+    }
