@@ -27,7 +27,9 @@ rule distill:
         teacher_tokenizer=lambda w: plan.teacher_tokenizer(config, w.task, P),
         student_tokenizer=lambda w: plan.student_tokenizer(config, w.task, P),
         checkpoints=lambda w: P.distill_checkpoints(w.task, w.point),
-        deepspeed=lambda w, input: f"--deepspeed {input.deepspeed}" if input.deepspeed else "",
+        deepspeed=lambda w, input: (
+            f"--deepspeed {input.deepspeed}" if input.deepspeed else ""
+        ),
         cpu_processes=config["distill"]["distributed"]["cpu_processes"],
         spec=lambda w: as_json(
             {
