@@ -98,8 +98,14 @@ def test_report_numbers_are_the_runs_numbers(small_run):
         "evaluate_student",
         "report",
     ):  # log: and benchmark: on every rule
-        assert any(Path(paths.root, "benchmarks", rule).glob("**/*.tsv")) or Path(paths.benchmark(rule)).is_file()
-        assert any(Path(paths.root, "logs", rule).glob("**/*.log")) or Path(paths.log(rule)).is_file()
+        bench = next(Path(paths.root, "benchmarks").glob(f"{rule}*/**/*.tsv"), None) or Path(paths.benchmark(rule))
+        header, row = bench.read_text().splitlines()[:2]
+        assert header.split("\t")[0] == "s" and float(row.split("\t")[0]) > 0  # Snakemake's timing, seconds
+        log = next(Path(paths.root, "logs").glob(f"{rule}*/**/*.log"), None) or Path(paths.log(rule))
+        assert f"kdflow {rule.split('_')[0]}" in log.read_text()  # the stage ran and logged its settings
+    # The distillation jobs ran through kdflow.launch with 2 CPU processes and DeepSpeed ZeRO-2 (config defaults).
+    distill_log = Path(paths.log("distill", "mnli", next(iter(points)))).read_text()
+    assert "training on 2 process(es) (cpu), DeepSpeed ZeRO-2" in distill_log
 
 
 def test_rerun_redoes_only_what_is_missing(small_run):
