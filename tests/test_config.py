@@ -32,6 +32,12 @@ def test_shipped_configs_are_valid_and_get_defaults():
     assert demo["distill"]["training"]["save_steps"] == 100
     assert demo["distill"]["training"]["gradient_accumulation_steps"] == 1  # default filled in
     assert demo["glue"]["subset_seed"] == 0
+    tr = study["translation"]
+    assert tr["teacher"]["model"] == "meta-llama/Llama-3.2-3B-Instruct"
+    assert tr["student"]["model"] == "meta-llama/Llama-3.2-1B-Instruct"
+    assert tr["distill"]["sweep"]["learning_rate"] == [1e-3, 1e-4, 1e-5]
+    assert tr["teacher"]["cache"]["top_k"] == 64 and tr["distill"]["loss"] == "forward_kl"
+    assert tr["prompt"]["template"] is None and tr["evaluate"]["comet"]["model"] == "Unbabel/wmt22-comet-da"
 
 
 @pytest.mark.parametrize(
@@ -53,7 +59,24 @@ def test_shipped_configs_are_valid_and_get_defaults():
             lambda c: c["distill"]["sweep"].update(alpha=[-0.1]),
             r"distill\.sweep\.alpha\[0\]: -0\.1 is less than the minimum of 0",
         ),
-        (lambda c: c.pop("teacher"), r"<top level>: 'teacher' is a required property"),
+        (lambda c: c.pop("teacher"), r"<top level>: 'teacher' is a dependency of 'glue'"),
+        (
+            lambda c: [c.pop("glue"), c.pop("translation")],
+            r"<top level>: .* is not valid under any of the given schemas",
+        ),
+        (
+            lambda c: c["translation"]["distill"].update(loss="kl"),
+            r"translation\.distill\.loss: 'kl' is not one of \['forward_kl', 'reverse_kl', 'jsd'\]",
+        ),
+        (
+            lambda c: c["translation"]["teacher"]["cache"].update(top_k=0),
+            r"translation\.teacher\.cache\.top_k: 0 is less than the minimum of 1",
+        ),
+        (
+            lambda c: c["translation"]["teacher"]["model"].update(family="bert"),
+            r"translation\.teacher\.model\.family: 'bert' cannot be used for translation",
+        ),
+        (lambda c: c["translation"].update(source="local"), r"translation: 'local_dir' is a required property"),
         (lambda c: c["teacher"].pop("model"), r"teacher: 'model' is a required property"),
         (lambda c: c["glue"].update(source="local"), r"glue: 'local_dir' is a required property"),
         (
@@ -75,10 +98,15 @@ def test_bad_values_fail_naming_the_key(demo, edit, message):
 def test_sweep_points_and_ids(demo):
     demo["distill"]["sweep"] = {"learning_rate": [2e-5, 2e-7], "alpha": [0.5, 1.0], "temperature": [2.0]}
     validate_config(demo)
-    points = sweep_points(demo)
+    points = sweep_points(demo["distill"])
     assert list(points) == ["lr2e-05_a0.5_T2", "lr2e-05_a1_T2", "lr2e-07_a0.5_T2", "lr2e-07_a1_T2"]
     assert points["lr2e-07_a1_T2"] == {"learning_rate": 2e-7, "alpha": 1.0, "temperature": 2.0}
-    assert swept_axes(demo) == ["learning_rate", "alpha"]
+    assert swept_axes(demo["distill"]) == ["learning_rate", "alpha"]
+    assert list(sweep_points(demo["translation"]["distill"])) == [
+        "lr0.003_a0.5_T1",
+        "lr0.001_a0.5_T1",
+        "lr0.0003_a0.5_T1",
+    ]
     assert point_id({"learning_rate": 1e-3, "alpha": 0.25, "temperature": 4}) == "lr0.001_a0.25_T4"
 
 
@@ -88,7 +116,7 @@ def offline_env():
     return env
 
 
-def test_study_plans_two_tasks_by_three_learning_rates_offline(tmp_path):
+def test_study_plans_both_tables_offline(tmp_path):
     out = subprocess.run(
         [
             *SNAKEMAKE,
@@ -116,6 +144,11 @@ def test_study_plans_two_tasks_by_three_learning_rates_offline(tmp_path):
     assert counts["evaluate_student"] == "6"
     assert counts["report"] == "1"
     assert "synthesize_glue" not in counts and "train_tokenizer" not in counts
+    # EuroLlama: hub teacher and student used as they are (no training, no init), 3 learning rates,
+    # evaluation of the base student, the teacher and the 3 students.
+    assert counts["prepare_translation"] == "1" and counts["cache_teacher_lm"] == "1"
+    assert counts["distill_lm"] == "3" and counts["evaluate_translation"] == "5"
+    assert not {"train_teacher_lm", "init_student_lm", "synthesize_europarl", "train_tokenizer_lm"} & set(counts)
 
 
 def test_invalid_config_fails_before_any_job(tmp_path, demo):

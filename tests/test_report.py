@@ -5,7 +5,7 @@ import pytest
 
 from kdflow.fileio import write_json, write_jsonl
 from kdflow.paths import RunPaths
-from kdflow.report import write_glue_report
+from kdflow.report import write_report
 
 
 def fake_run_outputs(paths, task, splits, points):
@@ -39,7 +39,13 @@ def test_alpha_sweep_gets_its_own_table_and_numbers_are_the_runs(tmp_path):
     }
     fake_run_outputs(paths, "mnli", ["dev_matched", "dev_mismatched"], points)
     fake_run_outputs(paths, "qqp", ["dev"], points)
-    md = write_glue_report(paths, ["mnli", "qqp"], points, ["learning_rate", "alpha"], "test report")
+    md = write_report(
+        paths,
+        {
+            "title": "test report",
+            "glue": {"tasks": ["mnli", "qqp"], "points": points, "swept": ["learning_rate", "alpha"]},
+        },
+    )
 
     by_alpha = pd.read_csv(paths.report_table("qqp", "alpha", "csv"))
     assert list(by_alpha.columns) == ["Alpha", "Learning rate", "Accuracy (%)", "Macro-F1"]

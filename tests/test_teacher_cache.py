@@ -89,3 +89,13 @@ def test_incomplete_entry_is_not_trusted(tmp_path):
     entry.finish(2, {})
     assert torch.equal(open_pointer(pointer).read_all()["x"], torch.arange(5))
     assert not list(tmp_path.rglob(".*tmp*"))  # atomic writes leave no temporaries
+
+
+def test_pointer_refuses_other_training_data(teacher_dir, glue_data, tmp_path):
+    run_cache(teacher_dir, glue_data["data"], tmp_path / "store", tmp_path / "mnli.json")
+    train = glue_data["data"] / "train.jsonl"
+    assert open_pointer(tmp_path / "mnli.json", train).is_complete()
+    other = tmp_path / "train.jsonl"
+    other.write_text(train.read_text().replace("a", "b", 1))
+    with pytest.raises(RuntimeError, match=f"built from other training data than {other}"):
+        open_pointer(tmp_path / "mnli.json", other)

@@ -67,7 +67,7 @@ def small_run(tmp_path_factory):
 
 def test_report_numbers_are_the_runs_numbers(small_run):
     workdir, _, paths, config = small_run
-    points = sweep_points(config)
+    points = sweep_points(config["distill"])
     for task, splits in (("mnli", ("dev_matched", "dev_mismatched")), ("qqp", ("dev",))):
         table = pd.read_csv(paths.report_table(task, "learning_rate", "csv"))
         assert sorted(table["Learning rate"]) == [1e-5, 1e-3]
@@ -143,3 +143,19 @@ def test_shipped_demo_shows_the_learning_rate_effect(tmp_path):
         best, lowest = table[column].max(), table.iloc[0][column]
         assert best > chance_acc + 10, (task, best, chance_acc)
         assert best > lowest + 5, (task, table)  # the smallest learning rate barely moves the student
+    # The translation family: the study's table with base, 3 learning rates and the teacher.
+    table = pd.read_csv(paths.report_table("europarl_en_fr", "learning_rate", "csv"))
+    assert list(table["Model"]) == [
+        "Base model",
+        "Distilled (learning rate 0.003)",
+        "Distilled (learning rate 0.001)",
+        "Distilled (learning rate 0.0003)",
+        "Teacher",
+    ]
+    base_bleu = table.iloc[0]["SacreBLEU"]
+    students = table.iloc[1:4]
+    assert (students["SacreBLEU"] > base_bleu).all(), table  # distillation beats the undistilled student
+    assert table.iloc[4]["SacreBLEU"] > 20 and (table["COMET"] == "not computed").all()
+    report = Path(paths.report_md()).read_text()
+    assert "BLEU signature: `nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0`" in report
+    assert "COMET not computed: evaluate.comet.enabled is false" in report and "No end marker" in report

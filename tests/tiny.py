@@ -37,3 +37,24 @@ def small_glue_config(run_name: str, tasks: list[str], train_size: int, distill_
         "student": {"model": {"from_teacher": {"layers": [1]}}},
         "distill": {"sweep": {"learning_rate": [1e-3, 1e-5]}, "training": distill_training, **distill},
     }
+
+
+def tiny_llama(layers: int = 2, **config) -> dict:
+    """A Llama built from a config: hidden 32, 2 heads (1 KV head)."""
+    return {
+        "family": "llama",
+        "config": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": layers,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "max_position_embeddings": 128,
+            "tie_word_embeddings": True,
+            **config,
+        },
+    }
+
+
+DEMO_TEMPLATE = "<|begin_of_text|>English: {source}\nFrench: {target}{marker}<|eot_id|>"
+DEMO_PROMPT = {"template": DEMO_TEMPLATE, "end_marker": "<|end_of_translation|>", "marker_token": None}

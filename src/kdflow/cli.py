@@ -50,12 +50,46 @@ def cmd_prepare_glue(a) -> None:
 
 
 def cmd_train_tokenizer(a) -> None:
+    """WordPiece on GLUE's text pairs; with spec kind "bpe", byte-level BPE on translation pairs."""
     from .fileio import read_jsonl
-    from .models import train_wordpiece_tokenizer
+    from .models import train_bpe_tokenizer, train_wordpiece_tokenizer
 
     rows = read_jsonl(a.train)
-    texts = [r["text_a"] for r in rows] + [r["text_b"] for r in rows]
-    train_wordpiece_tokenizer(texts, a.out, a.spec["vocab_size"])
+    if a.spec.get("kind") == "bpe":
+        train_bpe_tokenizer([r["source"] for r in rows] + [r["target"] for r in rows], a.out, a.spec["vocab_size"])
+    else:
+        texts = [r["text_a"] for r in rows] + [r["text_b"] for r in rows]
+        train_wordpiece_tokenizer(texts, a.out, a.spec["vocab_size"])
+
+
+def cmd_synthesize_europarl(a) -> None:
+    from .synthetic_translation import write_synthetic_europarl
+
+    s = a.spec
+    write_synthetic_europarl(a.out, size=s["size"], seed=s["seed"], stem=s["file_stem"])
+
+
+def cmd_prepare_translation(a) -> None:
+    from .prepare_translation import prepare_translation
+
+    s = a.spec
+    prepare_translation(
+        s["source"],
+        a.out,
+        local_dir=a.local_dir,
+        stem=s["file_stem"],
+        hub_dataset=s["hub_dataset"],
+        hub_config=s["hub_config"],
+        source_lang=s["source_lang"],
+        target_lang=s["target_lang"],
+        train_size=s["train_size"],
+        dev_size=s["dev_size"],
+        test_size=s["test_size"],
+        seed=s["subset_seed"],
+        max_source_words=s["max_source_words"],
+        overlong=s["overlong"],
+        max_length_ratio=s["max_length_ratio"],
+    )
 
 
 def exits_when_preempted(command):
@@ -121,6 +155,66 @@ def cmd_distill(a) -> None:
     )
 
 
+@exits_when_preempted
+def cmd_train_teacher_lm(a) -> None:
+    from .teacher_translation import train_teacher_lm
+
+    s = a.spec
+    train_teacher_lm(
+        s["model"],
+        a.tokenizer,
+        a.data_dir,
+        s["prompt"],
+        s["finetune"],
+        s["max_length"],
+        a.model_out,
+        a.log_out,
+        a.checkpoints,
+        s["eval_batch_size"],
+        s["chunk_size"],
+    )
+
+
+def cmd_cache_teacher_lm(a) -> None:
+    from .teacher_translation import cache_teacher_topk
+
+    s = a.spec
+    cache_teacher_topk(a.teacher, a.tokenizer, a.data_dir, s["prompt"], s["cache"], s["max_length"], a.store, a.out)
+
+
+def cmd_init_student_lm(a) -> None:
+    from .teacher_translation import init_student_lm
+
+    init_student_lm(a.spec["student"], a.teacher, a.tokenizer, a.out, a.spec["seed"])
+
+
+@exits_when_preempted
+def cmd_distill_lm(a) -> None:
+    from .distill_translation import distill_student_lm
+
+    distill_student_lm(
+        a.spec["point"],
+        a.spec,
+        a.student,
+        a.teacher_tokenizer,
+        a.data_dir,
+        a.cache,
+        a.model_out,
+        a.log_out,
+        a.checkpoints,
+        a.deepspeed,
+    )
+
+
+def cmd_evaluate_translation(a) -> None:
+    from .evaluate_translation import evaluate_translation
+
+    s = a.spec
+    evaluate_translation(
+        a.model, a.data_dir, s["prompt"], s["evaluate"], a.out, a.translations, a.name, s.get("params")
+    )
+
+
 def cmd_evaluate(a) -> None:
     from .evaluate import evaluate_classifier
 
@@ -130,10 +224,9 @@ def cmd_evaluate(a) -> None:
 
 def cmd_report(a) -> None:
     from .paths import RunPaths
-    from .report import write_glue_report
+    from .report import write_report
 
-    s = a.spec
-    write_glue_report(RunPaths(a.root), s["tasks"], s["points"], s["swept"], s["title"])
+    write_report(RunPaths(a.root), a.spec)
 
 
 COMMANDS = {
@@ -161,6 +254,16 @@ COMMANDS = {
         ],
     ),
     "evaluate": (cmd_evaluate, ["task", "model", "data_dir", "out", "name"]),
+    "synthesize-europarl": (cmd_synthesize_europarl, ["out"]),
+    "prepare-translation": (cmd_prepare_translation, ["out", "local_dir?"]),
+    "train-teacher-lm": (cmd_train_teacher_lm, ["tokenizer", "data_dir", "model_out", "log_out", "checkpoints"]),
+    "cache-teacher-lm": (cmd_cache_teacher_lm, ["teacher", "tokenizer", "data_dir", "store", "out"]),
+    "init-student-lm": (cmd_init_student_lm, ["teacher", "tokenizer", "out"]),
+    "distill-lm": (
+        cmd_distill_lm,
+        ["student", "teacher_tokenizer", "data_dir", "cache", "model_out", "log_out", "checkpoints", "deepspeed?"],
+    ),
+    "evaluate-translation": (cmd_evaluate_translation, ["model", "data_dir", "out", "translations", "name"]),
     "report": (cmd_report, ["root"]),
 }
 

@@ -64,13 +64,36 @@ def validate_config(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict
     return config
 
 
+FAMILY_KINDS = {"glue": ("bert",), "translation": ("llama",)}  # model_from_config families per path
+
+
 def _check_consistency(config: dict) -> None:
-    teacher = config["teacher"]
-    if isinstance(teacher["model"], dict) and not teacher["finetune"]["enabled"]:
-        raise ConfigError(
-            "teacher.finetune.enabled: a teacher built from a config (teacher.model.family) has "
-            "random weights and must be trained; set it to true or name a fine-tuned model"
-        )
+    for prefix, block in family_blocks(config).items():
+        teacher = block["teacher"]
+        if isinstance(teacher["model"], dict) and not teacher["finetune"]["enabled"]:
+            raise ConfigError(
+                f"{prefix}teacher.finetune.enabled: a teacher built from a config (teacher.model.family) has "
+                "random weights and must be trained; set it to true or name a fine-tuned model"
+            )
+        kind = "translation" if prefix else "glue"
+        for role in ("teacher", "student"):
+            model = block[role]["model"]
+            if isinstance(model, dict) and "family" in model and model["family"] not in FAMILY_KINDS[kind]:
+                raise ConfigError(
+                    f"{prefix}{role}.model.family: {model['family']!r} cannot be used for {kind}; "
+                    f"one of {list(FAMILY_KINDS[kind])}"
+                )
+
+
+def family_blocks(config: dict) -> dict[str, dict]:
+    """The experiment families a config runs, keyed by their key prefix in error messages:
+    GLUE's teacher/student/distill live at the top level, the translation's under `translation`."""
+    blocks = {}
+    if "glue" in config:
+        blocks[""] = config
+    if "translation" in config:
+        blocks["translation."] = config["translation"]
+    return blocks
 
 
 def load_config(path: str | Path, schema_path: str | Path = SCHEMA_PATH) -> dict:
@@ -82,9 +105,9 @@ def point_id(point: dict[str, float]) -> str:
     return "_".join(f"{_AXIS_TAGS[axis]}{point[axis]:g}" for axis in SWEEP_AXES)
 
 
-def sweep_points(config: dict) -> dict[str, dict[str, float]]:
-    """All distillation jobs: {point id: {learning_rate, alpha, temperature}} in config order."""
-    sweep = config["distill"]["sweep"]
+def sweep_points(distill: dict) -> dict[str, dict[str, float]]:
+    """All distillation jobs of a `distill` block: {point id: {learning_rate, alpha, temperature}}."""
+    sweep = distill["sweep"]
     points = {}
     for values in itertools.product(*(sweep[axis] for axis in SWEEP_AXES)):
         point = dict(zip(SWEEP_AXES, map(float, values), strict=True))
@@ -92,10 +115,16 @@ def sweep_points(config: dict) -> dict[str, dict[str, float]]:
     return points
 
 
-def swept_axes(config: dict) -> list[str]:
-    """Axes with more than one value (learning_rate always: the study's table)."""
-    sweep = config["distill"]["sweep"]
+def swept_axes(distill: dict) -> list[str]:
+    """Axes of a `distill` block with more than one value (learning_rate always: the study's table)."""
+    sweep = distill["sweep"]
     return [a for a in SWEEP_AXES if a == "learning_rate" or len(sweep[a]) > 1]
+
+
+def translation_task(config: dict) -> str:
+    """The translation family's name in paths, e.g. europarl_en_fr."""
+    tr = config["translation"]
+    return f"europarl_{tr['source_lang']}_{tr['target_lang']}"
 
 
 def run_root(config: dict) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .fileio import read_jsonl, sha256_file
+from .fileio import read_jsonl
 from .models import classifier_from_config, load_classifier, load_tokenizer, student_from_teacher, tokenizer_fingerprint
 from .prepare_glue import GLUE_TASKS
 from .teacher_cache import open_pointer
@@ -46,11 +46,7 @@ def distill_student(
     distill_cfg, train_cfg = spec["distill"], spec["distill"]["training"]
     data_dir = Path(data_dir)
     train_file = data_dir / "train.jsonl"
-    entry = open_pointer(cache_pointer)
-    if entry.key_parts["data"] != sha256_file(train_file):
-        raise RuntimeError(
-            f"{cache_pointer}: teacher cache was built from other training data than {train_file}; rerun the cache rule"
-        )
+    entry = open_pointer(cache_pointer, train_file)
     cached = entry.read_all()
 
     tokenizer = load_tokenizer(student_tokenizer)

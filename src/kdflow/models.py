@@ -1,5 +1,6 @@
 """Models and tokenizers: hub/local loading, models built from a config (random weights),
-DistilBERT-style students made from teacher layers, locally trained tokenizers, fingerprints."""
+students made from teacher layers (DistilBERT's construction, for BERT and Llama), locally
+trained tokenizers (WordPiece for BERT, byte-level BPE for Llama), fingerprints."""
 
 from __future__ import annotations
 
@@ -11,18 +12,22 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     BertConfig,
     BertForSequenceClassification,
+    LlamaConfig,
+    LlamaForCausalLM,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
 log = logging.getLogger(__name__)
 
-CONFIG_FAMILIES = {"bert": (BertConfig, BertForSequenceClassification)}
-_LAYER_KEY = re.compile(r"^(.*?\b(?:encoder|transformer)\.layer)\.(\d+)\.(.*)$")
+CONFIG_FAMILIES = {"bert": (BertConfig, BertForSequenceClassification), "llama": (LlamaConfig, LlamaForCausalLM)}
+# Per-layer weights: BERT's encoder.layer.<i>.*, Llama's model.layers.<i>.*
+_LAYER_KEY = re.compile(r"^(.*?\b(?:encoder\.layer|transformer\.layer|model\.layers))\.(\d+)\.(.*)$")
 
 
 def model_name(spec: str, task: str) -> str:
@@ -50,6 +55,26 @@ def classifier_from_config(
     return model_cls(config)
 
 
+def load_causal_lm(name_or_path: str, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """A decoder LM from the hub or a local directory; bf16 on GPUs that have it, else fp32."""
+    if dtype is None:
+        dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+
+
+def causal_lm_from_config(spec: dict, tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
+    """A decoder LM of `spec["family"]` (llama) with `spec["config"]`, random weights, sized to the tokenizer."""
+    config_cls, model_cls = CONFIG_FAMILIES[spec["family"]]
+    special = {
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+    config = config_cls(vocab_size=len(tokenizer), **special, **spec["config"])
+    torch.manual_seed(seed)
+    return model_cls(config)
+
+
 def default_layer_map(num_teacher_layers: int) -> list[int]:
     """DistilBERT's choice: every other teacher layer, starting at the first."""
     return list(range(0, num_teacher_layers, 2))
@@ -59,8 +84,8 @@ def student_from_teacher(
     teacher: PreTrainedModel, layers: list[int] | None = None, copy_head: bool = False, seed: int = 0
 ) -> PreTrainedModel:
     """DistilBERT's construction: a student with len(layers) layers, layer i initialized from
-    teacher layer layers[i], embeddings copied; the task head (pooler, classifier) copied only
-    with copy_head (otherwise freshly initialized, as for a pretrained student)."""
+    teacher layer layers[i], embeddings copied; the head (BERT's pooler and classifier, an LM's
+    output layer) copied only with copy_head (otherwise freshly initialized)."""
     n_teacher = teacher.config.num_hidden_layers
     layers = layers if layers is not None else default_layer_map(n_teacher)
     bad = [i for i in layers if i >= n_teacher]
@@ -71,7 +96,7 @@ def student_from_teacher(
     torch.manual_seed(seed)
     student = teacher.__class__(config)
     teacher_state = teacher.state_dict()
-    base = teacher.base_model_prefix  # "bert"
+    base = teacher.base_model_prefix  # "bert", "model" (Llama)
     new_state = {}
     for key in student.state_dict():
         m = _LAYER_KEY.match(key)
@@ -114,6 +139,31 @@ def train_wordpiece_tokenizer(texts, out_dir: str | Path, vocab_size: int) -> Pr
         sep_token="[SEP]",
         mask_token="[MASK]",
         do_lower_case=True,
+    )
+    fast.save_pretrained(str(out_dir))
+    return fast
+
+
+LM_SPECIAL_TOKENS = ("<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", "<|end_of_translation|>", "<|pad|>")
+
+
+def train_bpe_tokenizer(texts, out_dir: str | Path, vocab_size: int) -> PreTrainedTokenizerBase:
+    """A byte-level BPE tokenizer (Llama-3's kind) trained on `texts`, with Llama-3's special
+    tokens the prompt uses and the translation end marker as single tokens; saved with save_pretrained."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(LM_SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", pad_token="<|pad|>"
     )
     fast.save_pretrained(str(out_dir))
     return fast

@@ -5,13 +5,16 @@ The Snakefile builds rule inputs/outputs from these methods with wildcard string
 layout change is made here once. Layout under results/<run_name>/:
 
     raw/glue/<task>/*.tsv          synthetic data in GLUE's original TSV layout (demo only)
+    raw/europarl/<task>/           synthetic data in Europarl's line-aligned layout (demo only)
     data/<task>/<split>.jsonl      normalized splits, data/<task>/manifest.json
     tokenizer/<task>/              tokenizer trained locally (models built from a config)
     teacher/<task>/model/          fine-tuned teacher
     cache/<task>.json              teacher-cache pointer (key + location in cache/store/)
     cache/store/<key>/             content-addressed teacher outputs, survive reruns
+    student_init/<task>/           the base student LM kdflow builds (from teacher layers or a config)
     distill/<task>/<point>/        model/, log.jsonl; checkpoints/ (not an output: survives failures)
-    eval/<task>/<name>.json        metrics of one model (a sweep point or "teacher")
+    eval/<task>/<name>.json        metrics of one model (a sweep point, "teacher", "base")
+    eval/<task>/<name>.translations.jsonl   its translations (translation family)
     report/                        tables (csv, md, tex) and plots;  report.md links them
     logs/<rule>/..., benchmarks/<rule>/...
 """
@@ -32,6 +35,9 @@ class RunPaths:
     # data
     def raw_glue_dir(self, task: str) -> str:
         return self._p("raw", "glue", task)
+
+    def raw_europarl_dir(self, task: str) -> str:
+        return self._p("raw", "europarl", task)
 
     def data_dir(self, task: str) -> str:
         return self._p("data", task)
@@ -62,6 +68,9 @@ class RunPaths:
         return self._p("cache", "store")
 
     # student
+    def student_init(self, task: str) -> str:
+        return self._p("student_init", task)
+
     def distill_dir(self, task: str, point: str) -> str:
         return self._p("distill", task, point)
 
@@ -77,6 +86,12 @@ class RunPaths:
     # evaluation and report
     def eval_json(self, task: str, name: str) -> str:
         return self._p("eval", task, f"{name}.json")
+
+    def eval_translations(self, task: str, name: str) -> str:
+        return self._p("eval", task, f"{name}.translations.jsonl")
+
+    def report_samples(self, task: str) -> str:
+        return self._p("report", f"{task}_samples.md")
 
     def report_dir(self) -> str:
         return self._p("report")

@@ -1,5 +1,8 @@
 """Decisions the workflow takes from the config, shared by the Snakefile and the stage CLI:
-which teacher and tokenizer each job uses, and whether a tokenizer must be trained locally."""
+which teacher and tokenizer each job uses, and whether a tokenizer must be trained locally.
+
+`block` is a family's settings holding `teacher` and `student`: the config itself for GLUE,
+config["translation"] for the translation family; both families decide the same way."""
 
 from __future__ import annotations
 
@@ -9,23 +12,23 @@ from .models import model_name
 from .paths import RunPaths
 
 
-def teacher_is_finetuned_here(config: dict) -> bool:
-    return config["teacher"]["finetune"]["enabled"]
+def teacher_is_finetuned_here(block: dict) -> bool:
+    return block["teacher"]["finetune"]["enabled"]
 
 
-def teacher_model(config: dict, task: str, paths: RunPaths) -> str:
+def teacher_model(block: dict, task: str, paths: RunPaths) -> str:
     """The fine-tuned teacher: kdflow's own output, or the model the config names."""
-    if teacher_is_finetuned_here(config):
+    if teacher_is_finetuned_here(block):
         return paths.teacher_model(task)
-    return model_name(config["teacher"]["model"], task)
+    return model_name(block["teacher"]["model"], task)
 
 
 def _built_from_config(model) -> bool:
     return isinstance(model, dict) and "family" in model
 
 
-def teacher_tokenizer(config: dict, task: str, paths: RunPaths) -> str:
-    teacher = config["teacher"]
+def teacher_tokenizer(block: dict, task: str, paths: RunPaths) -> str:
+    teacher = block["teacher"]
     if teacher["tokenizer"]:
         return model_name(teacher["tokenizer"], task)
     if _built_from_config(teacher["model"]):
@@ -33,19 +36,25 @@ def teacher_tokenizer(config: dict, task: str, paths: RunPaths) -> str:
     return model_name(teacher["model"], task)
 
 
-def student_tokenizer(config: dict, task: str, paths: RunPaths) -> str:
-    student = config["student"]
+def student_tokenizer(block: dict, task: str, paths: RunPaths) -> str:
+    student = block["student"]
     if student["tokenizer"]:
         return model_name(student["tokenizer"], task)
     if isinstance(student["model"], str):
         return model_name(student["model"], task)
     if "from_teacher" in student["model"]:
-        return teacher_tokenizer(config, task, paths)
+        return teacher_tokenizer(block, task, paths)
     return paths.tokenizer_dir(task)
 
 
-def trains_tokenizer(config: dict, task: str, paths: RunPaths) -> bool:
-    return paths.tokenizer_dir(task) in (teacher_tokenizer(config, task, paths), student_tokenizer(config, task, paths))
+def trains_tokenizer(block: dict, task: str, paths: RunPaths) -> bool:
+    return paths.tokenizer_dir(task) in (teacher_tokenizer(block, task, paths), student_tokenizer(block, task, paths))
+
+
+def base_student(block: dict, task: str, paths: RunPaths) -> str:
+    """The student before distillation (translation): a named model, or the one kdflow builds."""
+    model = block["student"]["model"]
+    return model_name(model, task) if isinstance(model, str) else paths.student_init(task)
 
 
 def glue_tsv_dir(config: dict, task: str, paths: RunPaths) -> str | None:

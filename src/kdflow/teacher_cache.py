@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .fileio import atomic_path, read_json, sha256_json, write_json
+from .fileio import atomic_path, read_json, sha256_file, sha256_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,16 @@ def write_pointer(pointer_path: str | Path, entry: CacheEntry, reused: bool) -> 
     write_json(pointer_path, {"key": entry.key, "dir": str(entry.dir), "reused": reused, "key_parts": entry.key_parts})
 
 
-def open_pointer(pointer_path: str | Path) -> CacheEntry:
+def open_pointer(pointer_path: str | Path, data_file: str | Path | None = None) -> CacheEntry:
+    """The complete entry a pointer names; with data_file, also check it was built from that file."""
     pointer = read_json(pointer_path)
     entry = CacheEntry(Path(pointer["dir"]).parent, pointer["key_parts"])
     if entry.key != pointer["key"] or not entry.is_complete():
         raise RuntimeError(
             f"{pointer_path}: cache entry {pointer['dir']} is missing or incomplete; rerun the teacher cache rule"
+        )
+    if data_file is not None and entry.key_parts["data"] != sha256_file(data_file):
+        raise RuntimeError(
+            f"{pointer_path}: teacher cache was built from other training data than {data_file}; rerun the cache rule"
         )
     return entry

@@ -115,7 +115,8 @@ class KDTrainer(Trainer):
         self._part_sums: dict[str, float] = {}
         self._part_count = 0
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def loss_and_parts(self, model, inputs) -> tuple[torch.Tensor, dict[str, float], object]:
+        """The training/eval loss, its parts for the log, and the model outputs."""
         teacher_logits = inputs.pop("teacher_logits", None)
         teacher_labels = inputs.pop("teacher_labels", None)
         labels = inputs.pop("labels")
@@ -132,6 +133,10 @@ class KDTrainer(Trainer):
             cos = cosine_hidden_loss(outputs.hidden_states[-1], teacher_out.hidden_states[-1], inputs["attention_mask"])
             loss = loss + self.cosine_weight * cos
             parts["cos"] = cos.item()
+        return loss, parts, outputs
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, parts, outputs = self.loss_and_parts(model, inputs)
         if model.training:
             for k, v in parts.items():
                 self._part_sums[k] = self._part_sums.get(k, 0.0) + v

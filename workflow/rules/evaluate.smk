@@ -1,51 +1,88 @@
-# Stage evaluate: accuracy, macro-F1 and per-class F1 on every dev split (kdflow/evaluate.py).
+# Stage evaluate. GLUE (kdflow/evaluate.py): accuracy, macro-F1 and per-class F1 on every dev
+# split. Translation (kdflow/evaluate_translation.py): generation on the test split, SacreBLEU,
+# chrF, COMET, runaway rate, for the base student, the teacher and every distilled student.
+
+if GLUE:
+
+    rule evaluate_student:
+        input:
+            data=P.data_dir("{task}"),
+            model=P.distill_model("{task}", "{point}"),
+        output:
+            P.eval_json("{task}", "{point}"),
+        log:
+            P.log("evaluate_student", "{task}", "{point}"),
+        benchmark:
+            P.benchmark("evaluate_student", "{task}", "{point}")
+        conda:
+            "../../envs/kdflow.yaml"
+        params:
+            spec=lambda w: as_json(
+                {
+                    "max_length": config["glue"]["max_length"],
+                    "batch_size": config["evaluate"]["batch_size"],
+                    "params": POINTS[w.point],
+                }
+            ),
+        shell:
+            "KDFLOW_THREADS={threads} python -m kdflow evaluate --task {wildcards.task} --model {input.model} "
+            "--data-dir {input.data} --out {output} --name {wildcards.point} --spec {params.spec:q} > {log} 2>&1"
+
+    rule evaluate_teacher:
+        input:
+            data=P.data_dir("{task}"),
+            model=lambda w: teacher_model_input(config, w.task),
+        output:
+            P.eval_json("{task}", "teacher"),
+        log:
+            P.log("evaluate_teacher", "{task}"),
+        benchmark:
+            P.benchmark("evaluate_teacher", "{task}")
+        conda:
+            "../../envs/kdflow.yaml"
+        params:
+            model=lambda w: plan.teacher_model(config, w.task, P),
+            spec=as_json(
+                {
+                    "max_length": config["glue"]["max_length"],
+                    "batch_size": config["evaluate"]["batch_size"],
+                }
+            ),
+        shell:
+            "KDFLOW_THREADS={threads} python -m kdflow evaluate --task {wildcards.task} --model {params.model} "
+            "--data-dir {input.data} --out {output} --name teacher --spec {params.spec:q} > {log} 2>&1"
 
 
-rule evaluate_student:
-    input:
-        data=P.data_dir("{task}"),
-        model=P.distill_model("{task}", "{point}"),
-    output:
-        P.eval_json("{task}", "{point}"),
-    log:
-        P.log("evaluate_student", "{task}", "{point}"),
-    benchmark:
-        P.benchmark("evaluate_student", "{task}", "{point}")
-    conda:
-        "../../envs/kdflow.yaml"
-    params:
-        spec=lambda w: as_json(
-            {
-                "max_length": config["glue"]["max_length"],
-                "batch_size": config["evaluate"]["batch_size"],
-                "params": POINTS[w.point],
-            }
-        ),
-    shell:
-        "KDFLOW_THREADS={threads} python -m kdflow evaluate --task {wildcards.task} --model {input.model} "
-        "--data-dir {input.data} --out {output} --name {wildcards.point} --spec {params.spec:q} > {log} 2>&1"
+if TR:
 
-
-rule evaluate_teacher:
-    input:
-        data=P.data_dir("{task}"),
-        model=teacher_model_input,
-    output:
-        P.eval_json("{task}", "teacher"),
-    log:
-        P.log("evaluate_teacher", "{task}"),
-    benchmark:
-        P.benchmark("evaluate_teacher", "{task}")
-    conda:
-        "../../envs/kdflow.yaml"
-    params:
-        model=lambda w: plan.teacher_model(config, w.task, P),
-        spec=as_json(
-            {
-                "max_length": config["glue"]["max_length"],
-                "batch_size": config["evaluate"]["batch_size"],
-            }
-        ),
-    shell:
-        "KDFLOW_THREADS={threads} python -m kdflow evaluate --task {wildcards.task} --model {params.model} "
-        "--data-dir {input.data} --out {output} --name teacher --spec {params.spec:q} > {log} 2>&1"
+    rule evaluate_translation:
+        input:
+            data=P.data_dir(TR_TASK),
+            model=lambda w: translation_model_input(w.name),
+        output:
+            metrics=P.eval_json(TR_TASK, "{name}"),
+            translations=P.eval_translations(TR_TASK, "{name}"),
+        log:
+            P.log("evaluate_translation", "{name}"),
+        benchmark:
+            P.benchmark("evaluate_translation", "{name}")
+        wildcard_constraints:
+            name="|".join(re.escape(n) for n in ["base", "teacher", *TR_POINTS]),
+        conda:
+            "../../envs/kdflow.yaml"
+        threads: 2
+        params:
+            model=lambda w: translation_model(w.name),
+            spec=lambda w: as_json(
+                {
+                    "prompt": TR["prompt"],
+                    "evaluate": {
+                        k: v for k, v in TR["evaluate"].items() if k != "samples"
+                    },
+                    "params": TR_POINTS.get(w.name, {}),
+                }
+            ),
+        shell:
+            "KDFLOW_THREADS={threads} python -m kdflow evaluate-translation --model {params.model} "
+            "--data-dir {input.data} --out {output.metrics} --translations {output.translations} "
+            "--name {wildcards.name} --spec {params.spec:q} > {log} 2>&1"

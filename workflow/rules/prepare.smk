@@ -1,59 +1,142 @@
-# Stage prepare: GLUE splits normalized to JSONL with a manifest (kdflow/prepare_glue.py).
+# Stage prepare: normalized splits with a manifest, and tokenizers trained locally for models
+# built from a config. GLUE (kdflow/prepare_glue.py): MNLI/QQP to JSONL. Translation
+# (kdflow/prepare_translation.py): Europarl en-fr pairs to train/dev/test JSONL.
+
+if GLUE:
+
+    rule synthesize_glue:
+        output:
+            directory(P.raw_glue_dir("{task}")),
+        log:
+            P.log("synthesize_glue", "{task}"),
+        benchmark:
+            P.benchmark("synthesize_glue", "{task}")
+        conda:
+            "../../envs/kdflow.yaml"
+        params:
+            spec=as_json(config["glue"]["synthetic"]),
+        shell:
+            "python -m kdflow synthesize-glue --task {wildcards.task} --out {output} "
+            "--spec {params.spec:q} > {log} 2>&1"
+
+    rule prepare_glue:
+        input:
+            glue_tsv_input,
+        output:
+            directory(P.data_dir("{task}")),
+        log:
+            P.log("prepare_glue", "{task}"),
+        benchmark:
+            P.benchmark("prepare_glue", "{task}")
+        conda:
+            "../../envs/kdflow.yaml"
+        params:
+            tsv=glue_tsv_arg,
+            spec=as_json(
+                {
+                    k: config["glue"][k]
+                    for k in (
+                        "source",
+                        "hub_dataset",
+                        "max_train_examples",
+                        "subset_seed",
+                    )
+                }
+            ),
+        shell:
+            "python -m kdflow prepare-glue --task {wildcards.task} {params.tsv} --out {output} "
+            "--spec {params.spec:q} > {log} 2>&1"
+
+    rule train_tokenizer:
+        input:
+            P.data_dir("{task}"),
+        output:
+            directory(P.tokenizer_dir("{task}")),
+        log:
+            P.log("train_tokenizer", "{task}"),
+        benchmark:
+            P.benchmark("train_tokenizer", "{task}")
+        conda:
+            "../../envs/kdflow.yaml"
+        params:
+            spec=as_json(config["glue"]["tokenizer_training"]),
+        shell:
+            "python -m kdflow train-tokenizer --train {input}/train.jsonl --out {output} "
+            "--spec {params.spec:q} > {log} 2>&1"
 
 
-rule synthesize_glue:
-    output:
-        directory(P.raw_glue_dir("{task}")),
-    log:
-        P.log("synthesize_glue", "{task}"),
-    benchmark:
-        P.benchmark("synthesize_glue", "{task}")
-    conda:
-        "../../envs/kdflow.yaml"
-    params:
-        spec=as_json(config["glue"]["synthetic"]),
-    shell:
-        "python -m kdflow synthesize-glue --task {wildcards.task} --out {output} "
-        "--spec {params.spec:q} > {log} 2>&1"
+if TR:
 
+    rule synthesize_europarl:
+        output:
+            directory(P.raw_europarl_dir(TR_TASK)),
+        log:
+            P.log("synthesize_europarl"),
+        benchmark:
+            P.benchmark("synthesize_europarl")
+        conda:
+            "../../envs/kdflow.yaml"
+        params:
+            spec=as_json({**TR["synthetic"], "file_stem": TR["file_stem"]}),
+        shell:
+            "python -m kdflow synthesize-europarl --out {output} --spec {params.spec:q} > {log} 2>&1"
 
-rule prepare_glue:
-    input:
-        glue_tsv_input,
-    output:
-        directory(P.data_dir("{task}")),
-    log:
-        P.log("prepare_glue", "{task}"),
-    benchmark:
-        P.benchmark("prepare_glue", "{task}")
-    conda:
-        "../../envs/kdflow.yaml"
-    params:
-        tsv=glue_tsv_arg,
-        spec=as_json(
-            {
-                k: config["glue"][k]
-                for k in ("source", "hub_dataset", "max_train_examples", "subset_seed")
-            }
-        ),
-    shell:
-        "python -m kdflow prepare-glue --task {wildcards.task} {params.tsv} --out {output} "
-        "--spec {params.spec:q} > {log} 2>&1"
+    rule prepare_translation:
+        input:
+            translation_inputs(),
+        output:
+            directory(P.data_dir(TR_TASK)),
+        log:
+            P.log("prepare_translation"),
+        benchmark:
+            P.benchmark("prepare_translation")
+        conda:
+            "../../envs/kdflow.yaml"
+        params:
+            local_dir=(
+                f"--local-dir {translation_local_dir()}"
+                if translation_local_dir()
+                else ""
+            ),
+            spec=as_json(
+                {
+                    k: v
+                    for k, v in TR.items()
+                    if k
+                    in (
+                        "source",
+                        "file_stem",
+                        "hub_dataset",
+                        "hub_config",
+                        "source_lang",
+                        "target_lang",
+                        "train_size",
+                        "dev_size",
+                        "test_size",
+                        "subset_seed",
+                        "max_source_words",
+                        "overlong",
+                        "max_length_ratio",
+                    )
+                }
+            ),
+        shell:
+            "python -m kdflow prepare-translation {params.local_dir} --out {output} "
+            "--spec {params.spec:q} > {log} 2>&1"
 
-
-rule train_tokenizer:
-    input:
-        P.data_dir("{task}"),
-    output:
-        directory(P.tokenizer_dir("{task}")),
-    log:
-        P.log("train_tokenizer", "{task}"),
-    benchmark:
-        P.benchmark("train_tokenizer", "{task}")
-    conda:
-        "../../envs/kdflow.yaml"
-    params:
-        spec=as_json(config["glue"]["tokenizer_training"]),
-    shell:
-        "python -m kdflow train-tokenizer --train {input}/train.jsonl --out {output} "
-        "--spec {params.spec:q} > {log} 2>&1"
+    rule train_tokenizer_lm:
+        input:
+            P.data_dir(TR_TASK),
+        output:
+            directory(P.tokenizer_dir(TR_TASK)),
+        log:
+            P.log("train_tokenizer_lm"),
+        benchmark:
+            P.benchmark("train_tokenizer_lm")
+        conda:
+            "../../envs/kdflow.yaml"
+        params:
+            spec=as_json({"kind": "bpe", **TR["tokenizer_training"]}),
+        shell:
+            "python -m kdflow train-tokenizer --train {input}/train.jsonl --out {output} "
+            "--spec {params.spec:q} > {log} 2>&1"

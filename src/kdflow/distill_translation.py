@@ -1,0 +1,63 @@
+"""Stage `distill` for translation: train one student LM per sweep point (learning rate,
+alpha, temperature) with token-level KD from the teacher's cached top-k (losses.topk_kd) mixed
+with CE on the cached targets (the references, or the teacher's translations). The student
+trains on the token ids stored in the cache, so teacher and student must share a vocabulary:
+checked before training, naming both sizes. The teacher model is never loaded."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .generation import load_lm_tokenizer
+from .models import load_causal_lm, tokenizer_fingerprint
+from .prompt import check_same_vocabulary, make_prompt
+from .teacher_cache import open_pointer
+from .teacher_translation import read_topk_cache, translation_examples
+from .training import train_and_save, training_arguments
+from .translation_training import TokenKDTrainer, TranslationCollator, TranslationExamples
+
+log = logging.getLogger(__name__)
+
+
+def distill_student_lm(
+    point: dict,
+    spec: dict,
+    student_path: str,
+    teacher_tokenizer: str,
+    data_dir: str | Path,
+    cache_pointer: str | Path,
+    model_out: str | Path,
+    log_out: str | Path,
+    checkpoint_dir: str | Path,
+    deepspeed_config: str | None = None,
+) -> dict:
+    """spec: {"point", "distill" (without its sweep), "prompt", "max_length", "eval_batch_size"}.
+    student_path: the base student (a hub name or kdflow's init_student output)."""
+    distill_cfg, train_cfg = spec["distill"], spec["distill"]["training"]
+    data_dir = Path(data_dir)
+    entry = open_pointer(cache_pointer, data_dir / "train.jsonl")
+    tokenizer = load_lm_tokenizer(student_path)
+    teacher_tok = load_lm_tokenizer(teacher_tokenizer)
+    if tokenizer_fingerprint(teacher_tok) != entry.key_parts["tokenizer"]:
+        raise RuntimeError(f"{cache_pointer}: cache built with another tokenizer than {teacher_tokenizer}")
+    student = load_causal_lm(student_path)
+    check_same_vocabulary(teacher_tok, tokenizer, entry.manifest()["teacher_vocab_size"], student.config.vocab_size)
+    ids, starts, topk, _ = read_topk_cache(entry)
+    prompt = make_prompt(tokenizer, spec["prompt"])
+    args = training_arguments(
+        train_cfg, point["learning_rate"], checkpoint_dir, spec["eval_batch_size"], deepspeed_config
+    )
+    trainer = TokenKDTrainer(
+        model=student,
+        args=args,
+        train_dataset=TranslationExamples(ids, starts, topk),
+        eval_dataset=translation_examples(data_dir / "dev.jsonl", tokenizer, prompt, spec["max_length"]),
+        data_collator=TranslationCollator(tokenizer.pad_token_id),
+        alpha=point["alpha"],
+        temperature=point["temperature"],
+        kd_loss=distill_cfg["loss"],
+        chunk_size=distill_cfg["chunk_size"],
+    )
+    job = {"stage": "distill_lm", "point": point, "spec": spec, "student": student_path, "cache": entry.key}
+    return train_and_save(trainer, job, model_out, log_out, tokenizer=tokenizer)

@@ -1,0 +1,92 @@
+"""Batched greedy/beam generation of translations, shared by evaluation and the teacher's
+pseudo-labels: prompts left-padded, KV cache on, stop at the end marker or the end tokens,
+marker stripped. Each output records whether the model emitted the marker (the study's
+runaway-generation problem: outputs that never do run to max_new_tokens)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from .prompt import Prompt, encode_prefix, marker_id, stop_token_ids
+
+log = logging.getLogger(__name__)
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_lm_tokenizer(name_or_path: str):
+    """A tokenizer for generation and LM training; Llama-3 has no pad token: use its
+    <|finetune_right_pad_id|> (or eos). Padding never reaches a loss or an output."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    if tokenizer.pad_token is None:
+        pad = "<|finetune_right_pad_id|>"
+        tokenizer.pad_token = pad if pad in tokenizer.get_vocab() else tokenizer.eos_token
+    return tokenizer
+
+
+def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, width - len(seq) :] = torch.as_tensor(seq)
+            mask[row, width - len(seq) :] = 1
+    return ids, mask
+
+
+def cut_at_stop(tokens: list[int], stop_ids: list[int], marker: int) -> tuple[list[int], bool]:
+    """The tokens before the first stop token, and whether that stop was the end marker."""
+    for i, tok in enumerate(tokens):
+        if tok in stop_ids:
+            return tokens[:i], tok == marker
+    return tokens, False
+
+
+@torch.no_grad()
+def generate_translations(
+    model,
+    tokenizer,
+    prompt: Prompt,
+    sources: list[str],
+    batch_size: int = 32,
+    max_new_tokens: int = 256,
+    num_beams: int = 1,
+) -> list[dict]:
+    """[{"hypothesis": str, "ended_with_marker": bool, "new_tokens": int}] in the order of `sources`."""
+    dev = device()
+    model.eval().to(dev)
+    stops, marker = stop_token_ids(tokenizer, prompt), marker_id(tokenizer, prompt)
+    prefixes = [encode_prefix(tokenizer, prompt, s) for s in sources]
+    # Longest first: batches of similar length waste less padding; results go back in order.
+    order = sorted(range(len(sources)), key=lambda i: -len(prefixes[i]))
+    results: list[dict | None] = [None] * len(sources)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        ids, mask = left_pad([prefixes[i] for i in idx], tokenizer.pad_token_id)
+        out = model.generate(
+            input_ids=ids.to(dev),
+            attention_mask=mask.to(dev),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=num_beams,
+            eos_token_id=stops,
+            pad_token_id=tokenizer.pad_token_id,
+            use_cache=True,
+        )
+        for row, i in enumerate(idx):
+            new = out[row, ids.shape[1] :].tolist()
+            kept, ended = cut_at_stop(new, stops, marker)
+            results[i] = {
+                "hypothesis": tokenizer.decode(kept, skip_special_tokens=True).strip(),
+                "ended_with_marker": ended,
+                "new_tokens": len(kept),
+            }
+        log.info("generated %d/%d", min(start + batch_size, len(order)), len(order))
+    return results

@@ -1,0 +1,261 @@
+"""Stage `teacher` for translation: train the teacher LM (the demo's, built from a config; the
+study's Llama-3.2-3B-Instruct is used as it is), then cache what the student needs from it.
+
+The cache (an entry of the shared content-addressed store, teacher_cache.py) holds, per shard
+of `shard_size` training examples: the token ids of every example (prompt + response, so the
+student trains on exactly the tokens the teacher saw) and, for every response token, the
+teacher's top-k logits (values in fp16/bf16, int32 indices) and the log-sum-exp of the full row
+(so the tail mass 1 - sum(exp(values - lse)) is known). A shard is written atomically once it is
+complete; a killed job restarts at the first missing shard. The key covers the teacher's
+weights, the tokenizer, the data, the prompt, k, max_length and the target kind.
+
+With targets "teacher" (sequence-level KD, the "pseudo-labels") the teacher first translates
+each training source, and its own translation replaces the reference as the response.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+
+from .fileio import atomic_path, read_jsonl, sha256_file
+from .generation import device, generate_translations, load_lm_tokenizer
+from .models import causal_lm_from_config, load_causal_lm, model_fingerprint, tokenizer_fingerprint
+from .prompt import Prompt, check_same_vocabulary, encode_pair, make_prompt
+from .teacher_cache import CacheEntry, write_pointer
+from .training import train_and_save, training_arguments
+from .translation_training import TokenKDTrainer, TranslationCollator, TranslationExamples, response_hidden_states
+
+log = logging.getLogger(__name__)
+VALUE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def encode_rows(rows: list[dict], tokenizer, prompt: Prompt, max_length: int) -> tuple[list, list, list, int]:
+    """(input_ids, response_starts, kept row indices, number dropped): pairs longer than
+    max_length tokens are dropped, not truncated (a cut response would lose its end marker)."""
+    ids, starts, kept = [], [], []
+    for i, row in enumerate(rows):
+        seq, start = encode_pair(tokenizer, prompt, row["source"], row["target"])
+        if len(seq) > max_length:
+            continue
+        ids.append(seq)
+        starts.append(start)
+        kept.append(i)
+    dropped = len(rows) - len(kept)
+    if dropped:
+        log.warning("%d of %d pairs longer than max_length %d tokens: dropped", dropped, len(rows), max_length)
+    return ids, starts, kept, dropped
+
+
+def translation_examples(data_file: str | Path, tokenizer, prompt: Prompt, max_length: int) -> TranslationExamples:
+    ids, starts, _, _ = encode_rows(read_jsonl(data_file), tokenizer, prompt, max_length)
+    return TranslationExamples(ids, starts)
+
+
+def load_lm(model_spec: str | dict, tokenizer, seed: int):
+    """A causal LM named by the config (hub name, local dir) or built from {family, config}."""
+    if isinstance(model_spec, dict):
+        return causal_lm_from_config(model_spec, tokenizer, seed)
+    return load_causal_lm(model_spec)
+
+
+def init_student_lm(student_spec: dict, teacher_path: str, tokenizer_path: str, out: str | Path, seed: int) -> None:
+    """The base student, before distillation, for a student kdflow builds: from teacher layers
+    (DistilBERT's construction) or from a config. Saved with its tokenizer; vocabularies checked."""
+    from .models import student_from_teacher
+
+    tokenizer = load_lm_tokenizer(tokenizer_path)
+    teacher = load_causal_lm(teacher_path, torch.float32)
+    if "from_teacher" in student_spec:
+        opts = student_spec["from_teacher"]
+        student = student_from_teacher(teacher, opts.get("layers"), opts.get("copy_head", True), seed)
+    else:
+        student = causal_lm_from_config(student_spec, tokenizer, seed)
+    check_same_vocabulary(tokenizer, tokenizer, teacher.config.vocab_size, student.config.vocab_size)
+    with atomic_path(out, is_dir=True) as tmp:
+        student.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+
+def train_teacher_lm(
+    model_spec: str | dict,
+    tokenizer_path: str,
+    data_dir: str | Path,
+    prompt_cfg: dict,
+    finetune_cfg: dict,
+    max_length: int,
+    model_out: str | Path,
+    log_out: str | Path,
+    checkpoint_dir: str | Path,
+    eval_batch_size: int = 64,
+    chunk_size: int = 1024,
+) -> dict:
+    """Train the teacher on the train split (CE on the response tokens); eval loss on dev."""
+    tokenizer = load_lm_tokenizer(tokenizer_path)
+    prompt = make_prompt(tokenizer, prompt_cfg)
+    seed = finetune_cfg["training"]["seed"]
+    model = load_lm(model_spec, tokenizer, seed)
+    data_dir = Path(data_dir)
+    args = training_arguments(finetune_cfg["training"], finetune_cfg["learning_rate"], checkpoint_dir, eval_batch_size)
+    trainer = TokenKDTrainer(
+        model=model,
+        args=args,
+        train_dataset=translation_examples(data_dir / "train.jsonl", tokenizer, prompt, max_length),
+        eval_dataset=translation_examples(data_dir / "dev.jsonl", tokenizer, prompt, max_length),
+        data_collator=TranslationCollator(tokenizer.pad_token_id),
+        chunk_size=chunk_size,
+    )
+    job = {
+        "stage": "teacher_lm",
+        "model": model_spec,
+        "finetune": finetune_cfg,
+        "prompt": prompt_cfg,
+        "data": sha256_file(data_dir / "train.jsonl"),
+        "max_length": max_length,
+    }
+    return train_and_save(trainer, job, model_out, log_out, tokenizer=tokenizer)
+
+
+@torch.no_grad()
+def teacher_topk(model, batch: dict, k: int, chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-k logits (values, indices) and full-row log-sum-exp for every response token of the
+    batch, in the collator's row order; the full-vocabulary logits exist one chunk at a time."""
+    dev = next(model.parameters()).device
+    batch = {key: v.to(dev) for key, v in batch.items()}
+    hidden, _ = response_hidden_states(model, model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    head = model.get_output_embeddings()
+    values, indices, lse = [], [], []
+    for start in range(0, hidden.shape[0], chunk_size):
+        logits = head(hidden[start : start + chunk_size]).float()
+        top = logits.topk(k, dim=-1)
+        values.append(top.values)
+        indices.append(top.indices)
+        lse.append(torch.logsumexp(logits, dim=-1))
+    return torch.cat(values), torch.cat(indices), torch.cat(lse)
+
+
+def _cache_shard(model, tokenizer, prompt, rows, first_index, settings) -> dict[str, torch.Tensor]:
+    if settings["targets"] == "teacher":
+        outputs = generate_translations(
+            model, tokenizer, prompt, [r["source"] for r in rows], settings["batch_size"], settings["max_new_tokens"]
+        )
+        rows = [{**r, "target": o["hypothesis"]} for r, o in zip(rows, outputs, strict=True)]
+    ids, starts, kept, dropped = encode_rows(rows, tokenizer, prompt, settings["max_length"])
+    collate = TranslationCollator(tokenizer.pad_token_id)
+    values, indices, lse = [], [], []
+    size = settings["batch_size"]
+    for b in range(0, len(ids), size):
+        items = [
+            {"input_ids": s, "response_start": r} for s, r in zip(ids[b : b + size], starts[b : b + size], strict=True)
+        ]
+        top_values, top_indices, row_lse = teacher_topk(
+            model, collate(items), settings["top_k"], settings["chunk_size"]
+        )
+        values.append(top_values.to(VALUE_DTYPES[settings["value_dtype"]]).cpu())
+        indices.append(top_indices.to(torch.int32).cpu())
+        lse.append(row_lse.cpu())
+    k = settings["top_k"]
+    return {
+        "example_index": torch.tensor([first_index + i for i in kept], dtype=torch.int64),
+        "lengths": torch.tensor([len(s) for s in ids], dtype=torch.int64),
+        "response_start": torch.tensor(starts, dtype=torch.int64),
+        "input_ids": torch.tensor([t for s in ids for t in s], dtype=torch.int32),
+        "topk_values": torch.cat(values)
+        if values
+        else torch.zeros((0, k), dtype=VALUE_DTYPES[settings["value_dtype"]]),
+        "topk_indices": torch.cat(indices) if indices else torch.zeros((0, k), dtype=torch.int32),
+        "lse": torch.cat(lse) if lse else torch.zeros((0,)),
+        "dropped_too_long": torch.tensor([dropped], dtype=torch.int64),
+    }
+
+
+def cache_teacher_topk(
+    teacher_path: str,
+    tokenizer_path: str,
+    data_dir: str | Path,
+    prompt_cfg: dict,
+    cache_cfg: dict,
+    max_length: int,
+    store: str | Path,
+    pointer_out: str | Path,
+) -> dict:
+    """Cache the teacher's top-k on the train split, shard by shard (resuming a killed job at
+    its first missing shard; an unchanged entry is reused). cache_cfg: top_k, batch_size,
+    shard_size, value_dtype, targets (reference | teacher), max_new_tokens, chunk_size."""
+    train_file = Path(data_dir) / "train.jsonl"
+    tokenizer = load_lm_tokenizer(tokenizer_path)
+    prompt = make_prompt(tokenizer, prompt_cfg)
+    model = load_causal_lm(teacher_path).to(device()).eval()
+    settings = {"max_length": max_length, **cache_cfg}
+    key_parts = {
+        "kind": "lm_topk",
+        "teacher": model_fingerprint(model),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "data": sha256_file(train_file),
+        "prompt": prompt.template,
+        "marker": prompt.marker,
+        **{k: settings[k] for k in ("max_length", "top_k", "value_dtype", "targets", "shard_size")},
+        **({"max_new_tokens": settings["max_new_tokens"]} if settings["targets"] == "teacher" else {}),
+    }
+    entry = CacheEntry(store, key_parts)
+    reused = entry.is_complete()
+    if reused:
+        log.info("teacher cache %s is up to date, not recomputed", entry.dir)
+    else:
+        rows = read_jsonl(train_file)
+        size = settings["shard_size"]
+        num_shards = max(1, math.ceil(len(rows) / size))
+        for index in range(num_shards):
+            if entry.has_shard(index):
+                log.info("shard %d/%d already cached", index + 1, num_shards)
+                continue
+            entry.write_shard(
+                index,
+                _cache_shard(model, tokenizer, prompt, rows[index * size : (index + 1) * size], index * size, settings),
+            )
+            log.info("cached shard %d/%d", index + 1, num_shards)
+        info = {"rows": len(rows), "teacher_path": str(teacher_path), "teacher_vocab_size": model.config.vocab_size}
+        entry.finish(num_shards, {**info, **topk_summary(entry, num_shards)})
+    write_pointer(pointer_out, entry, reused)
+    return entry.manifest()
+
+
+def topk_summary(entry: CacheEntry, num_shards: int) -> dict:
+    """Examples, tokens, dropped pairs, mean captured probability mass and bytes per token."""
+    examples = tokens = dropped = 0
+    mass = 0.0
+    topk_bytes = 0
+    for index in range(num_shards):
+        shard = entry.read_shard(index)
+        examples += len(shard["lengths"])
+        tokens += len(shard["lse"])
+        dropped += int(shard["dropped_too_long"][0])
+        mass += (shard["topk_values"].float() - shard["lse"][:, None]).exp().sum(-1).sum().item()
+        topk_bytes += sum(shard[k].numel() * shard[k].element_size() for k in ("topk_values", "topk_indices", "lse"))
+    return {
+        "examples": examples,
+        "response_tokens": tokens,
+        "dropped_too_long": dropped,
+        "mean_captured_mass": mass / max(tokens, 1),
+        "bytes_per_token": topk_bytes / max(tokens, 1),
+    }
+
+
+def read_topk_cache(entry: CacheEntry) -> tuple[list[list[int]], list[int], list[tuple], list[int]]:
+    """Every cached example: (input_ids, response_starts, [(topk_values, topk_indices)], example_index)."""
+    ids, starts, topk, index = [], [], [], []
+    for shard_index in range(entry.manifest()["num_shards"]):
+        shard = entry.read_shard(shard_index)
+        flat, row = shard["input_ids"].tolist(), 0
+        offset = 0
+        for length, start in zip(shard["lengths"].tolist(), shard["response_start"].tolist(), strict=True):
+            ids.append(flat[offset : offset + length])
+            starts.append(start)
+            n = length - start
+            topk.append((shard["topk_values"][row : row + n], shard["topk_indices"][row : row + n]))
+            offset, row = offset + length, row + n
+        index += shard["example_index"].tolist()
+    return ids, starts, topk, index

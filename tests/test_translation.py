@@ -1,0 +1,223 @@
+"""Translation path below Snakemake: the top-k teacher cache (round trip, resume after a kill
+mid-shard, invalidation), generation (stops at the marker, batching), and the vocabulary check
+before distillation. Tiny Llamas built from a config, a BPE tokenizer trained here."""
+
+import os
+
+import pytest
+import torch
+from tiny import DEMO_PROMPT, tiny_llama
+
+from kdflow.fileio import read_jsonl, write_jsonl
+from kdflow.generation import generate_translations, load_lm_tokenizer
+from kdflow.models import causal_lm_from_config, load_causal_lm, train_bpe_tokenizer
+from kdflow.prepare_translation import prepare_translation
+from kdflow.prompt import encode_pair, make_prompt
+from kdflow.synthetic_translation import write_synthetic_europarl
+from kdflow.teacher_cache import CacheEntry, open_pointer
+from kdflow.teacher_translation import cache_teacher_topk, read_topk_cache
+
+CACHE = {
+    "top_k": 8,
+    "batch_size": 16,
+    "shard_size": 30,
+    "value_dtype": "float16",
+    "targets": "reference",
+    "max_new_tokens": 12,
+    "chunk_size": 64,
+}
+MAX_LENGTH = 192
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory):
+    """Prepared synthetic pairs, a BPE tokenizer and a random tiny Llama teacher saved with it."""
+    root = tmp_path_factory.mktemp("lm")
+    write_synthetic_europarl(root / "raw", size=160, seed=3)
+    prepare_translation("synthetic", root / "data", local_dir=root / "raw", dev_size=20, test_size=20)
+    rows = read_jsonl(root / "data" / "train.jsonl")
+    tok = train_bpe_tokenizer([r["source"] for r in rows] + [r["target"] for r in rows], root / "tok", 400)
+    teacher = causal_lm_from_config(tiny_llama(2), tok, seed=0)
+    teacher.save_pretrained(root / "teacher")
+    tok.save_pretrained(root / "teacher")
+    return root
+
+
+def run_cache(lm, data_dir, store, pointer, max_length=MAX_LENGTH, **cache):
+    return cache_teacher_topk(
+        str(lm / "teacher"), str(lm / "teacher"), data_dir, DEMO_PROMPT, {**CACHE, **cache}, max_length, store, pointer
+    )
+
+
+def test_cache_round_trip_matches_the_teacher(lm, tmp_path):
+    manifest = run_cache(lm, lm / "data", tmp_path / "store", tmp_path / "ptr.json")
+    rows = read_jsonl(lm / "data" / "train.jsonl")
+    assert (
+        manifest["num_shards"] == 4 and manifest["examples"] == len(rows) == 120 and manifest["dropped_too_long"] == 0
+    )
+    assert manifest["bytes_per_token"] == 8 * (2 + 4) + 4  # fp16 values, int32 indices, fp32 lse
+    ids, starts, topk, index = read_topk_cache(open_pointer(tmp_path / "ptr.json"))
+    assert index == list(range(120))
+    tok = load_lm_tokenizer(str(lm / "teacher"))
+    prompt = make_prompt(tok, DEMO_PROMPT)
+    model = load_causal_lm(str(lm / "teacher")).eval()
+    for i in (0, 57, 119):
+        expected_ids, expected_start = encode_pair(tok, prompt, rows[i]["source"], rows[i]["target"])
+        assert ids[i] == expected_ids and starts[i] == expected_start
+        with torch.no_grad():
+            logits = model(torch.tensor([ids[i]])).logits[0, starts[i] - 1 : -1].float()  # rows predicting the response
+        top = logits.topk(8, dim=-1)
+        values, indices = topk[i]
+        assert values.dtype == torch.float16 and indices.dtype == torch.int32
+        torch.testing.assert_close(values.float(), top.values, rtol=1e-3, atol=1e-3)
+        assert (indices.long() == top.indices).float().mean() > 0.95  # ties at fp16 precision may swap
+    shard = CacheEntry(tmp_path / "store", manifest["key_parts"]).read_shard(0)
+    first = len(ids[0]) - starts[0]
+    with torch.no_grad():
+        logits = model(torch.tensor([ids[0]])).logits[0, starts[0] - 1 : -1].float()
+    torch.testing.assert_close(shard["lse"][:first], logits.logsumexp(-1), rtol=1e-5, atol=1e-5)
+    assert 0 < manifest["mean_captured_mass"] < 1
+    short = run_cache(lm, lm / "data", tmp_path / "store", tmp_path / "short.json", max_length=64)
+    too_long = sum(len(encode_pair(tok, prompt, r["source"], r["target"])[0]) > 64 for r in rows)
+    assert 0 < too_long < 120 and short["dropped_too_long"] == too_long and short["examples"] == 120 - too_long
+
+
+def test_killed_caching_resumes_at_the_first_missing_shard(lm, tmp_path, monkeypatch):
+    calls = []
+    real_write = CacheEntry.write_shard
+
+    def killed_during_shard_2(self, index, tensors):
+        calls.append(index)
+        if index == 2:  # killed while writing: a temporary file is left, no shard-00002
+            (self.dir / ".shard-00002.safetensors.tmp-killed").write_bytes(b"partial")
+            raise KeyboardInterrupt
+        real_write(self, index, tensors)
+
+    monkeypatch.setattr(CacheEntry, "write_shard", killed_during_shard_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_cache(lm, lm / "data", tmp_path / "store", tmp_path / "ptr.json")
+    assert not (tmp_path / "ptr.json").exists()
+    entry_dir = next((tmp_path / "store").iterdir())
+    assert sorted(p.name for p in entry_dir.glob("shard-*")) == ["shard-00000.safetensors", "shard-00001.safetensors"]
+    assert not (entry_dir / "manifest.json").exists()
+    mtimes = {p.name: p.stat().st_mtime_ns for p in entry_dir.glob("shard-*")}
+
+    monkeypatch.setattr(CacheEntry, "write_shard", real_write)
+    calls.clear()
+    computed = []
+    monkeypatch.setattr(
+        CacheEntry,
+        "write_shard",
+        lambda self, index, tensors: (computed.append(index), real_write(self, index, tensors)),
+    )
+    resumed = run_cache(lm, lm / "data", tmp_path / "store", tmp_path / "ptr.json")
+    assert computed == [2, 3]  # shards 0 and 1 were not recomputed
+    assert {n: (entry_dir / n).stat().st_mtime_ns for n in mtimes} == mtimes
+    fresh = run_cache(lm, lm / "data", tmp_path / "fresh", tmp_path / "fresh.json")
+    assert resumed["key"] == fresh["key"]
+    for index in range(4):
+        a = CacheEntry(tmp_path / "store", resumed["key_parts"]).read_shard(index)
+        b = CacheEntry(tmp_path / "fresh", fresh["key_parts"]).read_shard(index)
+        for name in a:
+            assert torch.equal(a[name], b[name]), (index, name)
+
+
+def test_cache_is_reused_unchanged_and_rebuilt_on_changed_input(lm, tmp_path):
+    first = run_cache(lm, lm / "data", tmp_path / "store", tmp_path / "a.json")
+    again = run_cache(lm, lm / "data", tmp_path / "store", tmp_path / "b.json")
+    assert again["key"] == first["key"] and open_pointer(tmp_path / "b.json").key == first["key"]
+    changed = tmp_path / "changed"
+    changed.mkdir()
+    rows = read_jsonl(lm / "data" / "train.jsonl")
+    rows[5]["target"] = "Une autre traduction."
+    write_jsonl(changed / "train.jsonl", rows)
+    rebuilt = run_cache(lm, changed, tmp_path / "store", tmp_path / "c.json")
+    assert rebuilt["key"] != first["key"] and rebuilt["key_parts"]["data"] != first["key_parts"]["data"]
+    other_k = run_cache(lm, lm / "data", tmp_path / "store", tmp_path / "d.json", top_k=4)
+    assert other_k["key"] not in (first["key"], rebuilt["key"]) and other_k["bytes_per_token"] == 4 * 6 + 4
+    assert len(list((tmp_path / "store").iterdir())) == 3
+
+
+def biased_teacher(lm, token: str):
+    """The tiny teacher made to always predict `token` (a large bias on the output layer)."""
+    tok = load_lm_tokenizer(str(lm / "teacher"))
+    model = load_causal_lm(str(lm / "teacher"))
+    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
+    head.weight.data.copy_(model.lm_head.weight.data)
+    head.bias.data.zero_()
+    head.bias.data[tok.convert_tokens_to_ids(token)] = 1e4
+    model.lm_head = head
+    return model, tok
+
+
+def test_generation_stops_at_the_marker_and_strips_it(lm):
+    sources = ["The council adopts the report.", "We support the proposal."]
+    model, tok = biased_teacher(lm, "<|end_of_translation|>")
+    prompt = make_prompt(tok, DEMO_PROMPT)
+    out = generate_translations(model, tok, prompt, sources, batch_size=2, max_new_tokens=10)
+    assert out == [{"hypothesis": "", "ended_with_marker": True, "new_tokens": 0}] * 2
+    model, tok = biased_teacher(lm, "Le")
+    out = generate_translations(model, tok, prompt, sources, batch_size=2, max_new_tokens=6)
+    assert [o["ended_with_marker"] for o in out] == [False, False]  # runaway: never emitted the marker
+    assert out[0]["new_tokens"] == 6 and out[0]["hypothesis"] == "LeLeLeLeLeLe"
+    model, tok = biased_teacher(lm, "<|eot_id|>")  # stops at eos/eot too, but without the marker
+    out = generate_translations(model, tok, prompt, sources, batch_size=2, max_new_tokens=6)
+    assert out[0] == {"hypothesis": "", "ended_with_marker": False, "new_tokens": 0}
+
+
+def test_batched_left_padded_generation_equals_one_by_one(lm):
+    tok = load_lm_tokenizer(str(lm / "teacher"))
+    model = load_causal_lm(str(lm / "teacher"))
+    prompt = make_prompt(tok, DEMO_PROMPT)
+    sources = [r["source"] for r in read_jsonl(lm / "data" / "test.jsonl")[:6]]
+    batched = generate_translations(model, tok, prompt, sources, batch_size=6, max_new_tokens=8)
+    single = generate_translations(model, tok, prompt, sources, batch_size=1, max_new_tokens=8)
+    assert batched == single
+    assert len({len(tok(prompt.prefix(s))["input_ids"]) for s in sources}) > 1  # padding was needed
+
+
+def test_distillation_refuses_a_student_with_another_vocabulary(lm, tmp_path):
+    from kdflow.distill_translation import distill_student_lm
+
+    run_cache(lm, lm / "data", tmp_path / "store", tmp_path / "ptr.json")
+    tok = load_lm_tokenizer(str(lm / "teacher"))
+    student = causal_lm_from_config(tiny_llama(1), tok, seed=0)
+    student.resize_token_embeddings(len(tok) + 8)
+    student.save_pretrained(tmp_path / "student")
+    tok.save_pretrained(tmp_path / "student")
+    spec = {
+        "point": {"learning_rate": 1e-3, "alpha": 0.5, "temperature": 1.0},
+        "distill": {"loss": "forward_kl", "chunk_size": 64, "training": {}},
+        "prompt": DEMO_PROMPT,
+        "max_length": MAX_LENGTH,
+        "eval_batch_size": 8,
+    }
+    with pytest.raises(ValueError, match=f"teacher vocab_size {len(tok)}, student vocab_size {len(tok) + 8}"):
+        distill_student_lm(
+            spec["point"],
+            spec,
+            str(tmp_path / "student"),
+            str(lm / "teacher"),
+            lm / "data",
+            tmp_path / "ptr.json",
+            tmp_path / "out",
+            tmp_path / "log.jsonl",
+            tmp_path / "ckpt",
+        )
+    assert not os.path.exists(tmp_path / "out") and not os.path.exists(tmp_path / "ckpt")
+
+
+def test_sequence_level_kd_caches_the_teacher_translations(lm, tmp_path):
+    manifest = run_cache(lm, lm / "data", tmp_path / "store", tmp_path / "p.json", targets="teacher")
+    assert manifest["key_parts"]["targets"] == "teacher" and manifest["key_parts"]["max_new_tokens"] == 12
+    ids, starts, _, _ = read_topk_cache(open_pointer(tmp_path / "p.json"))
+    tok = load_lm_tokenizer(str(lm / "teacher"))
+    prompt = make_prompt(tok, DEMO_PROMPT)
+    rows = read_jsonl(lm / "data" / "train.jsonl")
+    teacher_out = generate_translations(
+        load_causal_lm(str(lm / "teacher")), tok, prompt, [r["source"] for r in rows[:3]], max_new_tokens=12
+    )
+    for i in range(3):
+        expected, start = encode_pair(tok, prompt, rows[i]["source"], teacher_out[i]["hypothesis"])
+        assert ids[i] == expected and starts[i] == start
+        assert tok.decode(ids[i][start:]).endswith("<|end_of_translation|><|eot_id|>")
