@@ -21,7 +21,7 @@ test: venv  ## the test suite (unit + Snakemake integration), offline
 lint: venv
 	snakemake --lint --configfile config/demo.yaml
 	snakefmt --check Snakefile workflow/
-	ruff check src tests && ruff format --check src tests
+	ruff check src tests benchmarks && ruff format --check src tests benchmarks
 
 clean-demo:
 	rm -rf results/demo

@@ -194,7 +194,7 @@ def test_snakemake_lint_snakefmt_and_ruff_are_clean():
         timeout=120,
     )
     assert fmt.returncode == 0, fmt.stderr
-    for cmd in (["check", "src", "tests"], ["format", "--check", "src", "tests"]):
+    for cmd in (["check", "src", "tests", "benchmarks"], ["format", "--check", "src", "tests", "benchmarks"]):
         ruff = subprocess.run(
             [sys.executable, "-m", "ruff", *cmd], cwd=REPO, capture_output=True, text=True, timeout=120
         )

@@ -183,7 +183,7 @@ def cmd_cache_teacher_lm(a) -> None:
 
 
 def cmd_init_student_lm(a) -> None:
-    from .teacher_translation import init_student_lm
+    from .distill_translation import init_student_lm
 
     init_student_lm(a.spec["student"], a.teacher, a.tokenizer, a.out, a.spec["seed"])
 

@@ -2,15 +2,19 @@
 alpha, temperature) with token-level KD from the teacher's cached top-k (losses.topk_kd) mixed
 with CE on the cached targets (the references, or the teacher's translations). The student
 trains on the token ids stored in the cache, so teacher and student must share a vocabulary:
-checked before training, naming both sizes. The teacher model is never loaded."""
+checked before training, naming both sizes. The teacher model is never loaded, except by
+init_student_lm, which builds the base student when the config does not name one."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+import torch
+
+from .fileio import atomic_path
 from .generation import load_lm_tokenizer
-from .models import load_causal_lm, tokenizer_fingerprint
+from .models import causal_lm_from_config, load_causal_lm, student_from_teacher, tokenizer_fingerprint
 from .prompt import check_same_vocabulary, make_prompt
 from .teacher_cache import open_pointer
 from .teacher_translation import read_topk_cache, translation_examples
@@ -18,6 +22,22 @@ from .training import train_and_save, training_arguments
 from .translation_training import TokenKDTrainer, TranslationCollator, TranslationExamples
 
 log = logging.getLogger(__name__)
+
+
+def init_student_lm(student_spec: dict, teacher_path: str, tokenizer_path: str, out: str | Path, seed: int) -> None:
+    """The base student, before distillation, for a student kdflow builds: from teacher layers
+    (DistilBERT's construction) or from a config. Saved with its tokenizer; vocabularies checked."""
+    tokenizer = load_lm_tokenizer(tokenizer_path)
+    teacher = load_causal_lm(teacher_path, torch.float32)
+    if "from_teacher" in student_spec:
+        opts = student_spec["from_teacher"]
+        student = student_from_teacher(teacher, opts.get("layers"), opts.get("copy_head", True), seed)
+    else:
+        student = causal_lm_from_config(student_spec, tokenizer, seed)
+    check_same_vocabulary(tokenizer, tokenizer, teacher.config.vocab_size, student.config.vocab_size)
+    with atomic_path(out, is_dir=True) as tmp:
+        student.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
 
 
 def distill_student_lm(
@@ -41,7 +61,7 @@ def distill_student_lm(
     teacher_tok = load_lm_tokenizer(teacher_tokenizer)
     if tokenizer_fingerprint(teacher_tok) != entry.key_parts["tokenizer"]:
         raise RuntimeError(f"{cache_pointer}: cache built with another tokenizer than {teacher_tokenizer}")
-    student = load_causal_lm(student_path)
+    student = load_causal_lm(student_path, torch.float32)  # fp32 master weights, bf16 autocast on GPUs
     check_same_vocabulary(teacher_tok, tokenizer, entry.manifest()["teacher_vocab_size"], student.config.vocab_size)
     ids, starts, topk, _ = read_topk_cache(entry)
     prompt = make_prompt(tokenizer, spec["prompt"])

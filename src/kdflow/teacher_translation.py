@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from .fileio import atomic_path, read_jsonl, sha256_file
+from .fileio import read_jsonl, sha256_file
 from .generation import device, generate_translations, load_lm_tokenizer
 from .models import causal_lm_from_config, load_causal_lm, model_fingerprint, tokenizer_fingerprint
-from .prompt import Prompt, check_same_vocabulary, encode_pair, make_prompt
+from .prompt import Prompt, encode_pair, make_prompt
 from .teacher_cache import CacheEntry, write_pointer
 from .training import train_and_save, training_arguments
 from .translation_training import TokenKDTrainer, TranslationCollator, TranslationExamples, response_hidden_states
@@ -59,25 +59,7 @@ def load_lm(model_spec: str | dict, tokenizer, seed: int):
     """A causal LM named by the config (hub name, local dir) or built from {family, config}."""
     if isinstance(model_spec, dict):
         return causal_lm_from_config(model_spec, tokenizer, seed)
-    return load_causal_lm(model_spec)
-
-
-def init_student_lm(student_spec: dict, teacher_path: str, tokenizer_path: str, out: str | Path, seed: int) -> None:
-    """The base student, before distillation, for a student kdflow builds: from teacher layers
-    (DistilBERT's construction) or from a config. Saved with its tokenizer; vocabularies checked."""
-    from .models import student_from_teacher
-
-    tokenizer = load_lm_tokenizer(tokenizer_path)
-    teacher = load_causal_lm(teacher_path, torch.float32)
-    if "from_teacher" in student_spec:
-        opts = student_spec["from_teacher"]
-        student = student_from_teacher(teacher, opts.get("layers"), opts.get("copy_head", True), seed)
-    else:
-        student = causal_lm_from_config(student_spec, tokenizer, seed)
-    check_same_vocabulary(tokenizer, tokenizer, teacher.config.vocab_size, student.config.vocab_size)
-    with atomic_path(out, is_dir=True) as tmp:
-        student.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    return load_causal_lm(model_spec, torch.float32)  # trained: fp32 master weights, bf16 autocast on GPUs
 
 
 def train_teacher_lm(

@@ -1,0 +1,154 @@
+"""Student distillation throughput with the teacher's top-k read from the cache vs the teacher
+run online in the same process: same student, same batches, same loss (kdflow's chunked top-k KD).
+
+    python benchmarks/cached_vs_online.py [--steps 20] [--repeats 3] [--device cpu|cuda] [--shape tiny|real]
+
+tiny (CPU): Llama-architecture teacher and student whose parameter ratio is that of
+Llama-3.2-3B / Llama-3.2-1B (about 2.6x); real (GPU): LlamaConfig of the two real models, random
+weights, bf16. Cached and online steps are timed alternately, in several rounds, in one run;
+the figure is the ratio of their tokens/s (response tokens, the ones with a loss).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from kdflow.losses import chunked_token_losses
+from kdflow.teacher_translation import teacher_topk
+from kdflow.translation_training import TranslationCollator, response_hidden_states
+
+SHAPES = {
+    # (hidden, intermediate, layers, heads, kv heads, vocab)
+    "tiny": {
+        "teacher": dict(
+            hidden_size=384,
+            intermediate_size=1024,
+            num_hidden_layers=7,
+            num_attention_heads=6,
+            num_key_value_heads=2,
+            vocab_size=8192,
+        ),
+        "student": dict(
+            hidden_size=256,
+            intermediate_size=768,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=8192,
+        ),
+    },
+    "real": {  # Llama-3.2-3B and Llama-3.2-1B
+        "teacher": dict(
+            hidden_size=3072,
+            intermediate_size=8192,
+            num_hidden_layers=28,
+            num_attention_heads=24,
+            num_key_value_heads=8,
+            vocab_size=128256,
+            rope_theta=500000.0,
+        ),
+        "student": dict(
+            hidden_size=2048,
+            intermediate_size=8192,
+            num_hidden_layers=16,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            vocab_size=128256,
+            rope_theta=500000.0,
+        ),
+    },
+}
+
+
+def build(shape: dict, device: str, dtype: torch.dtype) -> LlamaForCausalLM:
+    config = LlamaConfig(tie_word_embeddings=True, max_position_embeddings=4096, **shape)
+    return LlamaForCausalLM(config).to(device=device, dtype=dtype)
+
+
+def batches(n: int, batch_size: int, length: int, response: int, vocab: int, seed: int = 0) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    collate = TranslationCollator(pad_token_id=0)
+    out = []
+    for _ in range(n):
+        items = [
+            {"input_ids": torch.randint(1, vocab, (length,), generator=g).tolist(), "response_start": length - response}
+            for _ in range(batch_size)
+        ]
+        out.append(collate(items))
+    return out
+
+
+def student_step(student, optimizer, batch, topk_values, topk_indices, chunk_size: int) -> None:
+    hidden, targets = response_hidden_states(
+        student, student, batch["input_ids"], batch["attention_mask"], batch["labels"]
+    )
+    ce, kd = chunked_token_losses(
+        hidden, student.get_output_embeddings(), targets, topk_values, topk_indices, 1.0, "forward_kl", chunk_size
+    )
+    (0.5 * kd + 0.5 * ce).backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=SHAPES, default="tiny")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=10, help="steps per timed round and mode")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds (cached and online alternate)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--response", type=int, default=64, help="response tokens per sequence (with a loss)")
+    parser.add_argument("--top-k", type=int, default=64)
+    parser.add_argument("--chunk-size", type=int, default=1024)
+    args = parser.parse_args()
+    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    torch.manual_seed(0)
+    teacher = build(SHAPES[args.shape]["teacher"], args.device, dtype).eval().requires_grad_(False)
+    student = build(SHAPES[args.shape]["student"], args.device, dtype).train()
+    n_t, n_s = (sum(p.numel() for p in m.parameters()) for m in (teacher, student))
+    print(f"shape {args.shape} on {args.device} ({dtype}), {torch.get_num_threads()} CPU threads")
+    print(f"teacher {n_t / 1e6:.1f} M params, student {n_s / 1e6:.1f} M params, ratio {n_t / n_s:.2f}")
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5)
+    data = [
+        {k: v.to(args.device) for k, v in b.items()}
+        for b in batches(args.steps, args.batch_size, args.length, args.response, student.config.vocab_size)
+    ]
+    # The cache: the teacher's top-k of every batch, computed once (not timed).
+    cache = [teacher_topk(teacher, b, args.top_k, args.chunk_size)[:2] for b in data]
+    tokens = args.steps * args.batch_size * args.response
+
+    def run(mode: str) -> float:
+        sync(args.device)
+        start = time.perf_counter()
+        for batch, (values, indices) in zip(data, cache, strict=True):
+            if mode == "online":
+                values, indices, _ = teacher_topk(teacher, batch, args.top_k, args.chunk_size)
+            student_step(student, optimizer, batch, values.half(), indices.int(), args.chunk_size)
+        sync(args.device)
+        return tokens / (time.perf_counter() - start)
+
+    run("cached"), run("online")  # warm-up
+    rates = {"cached": [], "online": []}
+    for _ in range(args.repeats):
+        for mode in rates:
+            rates[mode].append(run(mode))
+    for mode, r in rates.items():
+        print(f"{mode:7s} tokens/s per round: " + ", ".join(f"{x:,.0f}" for x in r))
+    cached, online = (sorted(rates[m])[len(rates[m]) // 2] for m in ("cached", "online"))
+    print(
+        f"median: cached {cached:,.0f} tokens/s, online {online:,.0f} tokens/s, cached/online = {cached / online:.2f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()
