@@ -202,3 +202,21 @@ def test_a_checkpoint_killed_mid_write_is_not_resumed(tmp_path):
     assert (tmp_path / "checkpoint-6").exists()  # only the main process removes
     assert last_complete_checkpoint(tmp_path, remove_incomplete=True) == str(tmp_path / "checkpoint-3")
     assert not (tmp_path / "checkpoint-6").exists()
+
+
+def test_gradient_accumulation_matches_one_big_batch(teacher_dir, glue_data, tmp_path):
+    """batch 8 as 2 x 4 with accumulation: the same loss and gradient norm as one batch of 8."""
+    logs = {}
+    for accum in (1, 2):
+        trainer = make_trainer(
+            teacher_dir, glue_data["data"], tmp_path / f"a{accum}", max_steps=2, gradient_accumulation_steps=accum
+        )
+        for module in trainer.model.modules():  # dropout off: the two runs must see the same function
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        trainer.train()
+        logs[accum] = [h for h in trainer.state.log_history if "loss" in h and "grad_norm" in h]
+    assert trainer.args.per_device_train_batch_size == 4
+    for one, two in zip(logs[1], logs[2], strict=True):
+        assert two["loss"] == pytest.approx(one["loss"], rel=1e-4)
+        assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-3)  # padding differs

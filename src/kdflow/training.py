@@ -100,6 +100,10 @@ class KDTrainer(Trainer):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        # compute_loss returns the mean over its micro-batch and ignores num_items_in_batch: tell the
+        # Trainer, so that it divides by the gradient-accumulation steps (it does not for models
+        # whose forward takes **kwargs, e.g. Llama, expecting a loss summed over the whole batch).
+        self.model_accepts_loss_kwargs = False
         self.alpha, self.temperature, self.hard_labels, self.cosine_weight = (
             alpha,
             temperature,
