@@ -39,7 +39,6 @@ def evaluate_translation(
 
     rows = read_jsonl(Path(data_dir) / f"{split}.jsonl")
     tokenizer = load_lm_tokenizer(model_path)
-    tokenizer.padding_side = "left"
     model = load_causal_lm(model_path)
     prompt = make_prompt(tokenizer, prompt_cfg)
     outputs = generate_translations(
