@@ -96,14 +96,12 @@ def test_killed_caching_resumes_at_the_first_missing_shard(lm, tmp_path, monkeyp
     monkeypatch.setattr(CacheEntry, "write_shard", killed_during_shard_2)
     with pytest.raises(KeyboardInterrupt):
         run_cache(lm, lm / "data", tmp_path / "store", tmp_path / "ptr.json")
-    assert not (tmp_path / "ptr.json").exists()
+    assert calls == [0, 1, 2] and not (tmp_path / "ptr.json").exists()
     entry_dir = next((tmp_path / "store").iterdir())
     assert sorted(p.name for p in entry_dir.glob("shard-*")) == ["shard-00000.safetensors", "shard-00001.safetensors"]
     assert not (entry_dir / "manifest.json").exists()
     mtimes = {p.name: p.stat().st_mtime_ns for p in entry_dir.glob("shard-*")}
 
-    monkeypatch.setattr(CacheEntry, "write_shard", real_write)
-    calls.clear()
     computed = []
     monkeypatch.setattr(
         CacheEntry,
@@ -221,3 +219,21 @@ def test_sequence_level_kd_caches_the_teacher_translations(lm, tmp_path):
         expected, start = encode_pair(tok, prompt, rows[i]["source"], teacher_out[i]["hypothesis"])
         assert ids[i] == expected and starts[i] == start
         assert tok.decode(ids[i][start:]).endswith("<|end_of_translation|><|eot_id|>")
+
+
+def test_init_student_builds_from_layers_or_config_and_checks_the_vocabulary(lm, tmp_path):
+    from kdflow.distill_translation import init_student_lm
+
+    teacher = str(lm / "teacher")
+    init_student_lm({"from_teacher": {"layers": [1]}}, teacher, teacher, tmp_path / "layers", seed=0)
+    student = load_causal_lm(str(tmp_path / "layers"))
+    source = load_causal_lm(teacher)
+    assert student.config.num_hidden_layers == 1
+    assert torch.equal(student.model.layers[0].mlp.up_proj.weight, source.model.layers[1].mlp.up_proj.weight)
+    init_student_lm(tiny_llama(1), teacher, teacher, tmp_path / "config", seed=0)
+    assert load_causal_lm(str(tmp_path / "config")).config.vocab_size == source.config.vocab_size
+    rows = read_jsonl(lm / "data" / "train.jsonl")
+    train_bpe_tokenizer([r["source"] for r in rows], tmp_path / "other_tok", 350)
+    with pytest.raises(ValueError, match=f"teacher vocab_size {source.config.vocab_size}, student vocab_size 350"):
+        init_student_lm(tiny_llama(1), teacher, str(tmp_path / "other_tok"), tmp_path / "bad", seed=0)
+    assert not (tmp_path / "bad").exists()

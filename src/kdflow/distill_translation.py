@@ -26,15 +26,19 @@ log = logging.getLogger(__name__)
 
 def init_student_lm(student_spec: dict, teacher_path: str, tokenizer_path: str, out: str | Path, seed: int) -> None:
     """The base student, before distillation, for a student kdflow builds: from teacher layers
-    (DistilBERT's construction) or from a config. Saved with its tokenizer; vocabularies checked."""
+    (DistilBERT's construction; the only case that loads the teacher's weights) or from a config.
+    Saved with its tokenizer, after checking its vocabulary against the teacher's."""
+    from transformers import AutoConfig
+
     tokenizer = load_lm_tokenizer(tokenizer_path)
-    teacher = load_causal_lm(teacher_path, torch.float32)
     if "from_teacher" in student_spec:
         opts = student_spec["from_teacher"]
+        teacher = load_causal_lm(teacher_path, torch.float32)
         student = student_from_teacher(teacher, opts.get("layers"), opts.get("copy_head", True), seed)
     else:
         student = causal_lm_from_config(student_spec, tokenizer, seed)
-    check_same_vocabulary(tokenizer, tokenizer, teacher.config.vocab_size, student.config.vocab_size)
+    teacher_vocab = AutoConfig.from_pretrained(teacher_path).vocab_size
+    check_same_vocabulary(load_lm_tokenizer(teacher_path), tokenizer, teacher_vocab, student.config.vocab_size)
     with atomic_path(out, is_dir=True) as tmp:
         student.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -103,9 +103,13 @@ def translation_model(name):
 
 
 def translation_model_input(name):
-    """File dependency of translation_model (none for a hub name)."""
-    path = translation_model(name)
-    return [path] if path.startswith(P.root) else []
+    """File dependency of translation_model: none for a model named by the config (hub, local)."""
+    if name == "base":
+        built = not isinstance(TR["student"]["model"], str)
+        return [P.student_init(TR_TASK)] if built else []
+    if name == "teacher":
+        return teacher_model_input(TR, TR_TASK)
+    return [P.distill_model(TR_TASK, name)]
 
 
 def report_spec():
