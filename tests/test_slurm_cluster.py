@@ -208,4 +208,5 @@ def test_profile_partitions_gpus_and_resume_after_a_killed_job(cluster, tmp_path
     assert "training on 2 process(es) (cpu), DeepSpeed ZeRO-2" in job_log
     steps = [h["step"] for h in read_jsonl(paths.distill_log("mnli", KILLED)) if "loss" in h]
     assert steps == list(range(5, 301, 5))  # the step counter continued: every step logged once
-    assert Path(paths.report_md()).is_file()
+    report = Path(paths.report_md()).read_text()  # the report of the resumed run, with the killed point's row
+    assert "## MNLI" in report and f"{float(KILLED.split('_')[0][2:]):g}" in report
