@@ -29,7 +29,10 @@ def evaluate_classifier(
     for split in spec.eval_splits:
         rows = read_jsonl(Path(data_dir) / f"{split}.jsonl")
         dataset = PairClassificationDataset(rows, tokenizer, max_length)
-        predictions = predict_logits(model, dataset, PairCollator(tokenizer), batch_size).argmax(-1).numpy()
+        logits = predict_logits(
+            model, dataset, PairCollator(tokenizer), batch_size, desc=f"evaluate {name} {task} {split}"
+        )
+        predictions = logits.argmax(-1).numpy()
         result["splits"][split] = classification_metrics([r["label"] for r in rows], predictions, spec.labels)
     write_json(out, result)
     return result

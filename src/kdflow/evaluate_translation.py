@@ -49,6 +49,7 @@ def evaluate_translation(
         eval_cfg["batch_size"],
         eval_cfg["max_new_tokens"],
         eval_cfg["num_beams"],
+        desc=f"translate {name} {split}",
     )
     hyps, refs = [o["hypothesis"] for o in outputs], [r["target"] for r in rows]
     result = {

@@ -98,7 +98,7 @@ def cache_teacher_logits(
         log.info("building teacher cache %s", entry.dir)
         rows = read_jsonl(train_file)
         dataset = PairClassificationDataset(rows, tokenizer, max_length)
-        logits = predict_logits(model, dataset, PairCollator(tokenizer), batch_size)
+        logits = predict_logits(model, dataset, PairCollator(tokenizer), batch_size, desc=f"cache {task}")
         pseudo = logits.argmax(-1)
         entry.write_shard(0, {"logits": logits, "pseudo_labels": pseudo})
         gold = torch.tensor([r["label"] for r in rows])

@@ -24,6 +24,7 @@ import torch
 from .fileio import read_jsonl, sha256_file
 from .generation import device, generate_translations, load_lm_tokenizer
 from .models import causal_lm_from_config, load_causal_lm, model_fingerprint, tokenizer_fingerprint
+from .progress import progress
 from .prompt import Prompt, encode_pair, make_prompt
 from .teacher_cache import CacheEntry, write_pointer
 from .training import train_and_save, training_arguments
@@ -119,17 +120,23 @@ def teacher_topk(model, batch: dict, k: int, chunk_size: int = 1024) -> tuple[to
     return torch.cat(values), torch.cat(indices), torch.cat(lse)
 
 
-def _cache_shard(model, tokenizer, prompt, rows, first_index, settings) -> dict[str, torch.Tensor]:
+def _cache_shard(model, tokenizer, prompt, rows, first_index, settings, desc: str = "cache") -> dict[str, torch.Tensor]:
     if settings["targets"] == "teacher":
         outputs = generate_translations(
-            model, tokenizer, prompt, [r["source"] for r in rows], settings["batch_size"], settings["max_new_tokens"]
+            model,
+            tokenizer,
+            prompt,
+            [r["source"] for r in rows],
+            settings["batch_size"],
+            settings["max_new_tokens"],
+            desc=f"{desc} translate",
         )
         rows = [{**r, "target": o["hypothesis"]} for r, o in zip(rows, outputs, strict=True)]
     ids, starts, kept, dropped = encode_rows(rows, tokenizer, prompt, settings["max_length"])
     collate = TranslationCollator(tokenizer.pad_token_id)
     values, indices, lse = [], [], []
     size = settings["batch_size"]
-    for b in range(0, len(ids), size):
+    for b in progress(range(0, len(ids), size), desc=f"{desc} top-k", unit="batches"):
         items = [
             {"input_ids": s, "response_start": r} for s, r in zip(ids[b : b + size], starts[b : b + size], strict=True)
         ]
@@ -194,10 +201,9 @@ def cache_teacher_topk(
             if entry.has_shard(index):
                 log.info("shard %d/%d already cached", index + 1, num_shards)
                 continue
-            entry.write_shard(
-                index,
-                _cache_shard(model, tokenizer, prompt, rows[index * size : (index + 1) * size], index * size, settings),
-            )
+            shard_rows = rows[index * size : (index + 1) * size]
+            desc = f"cache shard {index + 1}/{num_shards}"
+            entry.write_shard(index, _cache_shard(model, tokenizer, prompt, shard_rows, index * size, settings, desc))
             log.info("cached shard %d/%d", index + 1, num_shards)
         info = {"rows": len(rows), "teacher_path": str(teacher_path), "teacher_vocab_size": model.config.vocab_size}
         entry.finish(num_shards, {**info, **topk_summary(entry, num_shards)})

@@ -20,6 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, Trai
 
 from .fileio import read_json, write_json, write_jsonl
 from .losses import cosine_hidden_loss, distillation_loss
+from .progress import ProgressLines, progress
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +75,13 @@ class PairCollator:
 
 
 @torch.no_grad()
-def predict_logits(model, dataset: PairClassificationDataset, collator: PairCollator, batch_size: int) -> torch.Tensor:
+def predict_logits(
+    model, dataset: PairClassificationDataset, collator: PairCollator, batch_size: int, desc: str = "predict"
+) -> torch.Tensor:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.eval().to(device)
     out = []
-    for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collator):
+    for batch in progress(DataLoader(dataset, batch_size=batch_size, collate_fn=collator), desc=desc, unit="batches"):
         batch.pop("labels")
         out.append(model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu())
     return torch.cat(out)
@@ -289,6 +292,8 @@ def train_and_save(
     save a checkpoint and raise Preempted instead: no output is written."""
     guard = CheckpointGuard()
     trainer.add_callback(guard)
+    if trainer.args.disable_tqdm:  # no bar (not a terminal): periodic progress lines in the log instead
+        trainer.add_callback(ProgressLines())
     checkpoints = trainer.args.output_dir
     main = trainer.is_world_process_zero()
     if main:
