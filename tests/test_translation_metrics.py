@@ -5,6 +5,7 @@ import time
 import pytest
 import sacrebleu
 
+from kdflow.assets import MissingAsset
 from kdflow.translation_metrics import comet_score, sacrebleu_scores
 
 SOURCES = [
@@ -111,6 +112,6 @@ def test_unknown_hub_model_fails_fast_offline(tmp_path, monkeypatch):
 
     monkeypatch.setenv("HOME", str(tmp_path))  # download_model's legacy fallback makes ~/.cache/torch/unbabel_comet
     start = time.monotonic()
-    with pytest.raises(FileNotFoundError, match="'kdflow-tests/no-such-comet'.*download_model"):
+    with pytest.raises(MissingAsset, match="(?s)'kdflow-tests/no-such-comet'.*snakemake prefetch_assets"):
         comet_score(SOURCES, HYPOTHESES, REFERENCES, model="kdflow-tests/no-such-comet")
     assert time.monotonic() - start < 10

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from .assets import hub_path
 from .fileio import atomic_path
 from .generation import load_lm_tokenizer
 from .models import causal_lm_from_config, load_causal_lm, student_from_teacher, tokenizer_fingerprint
@@ -37,7 +38,7 @@ def init_student_lm(student_spec: dict, teacher_path: str, tokenizer_path: str, 
         student = student_from_teacher(teacher, opts.get("layers"), opts.get("copy_head", True), seed)
     else:
         student = causal_lm_from_config(student_spec, tokenizer, seed)
-    teacher_vocab = AutoConfig.from_pretrained(teacher_path).vocab_size
+    teacher_vocab = AutoConfig.from_pretrained(hub_path(teacher_path, needs=("config.json",))).vocab_size
     check_same_vocabulary(load_lm_tokenizer(teacher_path), tokenizer, teacher_vocab, student.config.vocab_size)
     with atomic_path(out, is_dir=True) as tmp:
         student.save_pretrained(tmp)

@@ -5,13 +5,10 @@ runaway-generation problem: outputs that never do run to max_new_tokens)."""
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
+from .progress import progress
 from .prompt import Prompt, encode_prefix, marker_id, stop_token_ids
-
-log = logging.getLogger(__name__)
 
 
 def device() -> torch.device:
@@ -23,7 +20,9 @@ def load_lm_tokenizer(name_or_path: str):
     <|finetune_right_pad_id|> (or eos). Padding never reaches a loss or an output."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    from .assets import hub_path
+
+    tokenizer = AutoTokenizer.from_pretrained(hub_path(name_or_path))
     if tokenizer.pad_token is None:
         pad = "<|finetune_right_pad_id|>"
         tokenizer.pad_token = pad if pad in tokenizer.get_vocab() else tokenizer.eos_token
@@ -58,8 +57,10 @@ def generate_translations(
     batch_size: int = 32,
     max_new_tokens: int = 256,
     num_beams: int = 1,
+    desc: str = "generate",
 ) -> list[dict]:
-    """[{"hypothesis": str, "ended_with_marker": bool, "new_tokens": int}] in the order of `sources`."""
+    """[{"hypothesis": str, "ended_with_marker": bool, "new_tokens": int}] in the order of `sources`.
+    Progress (in sentences) is shown under `desc` (progress.py)."""
     dev = device()
     model.eval().to(dev)
     stops, marker = stop_token_ids(tokenizer, prompt), marker_id(tokenizer, prompt)
@@ -67,8 +68,8 @@ def generate_translations(
     # Longest first: batches of similar length waste less padding; results go back in order.
     order = sorted(range(len(sources)), key=lambda i: -len(prefixes[i]))
     results: list[dict | None] = [None] * len(sources)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    for idx in progress(batches, total=len(order), desc=desc, unit="sentences", weight=len):
         ids, mask = left_pad([prefixes[i] for i in idx], tokenizer.pad_token_id)
         out = model.generate(
             input_ids=ids.to(dev),
@@ -88,5 +89,4 @@ def generate_translations(
                 "ended_with_marker": ended,
                 "new_tokens": len(kept),
             }
-        log.info("generated %d/%d", min(start + batch_size, len(order)), len(order))
     return results

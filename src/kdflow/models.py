@@ -23,6 +23,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from .assets import WEIGHT_PATTERNS, hub_path
+
 log = logging.getLogger(__name__)
 
 CONFIG_FAMILIES = {"bert": (BertConfig, BertForSequenceClassification), "llama": (LlamaConfig, LlamaForCausalLM)}
@@ -36,11 +38,14 @@ def model_name(spec: str, task: str) -> str:
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
-    return AutoTokenizer.from_pretrained(name_or_path)
+    """A tokenizer from a local directory, or a hub name from the local cache when offline (assets.hub_path)."""
+    return AutoTokenizer.from_pretrained(hub_path(name_or_path))
 
 
 def load_classifier(name_or_path: str, num_labels: int) -> PreTrainedModel:
-    return AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=num_labels)
+    """A classifier from a local directory, or a hub name from the local cache when offline (assets.hub_path)."""
+    path = hub_path(name_or_path, needs=WEIGHT_PATTERNS)
+    return AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
 
 
 def classifier_from_config(
@@ -59,7 +64,7 @@ def load_causal_lm(name_or_path: str, dtype: torch.dtype | None = None) -> PreTr
     """A decoder LM from the hub or a local directory; bf16 on GPUs that have it, else fp32."""
     if dtype is None:
         dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-    return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+    return AutoModelForCausalLM.from_pretrained(hub_path(name_or_path, needs=WEIGHT_PATTERNS), dtype=dtype)
 
 
 def causal_lm_from_config(spec: dict, tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:

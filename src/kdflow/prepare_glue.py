@@ -143,12 +143,16 @@ def parse_glue_tsv(path: str | Path, task: GlueTask) -> tuple[list[dict], SplitS
 
 
 def load_hub_split(dataset: str, task_name: str, split: str) -> tuple[list[dict], SplitStats]:
-    """One split from the hub through `datasets` (labels -1 mark unlabeled rows: dropped)."""
+    """One split from the hub through `datasets` (labels -1 mark unlabeled rows: dropped); offline,
+    from the dataset's snapshot in the local Hugging Face cache (assets.hub_path)."""
     import datasets
+
+    from .assets import hub_path
 
     task = GLUE_TASKS[task_name]
     hub_split = task.hub_splits[split]
-    ds = datasets.load_dataset(dataset, task_name, split=hub_split)
+    local = hub_path(dataset, "dataset", needs=(f"{task_name}/*",))
+    ds = datasets.load_dataset(local, task_name, split=hub_split)
     stats = SplitStats(source=f"hub:{dataset}/{task_name}[{hub_split}]")
     rows = []
     a_col, b_col = task.hub_text_columns

@@ -81,10 +81,14 @@ def read_europarl(source_path: str | Path, target_path: str | Path) -> tuple[lis
 def load_hub_pairs(
     hub_dataset: str, hub_config: str, source_lang: str, target_lang: str
 ) -> tuple[list[dict], SplitStats]:
-    """The train split from the hub through `datasets`: rows {"translation": {lang: text}}."""
+    """The train split from the hub through `datasets`: rows {"translation": {lang: text}}; offline,
+    from the dataset's snapshot in the local Hugging Face cache (assets.hub_path)."""
     import datasets
 
-    ds = datasets.load_dataset(hub_dataset, hub_config, split="train")
+    from .assets import hub_path
+
+    local = hub_path(hub_dataset, "dataset", needs=(f"{hub_config}/*",))
+    ds = datasets.load_dataset(local, hub_config, split="train")
     stats = SplitStats(source=f"hub:{hub_dataset}/{hub_config}[train]")
     pairs = []
     for row_id, example in enumerate(ds, start=1):

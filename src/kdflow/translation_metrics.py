@@ -2,7 +2,8 @@
 segment scores) from a local checkpoint or a hub model already in the local Hugging Face cache.
 
 Compute nodes have no internet: run with HF_HUB_OFFLINE=1 and download COMET models beforehand on a
-node that has it, into the same (shared) Hugging Face cache."""
+node that has it, into the same (shared) Hugging Face cache (kdflow.assets prefetches the checkpoint
+and its encoder's config and tokenizer)."""
 
 from __future__ import annotations
 
@@ -42,8 +43,11 @@ def sacrebleu_scores(hypotheses: list[str], references: list[str]) -> dict:
 
 def resolve_comet_checkpoint(model: str) -> str:
     """The checkpoint file of `model`: a local `<dir>/checkpoints/model.ckpt` path, or a hub name
-    (e.g. Unbabel/wmt22-comet-da) resolved by comet.download_model, offline from the local cache."""
+    (e.g. Unbabel/wmt22-comet-da): its snapshot in the local Hugging Face cache, MissingAsset (with
+    the prefetch command) when it is not there and the hub is off, else comet.download_model."""
     from comet import download_model
+
+    from .assets import hub_path, prefetch_command
 
     path = Path(model)
     if model.endswith(".ckpt") or path.exists():
@@ -53,15 +57,17 @@ def resolve_comet_checkpoint(model: str) -> str:
                 "COMET model, or the hub name of one in the local Hugging Face cache"
             )
         return str(path)
-    try:
+    checkpoint = Path("checkpoints", "model.ckpt")
+    resolved = hub_path(model, needs=(checkpoint.as_posix(),))
+    if resolved != model:
+        return str(Path(resolved) / checkpoint)
+    try:  # online and not cached: COMET downloads it (or knows it by a legacy name)
         return download_model(model)
     except KeyError as e:  # what download_model raises for anything it cannot find or fetch
         raise FileNotFoundError(
-            f"COMET model {model!r} is not in the local Hugging Face cache: download it on a node with internet "
-            'access, with the same HF_HOME (python -c "from comet import download_model, load_from_checkpoint; '
-            f"load_from_checkpoint(download_model('{model}'))\"; loading it once also caches its encoder's "
-            "tokenizer and config, e.g. xlm-roberta-large's), or give a local checkpoint path "
-            "(<dir>/checkpoints/model.ckpt)"
+            f"COMET model {model!r} is neither in the local Hugging Face cache nor downloadable: give the hub "
+            "name of a COMET model (e.g. Unbabel/wmt22-comet-da) or a local checkpoint path "
+            f"(<dir>/checkpoints/model.ckpt); to cache hub assets for offline nodes run {prefetch_command()}"
         ) from e
 
 
