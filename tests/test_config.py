@@ -10,7 +10,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdflow.config import ConfigError, load_config, point_id, sweep_points, swept_axes, validate_config
+from kdflow.config import (
+    ConfigError,
+    distill_points,
+    experiment_tables,
+    load_config,
+    point_id,
+    sweep_points,
+    swept_axes,
+    validate_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -110,6 +119,53 @@ def test_sweep_points_and_ids(demo):
     assert point_id({"learning_rate": 1e-3, "alpha": 0.25, "temperature": 4}) == "lr0.001_a0.25_T4"
 
 
+def test_experiments_add_runs_around_one_point_and_share_equal_runs(demo):
+    demo["distill"]["experiments"] = {
+        "alpha": {"enabled": True, "values": [0.0, 0.5, 1.0]},
+        "temperature": {"enabled": True, "values": [1.0, 2.0]},
+        "ablation": {"enabled": True, "cosine_weight": 0.5},
+    }
+    validate_config(demo)
+    tables = experiment_tables(demo["distill"])
+    assert {label: point_id(p) for label, p in tables["alpha"].items()} == {
+        "0": "lr0.001_a0_T2",
+        "0.5": "lr0.001_a0.5_T2",  # the sweep's own first point: not trained twice
+        "1": "lr0.001_a1_T2",
+    }
+    assert [point_id(p) for p in tables["temperature"].values()] == ["lr0.001_a0.5_T1", "lr0.001_a0.5_T2"]
+    assert {label: point_id(p) for label, p in tables["ablation"].items()} == {
+        "KD only": "lr0.001_a1_T2",  # = alpha 1 of the alpha sweep (cosine weight 0 is the block's own)
+        "KD + hidden cosine": "lr0.001_a1_T2_cos0.5",
+        "KD + hidden cosine + CE": "lr0.001_a0.5_T2_cos0.5",
+        "KD + hidden cosine + CE, random init": "lr0.001_a0.5_T2_cos0.5_rand",
+    }
+    points = distill_points(demo["distill"])
+    assert len(points) == 3 + 2 + 1 + 3  # sweep, alpha 0 and 1, temperature 1, three ablation runs
+    assert points["lr0.001_a0.5_T2_cos0.5_rand"] == {
+        "learning_rate": 1e-3,
+        "alpha": 0.5,
+        "temperature": 2.0,
+        "cosine_weight": 0.5,
+        "init": "random",
+    }
+    # With a block-wide cosine weight, "KD only" must turn it off: a run of its own.
+    demo["distill"]["cosine_weight"] = 0.5
+    ablation = experiment_tables(demo["distill"])["ablation"]
+    assert point_id(ablation["KD only"]) == "lr0.001_a1_T2_cos0"
+    assert point_id(ablation["KD + hidden cosine"]) == "lr0.001_a1_T2"
+    # Switched off (the default), nothing is added.
+    assert experiment_tables(load_config(REPO / "config" / "demo.yaml")["distill"]) == {}
+
+
+def test_experiment_values_are_validated(demo):
+    demo["distill"]["experiments"] = {"alpha": {"enabled": True, "values": [0.5, 1.5]}}
+    with pytest.raises(ConfigError, match=r"distill\.experiments\.alpha\.values\[1\]: 1\.5 is greater than"):
+        validate_config(demo)
+    demo["distill"]["experiments"] = {"ablation": {"enabled": "yes"}}
+    with pytest.raises(ConfigError, match=r"distill\.experiments\.ablation\.enabled: 'yes' is not of type 'boolean'"):
+        validate_config(demo)
+
+
 def offline_env():
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
@@ -149,6 +205,31 @@ def test_study_plans_both_tables_offline(tmp_path):
     assert counts["prepare_translation"] == "1" and counts["cache_teacher_lm"] == "1"
     assert counts["distill_lm"] == "3" and counts["evaluate_translation"] == "5"
     assert not {"train_teacher_lm", "init_student_lm", "synthesize_europarl", "train_tokenizer_lm"} & set(counts)
+    # The hub assets are prefetched once, before the jobs that need them.
+    assert counts["prefetch_assets"] == "1"
+
+
+def test_study_plan_prefetches_first_and_switches_the_hub_off(tmp_path):
+    """Dry run with the shell commands: prefetch_assets goes online (HF_HUB_OFFLINE not set, as on
+    a login node), every job that starts a family's DAG waits for its manifest, and the report
+    compares with the study."""
+    out = subprocess.run(
+        [*SNAKEMAKE, "-n", "-p", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path)]
+        + ["--configfile", str(REPO / "config" / "config.yaml")],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in offline_env().items() if k != "HF_HUB_OFFLINE"},  # as on a login node
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    text = out.stdout + out.stderr
+    jobs = {m.group(1): m.group(0) for m in re.finditer(r"^(?:local)?rule (\w+):.*?(?=^\S|\Z)", text, re.M | re.S)}
+    assert "rule prefetch_assets:" in text
+    assert "HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 TRANSFORMERS_OFFLINE=0 python -m kdflow prefetch" in text
+    for rule in ("prepare_glue", "prepare_translation"):
+        assert "results/study/assets.json" in jobs[rule].split("output:")[0], jobs[rule]
+    for name in ("mnli_vs_study", "qqp_vs_study", "europarl_en_fr_vs_study"):
+        assert f"results/study/report/{name}.html" in jobs["report"]
 
 
 def test_invalid_config_fails_before_any_job(tmp_path, demo):

@@ -1,5 +1,7 @@
 """The report reads only the runs' output files: eval JSONs, training logs, data manifests."""
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -72,3 +74,79 @@ def test_alpha_sweep_gets_its_own_table_and_numbers_are_the_runs(tmp_path):
     )
     assert "Teacher: Accuracy m (%) 90, Macro-F1 m 88" in text
     assert (tmp_path / "run" / "report" / "qqp_loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_experiment_tables_study_comparison_and_runtime(tmp_path):
+    paths = RunPaths(str(tmp_path / "run"))
+    sweep = {
+        "lr2e-05_a0.5_T2": {"learning_rate": 2e-5, "alpha": 0.5, "temperature": 2.0},
+        "lr2e-07_a0.5_T2": {"learning_rate": 2e-7, "alpha": 0.5, "temperature": 2.0},
+    }
+    extra = {
+        "lr2e-05_a1_T2": {},
+        "lr2e-05_a1_T2_cos1": {},
+        "lr2e-05_a0.5_T2_cos1": {},
+        "lr2e-05_a0.5_T2_cos1_rand": {},
+    }
+    fake_run_outputs(paths, "qqp", ["dev"], {**sweep, **extra})  # accuracy 0.5, 0.6, ... in this order
+    ablation = {
+        "KD only": "lr2e-05_a1_T2",
+        "KD + hidden cosine": "lr2e-05_a1_T2_cos1",
+        "KD + hidden cosine + CE": "lr2e-05_a0.5_T2_cos1",
+        "KD + hidden cosine + CE, random init": "lr2e-05_a0.5_T2_cos1_rand",
+    }
+    base = {"learning_rate": 2e-5, "alpha": 0.5, "temperature": 2.0}
+    reference = tmp_path / "reference.yaml"
+    reference.write_text(
+        "glue:\n  qqp:\n    split: dev\n    rows:\n"
+        "      - {learning_rate: 2.0e-5, alpha: 0.5, accuracy: 90.0, macro_f1: 89.46}\n"
+        "      - {learning_rate: 2.0e-9, alpha: 0.5, accuracy: 63.18, macro_f1: 38.72}\n"
+    )
+    # Two jobs' benchmark files: a local one (plain format) and a Slurm one (--benchmark-extended).
+    bench = Path(paths.benchmark("distill", "qqp", "lr2e-05_a0.5_T2"))
+    bench.parent.mkdir(parents=True)
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time"
+    bench.write_text(header + "\n3600.0\t1:00:00\t2048.5\t1\t1\t1\t0\t0\t90\t3000.0\n")
+    resources = {"mem_mb": 128000, "nodes": 2, "slurm_extra": "--gpus-per-node=v100-sxm2:4 --signal=USR1@600"}
+    extended = header + "\tjobid\trule_name\twildcards\tparams\tthreads\tcpu_usage\tresources\tinput_size_mb\n"
+    extended += f"1800.0\t0:30:00\t1000\t1\t1\t1\t0\t0\t90\t1500.0\t7\tdistill\t{{}}\t{{}}\t16\t90\t{resources}\t{{}}\n"
+    Path(paths.benchmark("distill", "qqp", "lr2e-07_a0.5_T2")).write_text(extended)
+    Path(paths.benchmark("report")).write_text(header + "\n5.0\t0:00:05\t100\t1\t1\t1\t0\t0\t90\t4.0\n")
+
+    md = write_report(
+        paths,
+        {
+            "title": "t",
+            "reference": str(reference),
+            "glue": {
+                "tasks": ["qqp"],
+                "points": sweep,
+                "swept": ["learning_rate"],
+                "experiments": {"ablation": {"base": base, "rows": ablation}},
+            },
+        },
+    ).read_text()
+
+    table = pd.read_csv(paths.report_file("qqp_ablation", "csv"))
+    assert table["Loss"].tolist() == list(ablation)
+    assert table["Accuracy (%)"].tolist() == [70.0, 80.0, 90.0, 100.0]  # the runs' own numbers
+    assert table["Δ Accuracy (%) vs full"].tolist() == [-20.0, -10.0, 0.0, 10.0]
+    assert "### QQP: loss ablation (learning rate 2e-05, alpha 0.5, temperature 2)" in md
+
+    study = pd.read_csv(paths.report_file("qqp_vs_study", "csv"))
+    first = study.iloc[0]
+    ours = [float(first[c]) for c in ("Accuracy kdflow (%)", "Accuracy study (%)", "Δ accuracy")]
+    assert ours == [50.0, 90.0, -40.0]
+    assert [float(first["Macro-F1 kdflow"]), float(first["Δ macro-F1"])] == [45.0, -44.46]
+    assert study.iloc[1]["Accuracy kdflow (%)"] == "not run"  # the study's 2e-9 was not run here
+
+    runtime = pd.read_csv(paths.report_file("runtime", "csv")).set_index("Rule")
+    assert "report" not in runtime.index  # the report's own job: left out, so a rerun has the same table
+    distill = runtime.loc["distill"]
+    assert (distill["Jobs"], distill["Wall time (s)"], distill["GPUs per job"]) == (2, 5400.0, 8)
+    assert distill["GPU-hours"] == pytest.approx(4.0)  # 0.5 h x 4 GPUs x 2 nodes; the local job held none
+    assert distill["Peak RSS (MB)"] == pytest.approx(2048.0, abs=1)
+
+    html = Path(paths.report_file("qqp_vs_study", "html")).read_text()
+    assert html.startswith("<!DOCTYPE html>") and "<td>90</td>" in html and "Δ accuracy" in html
+    assert "## Runtime and GPU-hours per rule" in md and "[.html](report/runtime.html)" in md

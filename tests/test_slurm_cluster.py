@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from tiny import small_glue_config
@@ -210,3 +211,10 @@ def test_profile_partitions_gpus_and_resume_after_a_killed_job(cluster, tmp_path
     assert steps == list(range(5, 301, 5))  # the step counter continued: every step logged once
     report = Path(paths.report_md()).read_text()  # the report of the resumed run, with the killed point's row
     assert "## MNLI" in report and f"{float(KILLED.split('_')[0][2:]):g}" in report
+    # GPU-hours from the resources each job asked Slurm for (the profile's benchmark-extended).
+    runtime = pd.read_csv(paths.report_file("runtime", "csv")).set_index("Rule")
+    for rule, (_, gpus) in EXPECTED.items():
+        if rule != "report":
+            assert runtime.loc[rule, "GPUs per job"] == gpus, runtime
+    distill = runtime.loc["distill"]
+    assert distill["GPU-hours"] == pytest.approx(distill["Wall time (s)"] * 2 / 3600, abs=0.002)

@@ -2,9 +2,11 @@
 the runs' numbers, reruns redo only what changed, the teacher cache is reused), and the
 shipped demo itself (quality and the learning-rate effect)."""
 
+import base64
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -159,3 +161,31 @@ def test_shipped_demo_shows_the_learning_rate_effect(tmp_path):
     report = Path(paths.report_md()).read_text()
     assert "BLEU signature: `nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0`" in report
     assert "COMET not computed: evaluate.comet.enabled is false" in report and "No end marker" in report
+    runtime = pd.read_csv(paths.report_file("runtime", "csv")).set_index("Rule")
+    assert runtime.loc["distill", "Jobs"] == 6 and runtime.loc["distill_lm", "Jobs"] == 3
+    assert runtime.loc["total", "GPU-hours"] == 0  # a local CPU run asks Slurm for no GPUs
+
+    # The report regenerates from the run's outputs alone: delete it, only the report rule reruns,
+    # and every table comes back byte for byte.
+    tables = {f: f.read_bytes() for f in Path(paths.report_dir()).glob("*") if f.suffix in (".csv", ".md", ".html")}
+    shutil.rmtree(paths.report_dir())
+    Path(paths.report_md()).unlink()
+    rerun = snakemake(tmp_path, REPO / "config" / "demo.yaml")
+    assert planned(rerun) == {"report": 1, "all": 1}, rerun[-2000:]
+    assert {f: f.read_bytes() for f in tables} == tables
+    assert Path(paths.report_md()).read_text() == report
+
+    # Snakemake's HTML report: every table, the loss curves and the samples, embedded.
+    html_report = tmp_path / "report.html"
+    snakemake(tmp_path, REPO / "config" / "demo.yaml", "--report", str(html_report))
+    embedded = embedded_results(html_report.read_text())
+    for name in ("mnli_by_learning_rate.html", "europarl_en_fr_by_learning_rate.html", "runtime.html"):
+        assert embedded[name] == (Path(paths.report_dir()) / name).read_bytes()
+    assert embedded["europarl_en_fr_samples.html"].count(b"<b>Reference</b>") == 10
+    assert embedded["mnli_loss.png"][:4] == b"\x89PNG" and embedded["europarl_en_fr_loss.png"][:4] == b"\x89PNG"
+
+
+def embedded_results(html: str) -> dict[str, bytes]:
+    """The files a self-contained Snakemake HTML report embeds (base64 data URIs), by file name."""
+    found = re.findall(r"data:[\w/+.-]+;charset=[\w-]+;filename=([^;]+);base64,([A-Za-z0-9+/=]+)", html)
+    return {name: base64.b64decode(data) for name, data in found}

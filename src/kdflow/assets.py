@@ -17,6 +17,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -257,6 +258,24 @@ def prefetch(assets: list[Asset], manifest_out: str | Path, cache_dir: str | Non
     manifest = {"hf_hub_cache": cache_dir, "assets": entries}
     write_json(manifest_out, manifest)
     return manifest
+
+
+def hub_environment(config: dict, assets: list[Asset], configfiles) -> bool:
+    """Set up the environment the workflow's jobs inherit (called by the Snakefile): HF_HOME from
+    `assets.hf_home`, the prefetch command for MissingAsset messages, and with `assets.offline`
+    the hub's offline modes when the config names hub assets. Returns whether prefetch_assets may
+    go online: not when Snakemake itself was started with HF_HUB_OFFLINE=1."""
+    online = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes", "on")
+    if config["assets"]["hf_home"]:
+        os.environ["HF_HOME"] = config["assets"]["hf_home"]
+    files = " ".join(shlex.quote(str(f)) for f in configfiles)
+    os.environ[PREFETCH_COMMAND_ENV] = (
+        f"snakemake prefetch_assets --forcerun prefetch_assets --cores 1 --configfile {files}"
+    )
+    if assets and config["assets"]["offline"]:
+        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            os.environ[var] = "1"
+    return online
 
 
 def prefetch_from_config(config: dict, manifest_out: str | Path, cache_dir: str | None = None) -> dict:

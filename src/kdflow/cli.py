@@ -229,7 +229,15 @@ def cmd_report(a) -> None:
     write_report(RunPaths(a.root), a.spec)
 
 
+def cmd_prefetch(a) -> None:
+    """Download the hub assets in --spec ({"assets": [Asset fields]}) and write the manifest."""
+    from .assets import Asset, prefetch
+
+    prefetch([Asset(**asset) for asset in a.spec["assets"]], a.out)
+
+
 COMMANDS = {
+    "prefetch": (cmd_prefetch, ["out"]),
     "synthesize-glue": (cmd_synthesize_glue, ["task", "out"]),
     "prepare-glue": (cmd_prepare_glue, ["task", "out", "tsv_dir?"]),
     "train-tokenizer": (cmd_train_tokenizer, ["train", "out"]),

@@ -100,9 +100,13 @@ def load_config(path: str | Path, schema_path: str | Path = SCHEMA_PATH) -> dict
     return validate_config(yaml.safe_load(Path(path).read_text()), schema_path)
 
 
-def point_id(point: dict[str, float]) -> str:
-    """Readable, path-safe id of a sweep point: lr2e-05_a0.5_T2."""
-    return "_".join(f"{_AXIS_TAGS[axis]}{point[axis]:g}" for axis in SWEEP_AXES)
+def point_id(point: dict) -> str:
+    """Readable, path-safe id of a distillation run: lr2e-05_a0.5_T2; an experiment's run that
+    changes the loss or the student's initialization says so: lr2e-05_a1_T2_cos0, ..._rand."""
+    out = "_".join(f"{_AXIS_TAGS[axis]}{point[axis]:g}" for axis in SWEEP_AXES)
+    if "cosine_weight" in point:
+        out += f"_cos{point['cosine_weight']:g}"
+    return out + ("_rand" if point.get("init") == "random" else "")
 
 
 def sweep_points(distill: dict) -> dict[str, dict[str, float]]:
@@ -112,6 +116,58 @@ def sweep_points(distill: dict) -> dict[str, dict[str, float]]:
     for values in itertools.product(*(sweep[axis] for axis in SWEEP_AXES)):
         point = dict(zip(SWEEP_AXES, map(float, values), strict=True))
         points[point_id(point)] = point
+    return points
+
+
+EXPERIMENTS = {
+    "alpha": "Alpha sweep",
+    "temperature": "Temperature sweep",
+    "ablation": "Loss ablation",
+}
+
+
+def experiment_base(distill: dict) -> dict[str, float]:
+    """The run the experiments vary: experiments.learning_rate (default: the sweep's first),
+    the sweep's first alpha and temperature."""
+    sweep, lr = distill["sweep"], distill["experiments"]["learning_rate"]
+    return {
+        "learning_rate": float(lr if lr is not None else sweep["learning_rate"][0]),
+        "alpha": float(sweep["alpha"][0]),
+        "temperature": float(sweep["temperature"][0]),
+    }
+
+
+def experiment_tables(distill: dict) -> dict[str, dict[str, dict]]:
+    """The extra experiments switched on in a GLUE `distill` block, as {experiment: {row label:
+    point}}: one-axis alpha and temperature sweeps around experiment_base, and DistilBERT's loss
+    ablation (KD only, + hidden-state cosine, + CE on the labels, and the last with a randomly
+    initialized student). A point keeps `cosine_weight` only where it differs from the block's
+    own, so a row equal to a sweep point is the same run (and the same job)."""
+    exp, base = distill["experiments"], experiment_base(distill)
+    tables: dict[str, dict[str, dict]] = {}
+    for axis in ("alpha", "temperature"):
+        if exp[axis]["enabled"]:
+            tables[axis] = {f"{v:g}": {**base, axis: float(v)} for v in exp[axis]["values"]}
+    if exp["ablation"]["enabled"]:
+        w = float(exp["ablation"]["cosine_weight"])
+        rows = {
+            "KD only": {**base, "alpha": 1.0, "cosine_weight": 0.0},
+            "KD + hidden cosine": {**base, "alpha": 1.0, "cosine_weight": w},
+            "KD + hidden cosine + CE": {**base, "cosine_weight": w},
+            "KD + hidden cosine + CE, random init": {**base, "cosine_weight": w, "init": "random"},
+        }
+        for point in rows.values():
+            if point["cosine_weight"] == distill["cosine_weight"]:
+                del point["cosine_weight"]
+        tables["ablation"] = rows
+    return tables
+
+
+def distill_points(distill: dict) -> dict[str, dict]:
+    """Every distillation job of a `distill` block: the sweep and the experiments' runs, by id."""
+    points = dict(sweep_points(distill))
+    for rows in experiment_tables(distill).values() if "experiments" in distill else ():
+        points.update({point_id(p): p for p in rows.values()})
     return points
 
 

@@ -7,6 +7,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
+from transformers import AutoModelForSequenceClassification
+
 from .fileio import read_jsonl
 from .models import classifier_from_config, load_classifier, load_tokenizer, student_from_teacher, tokenizer_fingerprint
 from .prepare_glue import GLUE_TASKS
@@ -16,14 +19,21 @@ from .training import KDTrainer, PairClassificationDataset, PairCollator, train_
 log = logging.getLogger(__name__)
 
 
-def build_student(student_spec, teacher_path: str, num_labels: int, tokenizer, seed: int):
+def build_student(student_spec, teacher_path: str, num_labels: int, tokenizer, seed: int, init: str = "config"):
+    """The student the config names; init "random": the same architecture with fresh random
+    weights (the ablation's baseline for teacher-layer or pretrained initialization)."""
     if isinstance(student_spec, str):
-        return load_classifier(student_spec, num_labels)
-    if "from_teacher" in student_spec:
+        student = load_classifier(student_spec, num_labels)
+    elif "from_teacher" in student_spec:
         opts = student_spec["from_teacher"]
         teacher = load_classifier(teacher_path, num_labels)
-        return student_from_teacher(teacher, opts.get("layers"), opts.get("copy_head", False), seed)
-    return classifier_from_config(student_spec, num_labels, tokenizer, seed)
+        student = student_from_teacher(teacher, opts.get("layers"), opts.get("copy_head", False), seed)
+    else:
+        student = classifier_from_config(student_spec, num_labels, tokenizer, seed)
+    if init == "random":
+        torch.manual_seed(seed)
+        student = AutoModelForSequenceClassification.from_config(student.config)
+    return student
 
 
 def distill_student(
@@ -41,9 +51,12 @@ def distill_student(
     deepspeed_config: str | None = None,
 ) -> dict:
     """spec: {"point", "student", "distill" (without its sweep), "max_length", "eval_batch_size"}.
-    Runs in every process that kdflow.launch started; only the main one writes the outputs."""
+    A point (config.distill_points) may override distill.cosine_weight and the student's
+    initialization ("init": "random"). Runs in every process that kdflow.launch started; only the
+    main one writes the outputs."""
     labels = GLUE_TASKS[task].labels
     distill_cfg, train_cfg = spec["distill"], spec["distill"]["training"]
+    cosine_weight = point.get("cosine_weight", distill_cfg["cosine_weight"])
     data_dir = Path(data_dir)
     train_file = data_dir / "train.jsonl"
     entry = open_pointer(cache_pointer, train_file)
@@ -51,11 +64,13 @@ def distill_student(
 
     tokenizer = load_tokenizer(student_tokenizer)
     teacher = None
-    if distill_cfg["cosine_weight"] > 0:
+    if cosine_weight > 0:
         if tokenizer_fingerprint(tokenizer) != tokenizer_fingerprint(load_tokenizer(teacher_tokenizer)):
             raise ValueError("distill.cosine_weight > 0 needs the student to use the teacher's tokenizer")
         teacher = load_classifier(teacher_path, len(labels))
-    student = build_student(spec["student"]["model"], teacher_path, len(labels), tokenizer, train_cfg["seed"])
+    student = build_student(
+        spec["student"]["model"], teacher_path, len(labels), tokenizer, train_cfg["seed"], point.get("init", "config")
+    )
 
     max_length = spec["max_length"]
     train = PairClassificationDataset(
@@ -80,7 +95,7 @@ def distill_student(
         alpha=point["alpha"],
         temperature=point["temperature"],
         hard_labels=distill_cfg["hard_labels"],
-        cosine_weight=distill_cfg["cosine_weight"],
+        cosine_weight=cosine_weight,
         teacher=teacher,
     )
     job = {"stage": "distill", "task": task, "point": point, "spec": spec, "cache": entry.key}

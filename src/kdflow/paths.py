@@ -4,6 +4,7 @@ The Snakefile builds rule inputs/outputs from these methods with wildcard string
 ("{task}", "{point}") and the stage modules and tests call them with real values, so a
 layout change is made here once. Layout under results/<run_name>/:
 
+    assets.json                    hub assets prefetched for offline nodes, with their revisions
     raw/glue/<task>/*.tsv          synthetic data in GLUE's original TSV layout (demo only)
     raw/europarl/<task>/           synthetic data in Europarl's line-aligned layout (demo only)
     data/<task>/<split>.jsonl      normalized splits, data/<task>/manifest.json
@@ -15,7 +16,7 @@ layout change is made here once. Layout under results/<run_name>/:
     distill/<task>/<point>/        model/, log.jsonl; checkpoints/ (not an output: survives failures)
     eval/<task>/<name>.json        metrics of one model (a sweep point, "teacher", "base")
     eval/<task>/<name>.translations.jsonl   its translations (translation family)
-    report/                        tables (csv, md, tex) and plots;  report.md links them
+    report/                        tables (csv, md, tex, html), plots, samples; report.md links them
     logs/<rule>/..., benchmarks/<rule>/...
 """
 
@@ -31,6 +32,10 @@ class RunPaths:
 
     def _p(self, *parts: str) -> str:
         return str(Path(self.root, *parts))
+
+    # hub assets prefetched for offline compute nodes
+    def assets_manifest(self) -> str:
+        return self._p("assets.json")
 
     # data
     def raw_glue_dir(self, task: str) -> str:
@@ -98,6 +103,10 @@ class RunPaths:
 
     def report_table(self, task: str, axis: str, ext: str) -> str:
         return self._p("report", f"{task}_by_{axis}.{ext}")
+
+    def report_file(self, name: str, ext: str) -> str:
+        """report/<name>.<ext>: experiment tables (<task>_alpha), <task>_vs_study, runtime."""
+        return self._p("report", f"{name}.{ext}")
 
     def report_plot(self, task: str) -> str:
         return self._p("report", f"{task}_loss.png")

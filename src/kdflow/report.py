@@ -1,10 +1,18 @@
-"""Stage `report`: the study's tables (CSV, Markdown, LaTeX), loss curves (PNG), sample
+"""Stage `report`: the study's tables (CSV, Markdown, LaTeX, HTML), loss curves (PNG), sample
 translations and results/<run>/report.md linking them, built only from the runs' own output
-files. GLUE: learning rate x (accuracy, macro-F1) per task. Translation: learning rate x
-(SacreBLEU, chrF, COMET, runaway rate, length ratio) with the base student and teacher rows."""
+files. GLUE: learning rate x (accuracy, macro-F1) per task, and the experiments switched on
+(alpha and temperature sweeps, loss ablation). Translation: learning rate x (SacreBLEU, chrF,
+COMET, runaway rate, length ratio) with the base student and teacher rows. With a reference file
+(config/study_reference.yaml), kdflow's numbers next to the study's with the difference; and
+the runtime and GPU-hours of every rule from Snakemake's benchmark files. The HTML files are what
+`snakemake --report` shows (workflow/rules/report.smk)."""
 
 from __future__ import annotations
 
+import ast
+import html
+import math
+import re
 from pathlib import Path
 
 import matplotlib
@@ -12,12 +20,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
 
 from .fileio import atomic_path, read_json, read_jsonl  # noqa: E402
 from .paths import RunPaths  # noqa: E402
 from .teacher_cache import open_pointer  # noqa: E402
 
 AXIS_LABELS = {"learning_rate": "Learning rate", "alpha": "Alpha", "temperature": "Temperature"}
+EXPERIMENT_TITLES = {"alpha": "alpha sweep", "temperature": "temperature sweep", "ablation": "loss ablation"}
 SPLIT_SHORT = {"dev_matched": "m", "dev_mismatched": "mm", "dev": ""}
 
 
@@ -61,18 +71,32 @@ def _fmt_number(v) -> str:
 
 
 def write_table(table: pd.DataFrame, stem: Path, caption: str) -> list[Path]:
-    """stem.csv, stem.md, stem.tex."""
+    """stem.csv, stem.md, stem.tex, stem.html (a page of its own, for Snakemake's HTML report)."""
     out = []
     for suffix, render in (
         (".csv", lambda t: t.to_csv(index=False)),
         (".md", lambda t: t.to_markdown(index=False, floatfmt="g") + "\n"),
         (".tex", lambda t: t.to_latex(index=False, caption=caption, formatters={c: _fmt_number for c in t.columns})),
+        (".html", lambda t: html_page(caption, t.to_html(index=False, float_format=_fmt_number, na_rep=""))),
     ):
         path = stem.with_suffix(suffix)
         with atomic_path(path) as tmp:
             tmp.write_text(render(table))
         out.append(path)
     return out
+
+
+def html_page(title: str, body: str) -> str:
+    """A small standalone HTML page (the HTML report shows each table file on its own)."""
+    style = (
+        "body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #bbb;padding:.25em .6em;text-align:right}th{background:#eee}"
+        "li{margin:.2em 0}"
+    )
+    return (
+        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head>\n<body><h2>{html.escape(title)}</h2>\n{body}\n</body></html>\n"
+    )
 
 
 def plot_loss_curves(paths: RunPaths, task: str, points: dict[str, dict], out: Path) -> Path:
@@ -129,10 +153,108 @@ def _manifest_summary(paths: RunPaths, task: str) -> str:
 
 def _table_links(paths: RunPaths, stem: Path) -> str:
     rel = stem.relative_to(paths.root)
-    return f"Files: [{stem.name}.csv]({rel}.csv), [.md]({rel}.md), [.tex]({rel}.tex)"
+    return f"Files: [{stem.name}.csv]({rel}.csv), [.md]({rel}.md), [.tex]({rel}.tex), [.html]({rel}.html)"
 
 
-def glue_section(paths: RunPaths, tasks: list[str], points: dict[str, dict], swept: list[str]) -> list[str]:
+def _table_md(paths: RunPaths, table: pd.DataFrame, name: str, caption: str) -> list[str]:
+    """Write report/<name>.{csv,md,tex,html} and return its Markdown lines for report.md."""
+    stem = Path(paths.report_file(name, "csv")).with_suffix("")
+    write_table(table, stem, caption)
+    return [table.to_markdown(index=False, floatfmt="g"), "", _table_links(paths, stem), ""]
+
+
+def experiment_table(paths: RunPaths, task: str, experiment: str, rows) -> pd.DataFrame:
+    """One experiment's table: a row per run (alpha or temperature value, or loss variant), in
+    the order of `rows` ({label: point id} or [label, point id] pairs). The ablation adds each
+    variant's accuracy difference to the full loss, as DistilBERT's table."""
+    column = {"alpha": "Alpha", "temperature": "Temperature", "ablation": "Loss"}[experiment]
+    records = []
+    for label, pid in dict(rows).items():
+        value = label if experiment == "ablation" else float(label)
+        records.append({column: value, **metrics_row(read_json(paths.eval_json(task, pid)))})
+    table = pd.DataFrame(records)
+    if experiment == "ablation":  # every accuracy column (MNLI: matched and mismatched)
+        for acc in [c for c in table.columns if c.startswith("Accuracy")]:
+            full = table.loc[table["Loss"] == "KD + hidden cosine + CE", acc].iloc[0]
+            table[f"Δ {acc} vs full"] = (table[acc] - full).round(2)
+    return table
+
+
+def _diff(ours, study) -> float | str:
+    return round(ours - study, 2 if abs(study) >= 1 else 4) if isinstance(ours, (int, float)) else ""
+
+
+def _matching_point(points: dict[str, dict], ref_row: dict) -> str | None:
+    """The sweep point with the reference row's learning rate (and alpha/temperature if given)."""
+    for pid, params in points.items():
+        if all(math.isclose(params[k], ref_row[k]) for k in ("learning_rate", "alpha", "temperature") if k in ref_row):
+            return pid
+    return None
+
+
+def glue_vs_study(paths: RunPaths, task: str, points: dict[str, dict], ref: dict) -> pd.DataFrame:
+    """kdflow's numbers next to the study's (accuracy %, macro-F1 x 100) on ref["split"]."""
+    rows = []
+    for r in ref["rows"]:
+        pid = _matching_point(points, r)
+        m = read_json(paths.eval_json(task, pid))["splits"][ref["split"]] if pid else None
+        acc = round(100 * m["accuracy"], 2) if m else "not run"
+        f1 = round(100 * m["macro_f1"], 2) if m else "not run"
+        rows.append(
+            {
+                "Learning rate": r["learning_rate"],
+                "Accuracy kdflow (%)": acc,
+                "Accuracy study (%)": r["accuracy"],
+                "Δ accuracy": _diff(acc, r["accuracy"]),
+                "Macro-F1 kdflow": f1,
+                "Macro-F1 study": r["macro_f1"],
+                "Δ macro-F1": _diff(f1, r["macro_f1"]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def translation_vs_study(paths: RunPaths, task: str, points: dict[str, dict], ref: dict) -> pd.DataFrame:
+    """kdflow's SacreBLEU and COMET next to the study's, for the base model and each learning rate."""
+    rows = []
+    for r in ref["rows"]:
+        pid = "base" if r.get("model") == "base" else _matching_point(points, r)
+        result = read_json(paths.eval_json(task, pid)) if pid else None
+        bleu = round(result["bleu"], 2) if result else "not run"
+        comet = (
+            "not run"
+            if result is None
+            else ("not computed" if result.get("comet") is None else round(result["comet"], 4))
+        )
+        rows.append(
+            {
+                "Model": "Base model" if pid == "base" else f"Distilled (learning rate {r['learning_rate']:g})",
+                "SacreBLEU kdflow": bleu,
+                "SacreBLEU study": r["bleu"],
+                "Δ SacreBLEU": _diff(bleu, r["bleu"]),
+                "COMET kdflow": comet,
+                "COMET study": r["comet"],
+                "Δ COMET": _diff(comet, r["comet"]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _study_md(paths: RunPaths, table: pd.DataFrame, task: str, title: str, note: str) -> list[str]:
+    md = [f"### {title}: kdflow and the study", "", note + " Δ = kdflow - study.", ""]
+    return md + _table_md(paths, table, f"{task}_vs_study", f"{title}: kdflow and the original study")
+
+
+def glue_section(
+    paths: RunPaths,
+    tasks: list[str],
+    points: dict[str, dict],
+    swept: list[str],
+    experiments: dict | None = None,
+    reference: dict | None = None,
+) -> list[str]:
+    """experiments: {name: {"base": point, "rows": [[label, point id], ...]}}; reference: the
+    reference file's `glue` block ({task: {split, rows: [{learning_rate, accuracy, macro_f1}]}})."""
     report_dir = Path(paths.report_dir())
     md = []
     for task in tasks:
@@ -151,6 +273,15 @@ def glue_section(paths: RunPaths, tasks: list[str], points: dict[str, dict], swe
                 table.to_markdown(index=False, floatfmt="g"),
             ]
             md += ["", _table_links(paths, stem), ""]
+        if reference and task in reference:
+            note = f"The study's numbers (reference file); kdflow's on {reference[task]['split']}."
+            md += _study_md(paths, glue_vs_study(paths, task, points, reference[task]), task, task.upper(), note)
+        for name, exp in (experiments or {}).items():
+            base = exp["base"]
+            around = ", ".join(f"{AXIS_LABELS[a].lower()} {base[a]:g}" for a in AXIS_LABELS if a != name)
+            md += [f"### {task.upper()}: {EXPERIMENT_TITLES[name]} ({around})", ""]
+            table = experiment_table(paths, task, name, exp["rows"])
+            md += _table_md(paths, table, f"{task}_{name}", f"{task.upper()}: {EXPERIMENT_TITLES[name]} ({around})")
         png = plot_loss_curves(paths, task, points, Path(paths.report_plot(task)))
         md += [f"![{task} loss curves]({png.relative_to(paths.root)})", ""]
     return md
@@ -194,12 +325,29 @@ def write_samples(paths: RunPaths, task: str, names: dict[str, str], count: int)
     out = Path(paths.report_samples(task))
     with atomic_path(out) as tmp:
         tmp.write_text("\n".join(md))
+    with atomic_path(out.with_suffix(".html")) as tmp:
+        tmp.write_text(_samples_html(task, outputs, count))
     return out
 
 
+def _samples_html(task: str, outputs: dict[str, list[dict]], count: int) -> str:
+    first = next(iter(outputs.values()))
+    body = []
+    for i, row in enumerate(first[:count]):
+        items = [("Source", row["source"]), ("Reference", row["reference"])]
+        for label, rows in outputs.items():
+            runaway = " (no end marker)" if not rows[i]["ended_with_marker"] else ""
+            items.append((label, rows[i]["hypothesis"] + runaway))
+        lis = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in items)
+        body.append(f"<h3>{i + 1}. (test id {html.escape(str(row['id']))})</h3><ul>{lis}</ul>")
+    return html_page(f"{task}: sample translations", "\n".join(body))
+
+
 def translation_section(
-    paths: RunPaths, task: str, points: dict[str, dict], swept: list[str], samples: int
+    paths: RunPaths, task: str, points: dict[str, dict], swept: list[str], samples: int, reference: dict | None = None
 ) -> list[str]:
+    """reference: the reference file's `translation` block ({rows: [{model: base | learning_rate,
+    bleu, comet}]})."""
     stem = Path(paths.report_table(task, "learning_rate", "csv")).with_suffix("")
     table = translation_table(paths, task, points, swept)
     write_table(table, stem, f"{task}: SacreBLEU and COMET of the distilled students")
@@ -213,6 +361,9 @@ def translation_section(
         "",
     ]
     md += [table.to_markdown(index=False, floatfmt="g"), "", _table_links(paths, stem), ""]
+    if reference:
+        note = "The study's numbers (reference file): SacreBLEU and COMET (x 1)."
+        md += _study_md(paths, translation_vs_study(paths, task, points, reference), task, task, note)
     gen = base["generation"]
     decoding = "greedy" if gen["num_beams"] == 1 else f"beam search ({gen['num_beams']} beams)"
     md += [f"Test sentences: {base['examples']}; decoding: {decoding}, at most {gen['max_new_tokens']} new tokens."]
@@ -227,17 +378,102 @@ def translation_section(
     return md
 
 
+def job_gpus(resources) -> int:
+    """GPUs a job held, from the resources Snakemake records with --benchmark-extended (the Slurm
+    profile turns it on): a gpu/gpus resource, or --gpus-per-node / --gres=gpu in slurm_extra,
+    times nodes. 0 when nothing was recorded (a local run) or none were asked for."""
+    try:
+        res = ast.literal_eval(resources) if isinstance(resources, str) else None
+    except (ValueError, SyntaxError):
+        return 0
+    if not isinstance(res, dict):
+        return 0
+    per_node = next((int(res[k]) for k in ("gpu", "gpus") if str(res.get(k, "")).isdigit() and int(res[k])), 0)
+    if not per_node:
+        extra = f"{res.get('slurm_extra', '')} {res.get('gres', '')}"
+        found = re.search(r"--gpus-per-node=(?:[\w.-]+:)?(\d+)", extra) or re.search(
+            r"(?:^|[\s=])gpu(?::[\w.-]+)?:(\d+)", extra
+        )
+        per_node = int(found.group(1)) if found else 0
+    return per_node * int(res.get("nodes") or 1)
+
+
+def runtime_table(paths: RunPaths) -> pd.DataFrame:
+    """Wall time, CPU time, peak memory and GPU-hours per rule, from the benchmark files of every
+    job of the run (benchmarks/<rule>/...; the last attempt of a retried job). The report rule's
+    own job is left out, so a regenerated report has the same table."""
+    root = Path(paths.root, "benchmarks")
+    per_rule: dict[str, list[dict]] = {}
+    for f in sorted(root.rglob("*.tsv")):
+        rel = f.relative_to(root)
+        rule = rel.parts[0] if len(rel.parts) > 1 else rel.stem
+        if rule == "report":
+            continue
+        for rec in pd.read_csv(f, sep="\t").to_dict("records"):
+            per_rule.setdefault(rule, []).append(rec)
+    rows = []
+    for rule, recs in per_rule.items():
+        gpus = [job_gpus(r.get("resources")) for r in recs]
+        wall = [float(r["s"]) for r in recs]
+        rss = [float(r["max_rss"]) for r in recs if str(r["max_rss"]) != "NA"]
+        rows.append(
+            {
+                "Rule": rule,
+                "Jobs": len(recs),
+                "Wall time (s)": round(sum(wall), 1),
+                "Mean per job (s)": round(sum(wall) / len(wall), 1),
+                "CPU time (s)": round(sum(float(r["cpu_time"]) for r in recs if str(r["cpu_time"]) != "NA"), 1),
+                "Peak RSS (MB)": round(max(rss), 0) if rss else "",
+                "GPUs per job": max(gpus),
+                "GPU-hours": round(sum(w * g for w, g in zip(wall, gpus, strict=True)) / 3600, 3),
+            }
+        )
+    table = pd.DataFrame(rows)
+    if rows:
+        total = {
+            "Rule": "total",
+            "Jobs": int(table["Jobs"].sum()),
+            "Wall time (s)": round(table["Wall time (s)"].sum(), 1),
+        }
+        total |= {
+            "CPU time (s)": round(table["CPU time (s)"].sum(), 1),
+            "GPU-hours": round(table["GPU-hours"].sum(), 3),
+        }
+        table = pd.concat([table, pd.DataFrame([total])], ignore_index=True)
+    return table
+
+
+def runtime_section(paths: RunPaths) -> list[str]:
+    table = runtime_table(paths)
+    if table.empty:
+        table = pd.DataFrame(columns=["Rule", "Jobs", "Wall time (s)", "GPU-hours"])
+    md = ["## Runtime and GPU-hours per rule", ""]
+    md += [
+        "From Snakemake's benchmark files (wall time of each job; GPU-hours = wall time x the GPUs "
+        "the job asked Slurm for, recorded with --benchmark-extended; 0 GPUs: a local run or none asked).",
+        "",
+    ]
+    return md + _table_md(paths, table, "runtime", "Runtime and GPU-hours per rule")
+
+
+def load_reference(path: str | Path | None) -> dict:
+    """The study's reference numbers (config/study_reference.yaml), or {} without a file."""
+    return yaml.safe_load(Path(path).read_text()) if path else {}
+
+
 def write_report(paths: RunPaths, spec: dict) -> Path:
-    """spec: {"title", "glue": {tasks, points, swept} (optional), "translation": {task, points,
-    swept, samples} (optional)}."""
+    """spec: {"title", "reference": path or null, "glue": {tasks, points, swept, experiments}
+    (optional), "translation": {task, points, swept, samples} (optional)}."""
     Path(paths.report_dir()).mkdir(parents=True, exist_ok=True)
+    reference = load_reference(spec.get("reference"))
     md = [f"# {spec['title']}", ""]
     if "glue" in spec:
         g = spec["glue"]
-        md += glue_section(paths, g["tasks"], g["points"], g["swept"])
+        md += glue_section(paths, g["tasks"], g["points"], g["swept"], g.get("experiments"), reference.get("glue"))
     if "translation" in spec:
         t = spec["translation"]
-        md += translation_section(paths, t["task"], t["points"], t["swept"], t["samples"])
+        md += translation_section(paths, t["task"], t["points"], t["swept"], t["samples"], reference.get("translation"))
+    md += runtime_section(paths)
     out = Path(paths.report_md())
     with atomic_path(out) as tmp:
         tmp.write_text("\n".join(md))

@@ -4,10 +4,21 @@
 import json
 import os
 import re
+from dataclasses import asdict
 
 from kdflow import plan
+from kdflow.assets import config_assets, hub_environment
 from kdflow.cluster import apply_profile_defaults, outlive_slurm_signals
-from kdflow.config import run_root, sweep_points, swept_axes, translation_task
+from kdflow.config import (
+    distill_points,
+    experiment_base,
+    experiment_tables,
+    point_id,
+    run_root,
+    sweep_points,
+    swept_axes,
+    translation_task,
+)
 from kdflow.paths import RunPaths
 from kdflow.prepare_glue import GLUE_TASKS
 
@@ -16,10 +27,17 @@ outlive_slurm_signals()  # in a Slurm job: let training save its checkpoint on U
 P = RunPaths(run_root(config))
 GLUE = "glue" in config
 TASKS = config["glue"]["tasks"] if GLUE else []
-POINTS = sweep_points(config["distill"]) if GLUE else {}
+SWEEP = sweep_points(config["distill"]) if GLUE else {}  # the study's table
+EXPERIMENTS = experiment_tables(config["distill"]) if GLUE else {}  # extra tables
+POINTS = distill_points(config["distill"]) if GLUE else {}  # every distillation job
 TR = config.get("translation")  # the translation family's settings, or None
 TR_TASK = translation_task(config) if TR else None
 TR_POINTS = sweep_points(TR["distill"]) if TR else {}
+
+# Hub assets: prefetch_assets (a local rule, run where Snakemake runs, e.g. a login node with
+# internet) fetches them into the Hugging Face cache; the compute jobs inherit this environment.
+ASSETS = config_assets(config)
+PREFETCH_ONLINE = hub_environment(config, ASSETS, workflow.configfiles)
 
 
 wildcard_constraints:
@@ -29,6 +47,23 @@ wildcard_constraints:
 
 def as_json(obj):
     return json.dumps(obj, sort_keys=True)
+
+
+def assets_input():
+    """The prefetch manifest, for the rules that start a family's DAG (so no job runs before the
+    assets are there); ancient: a new prefetch does not rerun what is done."""
+    return [ancient(P.assets_manifest())] if ASSETS else []
+
+
+def prefetch_env():
+    """prefetch_assets goes online unless the user started Snakemake with HF_HUB_OFFLINE=1."""
+    if not PREFETCH_ONLINE:
+        return ""
+    return "HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 TRANSFORMERS_OFFLINE=0"
+
+
+def prefetch_spec():
+    return as_json({"assets": [asdict(a) for a in ASSETS]})
 
 
 def glue_tsv_input(wildcards):
@@ -112,13 +147,30 @@ def translation_model_input(name):
     return [P.distill_model(TR_TASK, name)]
 
 
+def reference_file():
+    """The reference numbers file (report.reference), relative to the repository."""
+    ref = config["report"]["reference"]
+    return [os.path.join(workflow.basedir, ref)] if ref else []
+
+
 def report_spec():
-    spec = {"title": f"kdflow report: {config['run_name']}"}
+    spec = {
+        "title": f"kdflow report: {config['run_name']}",
+        "reference": (reference_file() or [None])[0],
+    }
     if GLUE:
         spec["glue"] = {
             "tasks": TASKS,
-            "points": POINTS,
+            "points": SWEEP,
             "swept": swept_axes(config["distill"]),
+            "experiments": {
+                name: {
+                    "base": experiment_base(config["distill"]),
+                    # [label, point id] pairs: the spec's JSON sorts object keys
+                    "rows": [[label, point_id(p)] for label, p in rows.items()],
+                }
+                for name, rows in EXPERIMENTS.items()
+            },
         }
     if TR:
         spec["translation"] = {
@@ -136,7 +188,7 @@ def report_inputs():
         files += expand(
             P.eval_json("{task}", "{name}"), task=TASKS, name=[*POINTS, "teacher"]
         )
-        files += expand(P.distill_log("{task}", "{point}"), task=TASKS, point=POINTS)
+        files += expand(P.distill_log("{task}", "{point}"), task=TASKS, point=SWEEP)
         files += expand(P.data_dir("{task}"), task=TASKS)
     if TR:
         names = ["base", "teacher", *TR_POINTS]
@@ -144,26 +196,44 @@ def report_inputs():
         files += [P.eval_translations(TR_TASK, n) for n in names]
         files += [P.distill_log(TR_TASK, p) for p in TR_POINTS]
         files += [P.data_dir(TR_TASK), P.cache_pointer(TR_TASK)]
-    return files
+    return files + reference_file()
 
 
-def report_files():
-    files = []
+TABLE_EXTS = ("csv", "md", "tex", "html")
+
+
+def report_tables():
+    """Every table file the report writes (each as csv, md, tex and html)."""
+    stems = []
     if GLUE:
-        files += expand(
-            P.report_table("{task}", "{axis}", "{ext}"),
-            task=TASKS,
-            axis=swept_axes(config["distill"]),
-            ext=("csv", "md", "tex"),
-        )
-        files += expand(P.report_plot("{task}"), task=TASKS)
+        for task in TASKS:
+            stems += [
+                P.report_table(task, axis, "{ext}")
+                for axis in swept_axes(config["distill"])
+            ]
+            stems += [P.report_file(f"{task}_{name}", "{ext}") for name in EXPERIMENTS]
+            if reference_file():
+                stems.append(P.report_file(f"{task}_vs_study", "{ext}"))
     if TR:
-        files += expand(
-            P.report_table(TR_TASK, "learning_rate", "{ext}"), ext=("csv", "md", "tex")
-        )
-        files += [P.report_plot(TR_TASK), P.report_samples(TR_TASK)]
-    return files
+        stems.append(P.report_table(TR_TASK, "learning_rate", "{ext}"))
+        if reference_file():
+            stems.append(P.report_file(f"{TR_TASK}_vs_study", "{ext}"))
+    stems.append(P.report_file("runtime", "{ext}"))
+    return [stem.format(ext=ext) for stem in stems for ext in TABLE_EXTS]
+
+
+def report_plots():
+    return [P.report_plot(t) for t in TASKS] + ([P.report_plot(TR_TASK)] if TR else [])
+
+
+def report_samples():
+    """Sample translations, Markdown and HTML."""
+    if not TR:
+        return []
+    md = P.report_samples(TR_TASK)
+    return [md, md.removesuffix(".md") + ".html"]
 
 
 def report_outputs():
-    return [P.report_md()]
+    """Everything the report writes (rule all asks for all of it, so a missing file reruns it)."""
+    return [P.report_md(), *report_tables(), *report_plots(), *report_samples()]

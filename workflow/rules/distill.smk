@@ -36,7 +36,9 @@ if GLUE:
                     "point": POINTS[w.point],
                     "student": config["student"],
                     "distill": {
-                        k: v for k, v in config["distill"].items() if k != "sweep"
+                        k: v
+                        for k, v in config["distill"].items()
+                        if k not in ("sweep", "experiments")
                     },
                     "max_length": config["glue"]["max_length"],
                     "eval_batch_size": config["evaluate"]["batch_size"],
@@ -55,6 +57,7 @@ if TR:
 
     rule init_student_lm:
         input:
+            assets_input(),
             teacher=teacher_model_input(TR, TR_TASK),
             tokenizer=tokenizer_inputs(TR, TR_TASK),
         output:

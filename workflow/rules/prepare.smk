@@ -1,6 +1,26 @@
 # Stage prepare: normalized splits with a manifest, and tokenizers trained locally for models
 # built from a config. GLUE (kdflow/prepare_glue.py): MNLI/QQP to JSONL. Translation
-# (kdflow/prepare_translation.py): Europarl en-fr pairs to train/dev/test JSONL.
+# (kdflow/prepare_translation.py): Europarl en-fr pairs to train/dev/test JSONL. The hub
+# assets the config names are prefetched first (kdflow/assets.py), where Snakemake runs.
+
+if ASSETS:
+
+    rule prefetch_assets:
+        output:
+            P.assets_manifest(),
+        log:
+            P.log("prefetch_assets"),
+        benchmark:
+            P.benchmark("prefetch_assets")
+        localrule: True
+        conda:
+            "../../envs/kdflow.yaml"
+        params:
+            env=prefetch_env(),
+            spec=prefetch_spec(),
+        shell:
+            "{params.env} python -m kdflow prefetch --out {output} --spec {params.spec:q} > {log} 2>&1"
+
 
 if GLUE:
 
@@ -22,6 +42,7 @@ if GLUE:
     rule prepare_glue:
         input:
             glue_tsv_input,
+            assets_input(),
         output:
             directory(P.data_dir("{task}")),
         log:
@@ -84,6 +105,7 @@ if TR:
     rule prepare_translation:
         input:
             translation_inputs(),
+            assets_input(),
         output:
             directory(P.data_dir(TR_TASK)),
         log:

@@ -1,5 +1,10 @@
-# Stage report: the study's tables, loss curves, sample translations and report.md
-# (kdflow/report.py), from the runs' output files only.
+# Stage report: the study's tables, the experiments' tables, kdflow vs the study, loss curves,
+# sample translations, the runtime/GPU-hours table and report.md (kdflow/report.py), from the
+# runs' output files only. The files marked report() make up Snakemake's HTML report:
+#   snakemake --report results/<run>/report.html --configfile ...
+
+
+report: "../report/workflow.rst"
 
 
 rule report:
@@ -7,7 +12,39 @@ rule report:
         report_inputs(),
     output:
         md=P.report_md(),
-        files=report_files(),
+        tables=[
+            report(
+                f,
+                category="Tables",
+                caption="../report/table.rst",
+                labels={"table": os.path.basename(f).removesuffix(".html")},
+            )
+            for f in report_tables()
+            if f.endswith(".html")
+        ],
+        table_files=[f for f in report_tables() if not f.endswith(".html")],
+        plots=[
+            report(
+                f,
+                category="Loss curves",
+                caption="../report/loss.rst",
+                labels={"plot": os.path.basename(f).removesuffix("_loss.png")},
+            )
+            for f in report_plots()
+        ],
+        samples=[
+            (
+                report(
+                    f,
+                    category="Sample translations",
+                    caption="../report/samples.rst",
+                    labels={"samples": os.path.basename(f)},
+                )
+                if f.endswith(".html")
+                else f
+            )
+            for f in report_samples()
+        ],
     log:
         P.log("report"),
     benchmark:
