@@ -130,14 +130,14 @@ def test_experiment_tables_study_comparison_and_runtime(tmp_path):
     table = pd.read_csv(paths.report_file("qqp_ablation", "csv"))
     assert table["Loss"].tolist() == list(ablation)
     assert table["Accuracy (%)"].tolist() == [70.0, 80.0, 90.0, 100.0]  # the runs' own numbers
-    assert table["Δ Accuracy (%) vs full"].tolist() == [-20.0, -10.0, 0.0, 10.0]
+    assert table["Accuracy (%), diff to full"].tolist() == [-20.0, -10.0, 0.0, 10.0]
     assert "### QQP: loss ablation (learning rate 2e-05, alpha 0.5, temperature 2)" in md
 
     study = pd.read_csv(paths.report_file("qqp_vs_study", "csv"))
     first = study.iloc[0]
-    ours = [float(first[c]) for c in ("Accuracy kdflow (%)", "Accuracy study (%)", "Δ accuracy")]
+    ours = [float(first[c]) for c in ("Accuracy kdflow (%)", "Accuracy study (%)", "Accuracy diff")]
     assert ours == [50.0, 90.0, -40.0]
-    assert [float(first["Macro-F1 kdflow"]), float(first["Δ macro-F1"])] == [45.0, -44.46]
+    assert [float(first["Macro-F1 kdflow"]), float(first["Macro-F1 diff"])] == [45.0, -44.46]
     assert study.iloc[1]["Accuracy kdflow (%)"] == "not run"  # the study's 2e-9 was not run here
 
     runtime = pd.read_csv(paths.report_file("runtime", "csv")).set_index("Rule")
@@ -148,5 +148,10 @@ def test_experiment_tables_study_comparison_and_runtime(tmp_path):
     assert distill["Peak RSS (MB)"] == pytest.approx(2048.0, abs=1)
 
     html = Path(paths.report_file("qqp_vs_study", "html")).read_text()
-    assert html.startswith("<!DOCTYPE html>") and "<td>90</td>" in html and "Δ accuracy" in html
+    assert html.startswith("<!DOCTYPE html>") and "<td>90</td>" in html and "Accuracy diff" in html
     assert "## Runtime and GPU-hours per rule" in md and "[.html](report/runtime.html)" in md
+    # LaTeX: special characters escaped in headers and captions (a bare % would comment out the rest).
+    tex = Path(paths.report_file("qqp_ablation", "tex")).read_text()
+    assert "Accuracy (\\%), diff to full" in tex and "(%)" not in tex
+    tex = Path(paths.report_file("runtime", "tex")).read_text()
+    assert "GPU-hours" in tex and "Peak RSS (MB)" in tex

@@ -139,7 +139,7 @@ def test_experiment_tables_and_study_comparison_are_the_runs_numbers(study_run):
             assert result["params"] == point  # the job trained what the table says
     ablation = pd.read_csv(paths.report_file("mnli_ablation", "csv"))
     full = ablation.loc[ablation["Loss"] == "KD + hidden cosine + CE", "Accuracy m (%)"].iloc[0]
-    assert (ablation["Δ Accuracy m (%) vs full"] == (ablation["Accuracy m (%)"] - full).round(2)).all()
+    assert (ablation["Accuracy m (%), diff to full"] == (ablation["Accuracy m (%)"] - full).round(2)).all()
     # The random-init run started from other weights than the teacher-layer one: other numbers.
     teacher_init = json.loads(Path(paths.eval_json("mnli", "lr0.001_a0.5_T2_cos1")).read_text())
     random_init = json.loads(Path(paths.eval_json("mnli", "lr0.001_a0.5_T2_cos1_rand")).read_text())
@@ -151,7 +151,7 @@ def test_experiment_tables_and_study_comparison_are_the_runs_numbers(study_run):
     ours = json.loads(Path(paths.eval_json("mnli", "lr0.001_a0.5_T2")).read_text())["splits"]["dev_matched"]
     first = study.iloc[0]
     assert float(first["Accuracy kdflow (%)"]) == pytest.approx(round(100 * ours["accuracy"], 2))
-    assert float(first["Δ accuracy"]) == pytest.approx(round(100 * ours["accuracy"], 2) - 81.77, abs=0.011)
+    assert float(first["Accuracy diff"]) == pytest.approx(round(100 * ours["accuracy"], 2) - 81.77, abs=0.011)
     assert study.iloc[1]["Accuracy kdflow (%)"] == "not run"
     report = Path(paths.report_md()).read_text()
     assert "### MNLI: kdflow and the study" in report and "### MNLI: alpha sweep" in report

@@ -66,17 +66,22 @@ def axis_table(results: pd.DataFrame, axis: str, swept: list[str]) -> pd.DataFra
     return table.rename(columns=AXIS_LABELS)
 
 
+def _latex_escape(text: str) -> str:
+    """LaTeX's special characters in plain text (captions; pandas escapes the cells and headers)."""
+    return re.sub(r"([%&#_$])", r"\\\1", text)
+
+
 def _fmt_number(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def write_table(table: pd.DataFrame, stem: Path, caption: str) -> list[Path]:
     """stem.csv, stem.md, stem.tex, stem.html (a page of its own, for Snakemake's HTML report)."""
-    out = []
+    out, fmt = [], {c: _fmt_number for c in table.columns}
     for suffix, render in (
         (".csv", lambda t: t.to_csv(index=False)),
         (".md", lambda t: t.to_markdown(index=False, floatfmt="g") + "\n"),
-        (".tex", lambda t: t.to_latex(index=False, caption=caption, formatters={c: _fmt_number for c in t.columns})),
+        (".tex", lambda t: t.to_latex(index=False, caption=_latex_escape(caption), escape=True, formatters=fmt)),
         (".html", lambda t: html_page(caption, t.to_html(index=False, float_format=_fmt_number, na_rep=""))),
     ):
         path = stem.with_suffix(suffix)
@@ -176,7 +181,7 @@ def experiment_table(paths: RunPaths, task: str, experiment: str, rows) -> pd.Da
     if experiment == "ablation":  # every accuracy column (MNLI: matched and mismatched)
         for acc in [c for c in table.columns if c.startswith("Accuracy")]:
             full = table.loc[table["Loss"] == "KD + hidden cosine + CE", acc].iloc[0]
-            table[f"Δ {acc} vs full"] = (table[acc] - full).round(2)
+            table[f"{acc}, diff to full"] = (table[acc] - full).round(2)
     return table
 
 
@@ -205,10 +210,10 @@ def glue_vs_study(paths: RunPaths, task: str, points: dict[str, dict], ref: dict
                 "Learning rate": r["learning_rate"],
                 "Accuracy kdflow (%)": acc,
                 "Accuracy study (%)": r["accuracy"],
-                "Δ accuracy": _diff(acc, r["accuracy"]),
+                "Accuracy diff": _diff(acc, r["accuracy"]),
                 "Macro-F1 kdflow": f1,
                 "Macro-F1 study": r["macro_f1"],
-                "Δ macro-F1": _diff(f1, r["macro_f1"]),
+                "Macro-F1 diff": _diff(f1, r["macro_f1"]),
             }
         )
     return pd.DataFrame(rows)
@@ -231,17 +236,17 @@ def translation_vs_study(paths: RunPaths, task: str, points: dict[str, dict], re
                 "Model": "Base model" if pid == "base" else f"Distilled (learning rate {r['learning_rate']:g})",
                 "SacreBLEU kdflow": bleu,
                 "SacreBLEU study": r["bleu"],
-                "Δ SacreBLEU": _diff(bleu, r["bleu"]),
+                "SacreBLEU diff": _diff(bleu, r["bleu"]),
                 "COMET kdflow": comet,
                 "COMET study": r["comet"],
-                "Δ COMET": _diff(comet, r["comet"]),
+                "COMET diff": _diff(comet, r["comet"]),
             }
         )
     return pd.DataFrame(rows)
 
 
 def _study_md(paths: RunPaths, table: pd.DataFrame, task: str, title: str, note: str) -> list[str]:
-    md = [f"### {title}: kdflow and the study", "", note + " Δ = kdflow - study.", ""]
+    md = [f"### {title}: kdflow and the study", "", note + " diff = kdflow - study.", ""]
     return md + _table_md(paths, table, f"{task}_vs_study", f"{title}: kdflow and the original study")
 
 
