@@ -155,3 +155,33 @@ def test_experiment_tables_study_comparison_and_runtime(tmp_path):
     assert "Accuracy (\\%), diff to full" in tex and "(%)" not in tex
     tex = Path(paths.report_file("runtime", "tex")).read_text()
     assert "GPU-hours" in tex and "Peak RSS (MB)" in tex
+
+
+def test_translation_study_comparison(tmp_path):
+    from kdflow.report import translation_vs_study
+
+    paths = RunPaths(str(tmp_path / "run"))
+    write_json(paths.eval_json("europarl_en_fr", "base"), {"bleu": 17.891, "comet": 0.7512})
+    write_json(paths.eval_json("europarl_en_fr", "lr0.001_a0.5_T1"), {"bleu": 27.0, "comet": None})
+    points = {"lr0.001_a0.5_T1": {"learning_rate": 1e-3, "alpha": 0.5, "temperature": 1.0}}
+    ref = {
+        "rows": [
+            {"model": "base", "bleu": 18.89, "comet": 0.73},
+            {"learning_rate": 1e-3, "bleu": 25.76, "comet": 0.80},
+            {"learning_rate": 1e-4, "bleu": 26.57, "comet": 0.82},
+        ]
+    }
+    table = translation_vs_study(paths, "europarl_en_fr", points, ref)
+    assert table["Model"].tolist() == [
+        "Base model",
+        "Distilled (learning rate 0.001)",
+        "Distilled (learning rate 0.0001)",
+    ]
+    assert table.iloc[0][["SacreBLEU kdflow", "SacreBLEU diff", "COMET kdflow", "COMET diff"]].tolist() == [
+        17.89,
+        -1.0,
+        0.7512,
+        0.0212,
+    ]
+    assert table.iloc[1][["SacreBLEU diff", "COMET kdflow", "COMET diff"]].tolist() == [1.24, "not computed", ""]
+    assert table.iloc[2][["SacreBLEU kdflow", "COMET kdflow"]].tolist() == ["not run", "not run"]

@@ -197,6 +197,11 @@ def _matching_point(points: dict[str, dict], ref_row: dict) -> str | None:
     return None
 
 
+def _side_by_side(metric: str, ours, study, unit: str = "") -> dict:
+    """Three columns: kdflow's value, the study's, and kdflow - study."""
+    return {f"{metric} kdflow{unit}": ours, f"{metric} study{unit}": study, f"{metric} diff": _diff(ours, study)}
+
+
 def glue_vs_study(paths: RunPaths, task: str, points: dict[str, dict], ref: dict) -> pd.DataFrame:
     """kdflow's numbers next to the study's (accuracy %, macro-F1 x 100) on ref["split"]."""
     rows = []
@@ -205,17 +210,8 @@ def glue_vs_study(paths: RunPaths, task: str, points: dict[str, dict], ref: dict
         m = read_json(paths.eval_json(task, pid))["splits"][ref["split"]] if pid else None
         acc = round(100 * m["accuracy"], 2) if m else "not run"
         f1 = round(100 * m["macro_f1"], 2) if m else "not run"
-        rows.append(
-            {
-                "Learning rate": r["learning_rate"],
-                "Accuracy kdflow (%)": acc,
-                "Accuracy study (%)": r["accuracy"],
-                "Accuracy diff": _diff(acc, r["accuracy"]),
-                "Macro-F1 kdflow": f1,
-                "Macro-F1 study": r["macro_f1"],
-                "Macro-F1 diff": _diff(f1, r["macro_f1"]),
-            }
-        )
+        row = {"Learning rate": r["learning_rate"], **_side_by_side("Accuracy", acc, r["accuracy"], " (%)")}
+        rows.append(row | _side_by_side("Macro-F1", f1, r["macro_f1"]))
     return pd.DataFrame(rows)
 
 
@@ -226,22 +222,11 @@ def translation_vs_study(paths: RunPaths, task: str, points: dict[str, dict], re
         pid = "base" if r.get("model") == "base" else _matching_point(points, r)
         result = read_json(paths.eval_json(task, pid)) if pid else None
         bleu = round(result["bleu"], 2) if result else "not run"
-        comet = (
-            "not run"
-            if result is None
-            else ("not computed" if result.get("comet") is None else round(result["comet"], 4))
-        )
-        rows.append(
-            {
-                "Model": "Base model" if pid == "base" else f"Distilled (learning rate {r['learning_rate']:g})",
-                "SacreBLEU kdflow": bleu,
-                "SacreBLEU study": r["bleu"],
-                "SacreBLEU diff": _diff(bleu, r["bleu"]),
-                "COMET kdflow": comet,
-                "COMET study": r["comet"],
-                "COMET diff": _diff(comet, r["comet"]),
-            }
-        )
+        comet = "not run" if result is None else result.get("comet")
+        comet = "not computed" if comet is None else (comet if isinstance(comet, str) else round(comet, 4))
+        model = "Base model" if pid == "base" else f"Distilled (learning rate {r['learning_rate']:g})"
+        row = {"Model": model, **_side_by_side("SacreBLEU", bleu, r["bleu"])}
+        rows.append(row | _side_by_side("COMET", comet, r["comet"]))
     return pd.DataFrame(rows)
 
 
