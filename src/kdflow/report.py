@@ -420,11 +420,8 @@ def runtime_table(paths: RunPaths) -> pd.DataFrame:
         )
     table = pd.DataFrame(rows)
     if rows:
-        total = {
-            "Rule": "total",
-            "Jobs": int(table["Jobs"].sum()),
-            "Wall time (s)": round(table["Wall time (s)"].sum(), 1),
-        }
+        total = dict.fromkeys(table.columns, "") | {"Rule": "total", "Jobs": int(table["Jobs"].sum())}
+        total["Wall time (s)"] = round(table["Wall time (s)"].sum(), 1)
         total |= {
             "CPU time (s)": round(table["CPU time (s)"].sum(), 1),
             "GPU-hours": round(table["GPU-hours"].sum(), 3),
