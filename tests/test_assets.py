@@ -12,6 +12,8 @@ import pytest
 import torch
 import yaml
 from conftest import REPO
+from hub_cache import GLUE_MNLI_README
+from hub_cache import snapshot as hub_snapshot
 from tiny import tiny_bert, tiny_llama
 
 from kdflow.assets import (
@@ -50,35 +52,6 @@ COMMITS = {
 }
 PREFETCH = "snakemake prefetch_assets --cores 1 --configfile config/test.yaml"
 
-GLUE_README = """---
-configs:
-- config_name: mnli
-  data_files:
-  - split: train
-    path: mnli/train-*
-  - split: validation_matched
-    path: mnli/validation_matched-*
-  - split: validation_mismatched
-    path: mnli/validation_mismatched-*
-dataset_info:
-- config_name: mnli
-  features:
-  - name: premise
-    dtype: string
-  - name: hypothesis
-    dtype: string
-  - name: label
-    dtype:
-      class_label:
-        names:
-          '0': entailment
-          '1': neutral
-          '2': contradiction
-  - name: idx
-    dtype: int32
----
-# GLUE (test copy)
-"""
 EUROPARL_README = """---
 configs:
 - config_name: en-fr
@@ -107,13 +80,7 @@ EUROPARL_PAIRS = [
 
 
 def snapshot(cache, repo_id, repo_type="model"):
-    """An empty snapshot folder of `repo_id` at COMMITS[repo_id], refs/main pointing at it."""
-    repo = cache / f"{repo_type}s--{repo_id.replace('/', '--')}"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(COMMITS[repo_id])
-    folder = repo / "snapshots" / COMMITS[repo_id]
-    folder.mkdir(parents=True)
-    return folder
+    return hub_snapshot(cache, repo_id, COMMITS[repo_id], repo_type)
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +97,7 @@ def hub_cache(tmp_path_factory, teacher_dir, tokenizer_dir):
     causal_lm_from_config(tiny_llama(), tok, seed=0).save_pretrained(llama)
 
     glue = snapshot(cache, "kdflow-tests/glue", "dataset")
-    (glue / "README.md").write_text(GLUE_README)
+    (glue / "README.md").write_text(GLUE_MNLI_README)
     (glue / "mnli").mkdir()
     for split, rows in MNLI_SPLITS.items():
         columns = dict(zip(["premise", "hypothesis", "label", "idx"], map(list, zip(*rows, strict=True)), strict=True))

@@ -7,6 +7,7 @@ numbers side by side."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from hub_cache import GLUE_MNLI_README
+from hub_cache import snapshot as hub_snapshot
 from tiny import small_glue_config, tiny_bert
 
 from kdflow.config import experiment_tables, load_config, point_id
@@ -26,24 +29,10 @@ pytestmark = pytest.mark.integration
 
 DATASET, TEACHER = "kdflow-tests/glue", "kdflow-tests/tiny-bert-mnli"
 COMMITS = {DATASET: "a" * 40, TEACHER: "b" * 40}
-GLUE_README = """---
-configs:
-- config_name: mnli
-  data_files:
-  - {split: train, path: mnli/train-*}
-  - {split: validation_matched, path: mnli/validation_matched-*}
-  - {split: validation_mismatched, path: mnli/validation_mismatched-*}
----
-"""
 
 
 def snapshot(hub: Path, repo_id: str, repo_type: str) -> Path:
-    repo = hub / f"{repo_type}s--{repo_id.replace('/', '--')}"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(COMMITS[repo_id])
-    folder = repo / "snapshots" / COMMITS[repo_id]
-    folder.mkdir(parents=True)
-    return folder
+    return hub_snapshot(hub, repo_id, COMMITS[repo_id], repo_type)
 
 
 def build_hub_cache(hf_home: Path, raw: Path) -> None:
@@ -56,7 +45,7 @@ def build_hub_cache(hf_home: Path, raw: Path) -> None:
     write_synthetic_glue("mnli", raw, train_size=240, dev_size=40, seed=0)
     hub = hf_home / "hub"
     data = snapshot(hub, DATASET, "dataset")
-    (data / "README.md").write_text(GLUE_README)
+    (data / "README.md").write_text(GLUE_MNLI_README)
     (data / "mnli").mkdir()
     texts = []
     for split, hub_split in GLUE_TASKS["mnli"].hub_splits.items():
@@ -159,8 +148,6 @@ def test_experiment_tables_and_study_comparison_are_the_runs_numbers(study_run):
 
 def test_a_missing_asset_fails_its_job_with_the_prefetch_command(study_run):
     workdir, configfile, paths, _ = study_run
-    import shutil
-
     shutil.rmtree(workdir / "hf" / "hub" / f"models--{TEACHER.replace('/', '--')}")
     out = run_snakemake(workdir, configfile, "--forcerun", "finetune_teacher", "--until", "finetune_teacher")
     assert out.returncode != 0

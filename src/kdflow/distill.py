@@ -19,14 +19,18 @@ from .training import KDTrainer, PairClassificationDataset, PairCollator, train_
 log = logging.getLogger(__name__)
 
 
-def build_student(student_spec, teacher_path: str, num_labels: int, tokenizer, seed: int, init: str = "config"):
-    """The student the config names; init "random": the same architecture with fresh random
-    weights (the ablation's baseline for teacher-layer or pretrained initialization)."""
+def builds_from_teacher(student_spec) -> bool:
+    return isinstance(student_spec, dict) and "from_teacher" in student_spec
+
+
+def build_student(student_spec, teacher, num_labels: int, tokenizer, seed: int, init: str = "config"):
+    """The student the config names (`teacher`: the loaded teacher, for a student built from its
+    layers); init "random": the same architecture with fresh random weights (the ablation's
+    baseline for teacher-layer or pretrained initialization)."""
     if isinstance(student_spec, str):
         student = load_classifier(student_spec, num_labels)
-    elif "from_teacher" in student_spec:
+    elif builds_from_teacher(student_spec):
         opts = student_spec["from_teacher"]
-        teacher = load_classifier(teacher_path, num_labels)
         student = student_from_teacher(teacher, opts.get("layers"), opts.get("copy_head", False), seed)
     else:
         student = classifier_from_config(student_spec, num_labels, tokenizer, seed)
@@ -63,13 +67,16 @@ def distill_student(
     cached = entry.read_all()
 
     tokenizer = load_tokenizer(student_tokenizer)
-    teacher = None
-    if cosine_weight > 0:
-        if tokenizer_fingerprint(tokenizer) != tokenizer_fingerprint(load_tokenizer(teacher_tokenizer)):
-            raise ValueError("distill.cosine_weight > 0 needs the student to use the teacher's tokenizer")
-        teacher = load_classifier(teacher_path, len(labels))
+    student_spec = spec["student"]["model"]
+    if cosine_weight > 0 and tokenizer_fingerprint(tokenizer) != tokenizer_fingerprint(
+        load_tokenizer(teacher_tokenizer)
+    ):
+        raise ValueError("distill.cosine_weight > 0 needs the student to use the teacher's tokenizer")
+    # Loaded once, only when needed: its layers build the student, or the cosine loss runs it online.
+    needs_teacher = cosine_weight > 0 or builds_from_teacher(student_spec)
+    teacher = load_classifier(teacher_path, len(labels)) if needs_teacher else None
     student = build_student(
-        spec["student"]["model"], teacher_path, len(labels), tokenizer, train_cfg["seed"], point.get("init", "config")
+        student_spec, teacher, len(labels), tokenizer, train_cfg["seed"], point.get("init", "config")
     )
 
     max_length = spec["max_length"]
@@ -96,7 +103,7 @@ def distill_student(
         temperature=point["temperature"],
         hard_labels=distill_cfg["hard_labels"],
         cosine_weight=cosine_weight,
-        teacher=teacher,
+        teacher=teacher if cosine_weight > 0 else None,
     )
     job = {"stage": "distill", "task": task, "point": point, "spec": spec, "cache": entry.key}
     return train_and_save(trainer, job, model_out, log_out, tokenizer=tokenizer)
