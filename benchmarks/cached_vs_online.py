@@ -15,88 +15,21 @@ import argparse
 import time
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from common import SHAPES, build, example_lengths, examples, sync
 
 from kdflow.losses import chunked_token_losses
 from kdflow.teacher_translation import teacher_topk
 from kdflow.translation_training import TranslationCollator, response_hidden_states
 
-SHAPES = {
-    # (hidden, intermediate, layers, heads, kv heads, vocab)
-    "tiny": {
-        "teacher": dict(
-            hidden_size=384,
-            intermediate_size=1024,
-            num_hidden_layers=7,
-            num_attention_heads=6,
-            num_key_value_heads=2,
-            vocab_size=8192,
-        ),
-        "student": dict(
-            hidden_size=256,
-            intermediate_size=768,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=8192,
-        ),
-    },
-    "real": {  # Llama-3.2-3B and Llama-3.2-1B
-        "teacher": dict(
-            hidden_size=3072,
-            intermediate_size=8192,
-            num_hidden_layers=28,
-            num_attention_heads=24,
-            num_key_value_heads=8,
-            vocab_size=128256,
-            rope_theta=500000.0,
-        ),
-        "student": dict(
-            hidden_size=2048,
-            intermediate_size=8192,
-            num_hidden_layers=16,
-            num_attention_heads=32,
-            num_key_value_heads=8,
-            vocab_size=128256,
-            rope_theta=500000.0,
-        ),
-    },
-}
-
-
-def build(shape: dict, device: str, dtype: torch.dtype) -> LlamaForCausalLM:
-    config = LlamaConfig(tie_word_embeddings=True, max_position_embeddings=4096, **shape)
-    return LlamaForCausalLM(config).to(device=device, dtype=dtype)
-
-
-def batches(n: int, batch_size: int, length: int, response: int, vocab: int, seed: int = 0) -> list[dict]:
-    g = torch.Generator().manual_seed(seed)
-    collate = TranslationCollator(pad_token_id=0)
-    out = []
-    for _ in range(n):
-        items = [
-            {"input_ids": torch.randint(1, vocab, (length,), generator=g).tolist(), "response_start": length - response}
-            for _ in range(batch_size)
-        ]
-        out.append(collate(items))
-    return out
-
 
 def student_step(student, optimizer, batch, topk_values, topk_indices, chunk_size: int) -> None:
-    hidden, targets = response_hidden_states(
-        student, student, batch["input_ids"], batch["attention_mask"], batch["labels"]
-    )
+    hidden, targets = response_hidden_states(student, student, batch)
     ce, kd = chunked_token_losses(
         hidden, student.get_output_embeddings(), targets, topk_values, topk_indices, 1.0, "forward_kl", chunk_size
     )
     (0.5 * kd + 0.5 * ce).backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def main() -> None:
@@ -119,9 +52,12 @@ def main() -> None:
     print(f"shape {args.shape} on {args.device} ({dtype}), {torch.get_num_threads()} CPU threads")
     print(f"teacher {n_t / 1e6:.1f} M params, student {n_s / 1e6:.1f} M params, ratio {n_t / n_s:.2f}")
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5)
+    lengths = example_lengths(f"fixed:{args.length}/{args.response}", args.steps * args.batch_size)
+    items = examples(lengths, student.config.vocab_size)
+    collate = TranslationCollator(pad_token_id=0)
     data = [
-        {k: v.to(args.device) for k, v in b.items()}
-        for b in batches(args.steps, args.batch_size, args.length, args.response, student.config.vocab_size)
+        {k: v.to(args.device) for k, v in collate(items[i : i + args.batch_size]).items()}
+        for i in range(0, len(items), args.batch_size)
     ]
     # The cache: the teacher's top-k of every batch, computed once (not timed).
     cache = [teacher_topk(teacher, b, args.top_k, args.chunk_size)[:2] for b in data]

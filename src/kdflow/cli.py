@@ -172,6 +172,7 @@ def cmd_train_teacher_lm(a) -> None:
         a.checkpoints,
         s["eval_batch_size"],
         s["chunk_size"],
+        s["packing"],
     )
 
 
@@ -179,7 +180,9 @@ def cmd_cache_teacher_lm(a) -> None:
     from .teacher_translation import cache_teacher_topk
 
     s = a.spec
-    cache_teacher_topk(a.teacher, a.tokenizer, a.data_dir, s["prompt"], s["cache"], s["max_length"], a.store, a.out)
+    cache_teacher_topk(
+        a.teacher, a.tokenizer, a.data_dir, s["prompt"], s["cache"], s["max_length"], a.store, a.out, s["packing"]
+    )
 
 
 def cmd_init_student_lm(a) -> None:

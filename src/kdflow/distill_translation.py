@@ -57,7 +57,7 @@ def distill_student_lm(
     checkpoint_dir: str | Path,
     deepspeed_config: str | None = None,
 ) -> dict:
-    """spec: {"point", "distill" (without its sweep), "prompt", "max_length", "eval_batch_size"}.
+    """spec: {"point", "distill" (without its sweep), "prompt", "max_length", "packing", "eval_batch_size"}.
     student_path: the base student (a hub name or kdflow's init_student output)."""
     distill_cfg, train_cfg = spec["distill"], spec["distill"]["training"]
     data_dir = Path(data_dir)
@@ -78,7 +78,7 @@ def distill_student_lm(
         args=args,
         train_dataset=TranslationExamples(ids, starts, topk),
         eval_dataset=translation_examples(data_dir / "dev.jsonl", tokenizer, prompt, spec["max_length"]),
-        data_collator=TranslationCollator(tokenizer.pad_token_id),
+        data_collator=TranslationCollator(tokenizer.pad_token_id, spec["max_length"] if spec["packing"] else None),
         alpha=point["alpha"],
         temperature=point["temperature"],
         kd_loss=distill_cfg["loss"],

@@ -28,7 +28,13 @@ from .progress import progress
 from .prompt import Prompt, encode_pair, make_prompt
 from .teacher_cache import CacheEntry, write_pointer
 from .training import train_and_save, training_arguments
-from .translation_training import TokenKDTrainer, TranslationCollator, TranslationExamples, response_hidden_states
+from .translation_training import (
+    TokenKDTrainer,
+    TranslationCollator,
+    TranslationExamples,
+    response_hidden_states,
+    restore_item_order,
+)
 
 log = logging.getLogger(__name__)
 VALUE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -75,6 +81,7 @@ def train_teacher_lm(
     checkpoint_dir: str | Path,
     eval_batch_size: int = 64,
     chunk_size: int = 1024,
+    packing: bool = True,
 ) -> dict:
     """Train the teacher on the train split (CE on the response tokens); eval loss on dev."""
     tokenizer = load_lm_tokenizer(tokenizer_path)
@@ -88,7 +95,7 @@ def train_teacher_lm(
         args=args,
         train_dataset=translation_examples(data_dir / "train.jsonl", tokenizer, prompt, max_length),
         eval_dataset=translation_examples(data_dir / "dev.jsonl", tokenizer, prompt, max_length),
-        data_collator=TranslationCollator(tokenizer.pad_token_id),
+        data_collator=TranslationCollator(tokenizer.pad_token_id, max_length if packing else None),
         chunk_size=chunk_size,
     )
     job = {
@@ -98,6 +105,7 @@ def train_teacher_lm(
         "prompt": prompt_cfg,
         "data": sha256_file(data_dir / "train.jsonl"),
         "max_length": max_length,
+        "packing": packing,
     }
     return train_and_save(trainer, job, model_out, log_out, tokenizer=tokenizer)
 
@@ -105,10 +113,10 @@ def train_teacher_lm(
 @torch.no_grad()
 def teacher_topk(model, batch: dict, k: int, chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top-k logits (values, indices) and full-row log-sum-exp for every response token of the
-    batch, in the collator's row order; the full-vocabulary logits exist one chunk at a time."""
+    collated batch, in its row order; the full-vocabulary logits exist one chunk at a time."""
     dev = next(model.parameters()).device
     batch = {key: v.to(dev) for key, v in batch.items()}
-    hidden, _ = response_hidden_states(model, model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    hidden, _ = response_hidden_states(model, model, batch)
     head = model.get_output_embeddings()
     values, indices, lse = [], [], []
     for start in range(0, hidden.shape[0], chunk_size):
@@ -117,6 +125,33 @@ def teacher_topk(model, batch: dict, k: int, chunk_size: int = 1024) -> tuple[to
         values.append(top.values)
         indices.append(top.indices)
         lse.append(torch.logsumexp(logits, dim=-1))
+    return torch.cat(values), torch.cat(indices), torch.cat(lse)
+
+
+def topk_rows(
+    model, ids: list[list[int]], starts: list[int], settings: dict, pad_token_id: int, desc: str = "cache"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The teacher's top-k values (value_dtype), indices (int32) and row log-sum-exp for every
+    response token of the examples, in their order, on the CPU: `batch_size` examples at a time,
+    padded or packed (`packing`) into rows of `max_length` tokens."""
+    collate = TranslationCollator(pad_token_id, settings["max_length"] if settings["packing"] else None)
+    values, indices, lse = [], [], []
+    size, k = settings["batch_size"], settings["top_k"]
+    for b in progress(range(0, len(ids), size), desc=f"{desc} top-k", unit="batches"):
+        items = [
+            {"input_ids": s, "response_start": r} for s, r in zip(ids[b : b + size], starts[b : b + size], strict=True)
+        ]
+        batch = collate(items)
+        top = restore_item_order(batch, items, *teacher_topk(model, batch, k, settings["chunk_size"]))
+        values.append(top[0].to(VALUE_DTYPES[settings["value_dtype"]]).cpu())
+        indices.append(top[1].to(torch.int32).cpu())
+        lse.append(top[2].cpu())
+    if not values:
+        return (
+            torch.zeros((0, k), dtype=VALUE_DTYPES[settings["value_dtype"]]),
+            torch.zeros((0, k), dtype=torch.int32),
+            torch.zeros((0,)),
+        )
     return torch.cat(values), torch.cat(indices), torch.cat(lse)
 
 
@@ -133,30 +168,15 @@ def _cache_shard(model, tokenizer, prompt, rows, first_index, settings, desc: st
         )
         rows = [{**r, "target": o["hypothesis"]} for r, o in zip(rows, outputs, strict=True)]
     ids, starts, kept, dropped = encode_rows(rows, tokenizer, prompt, settings["max_length"])
-    collate = TranslationCollator(tokenizer.pad_token_id)
-    values, indices, lse = [], [], []
-    size = settings["batch_size"]
-    for b in progress(range(0, len(ids), size), desc=f"{desc} top-k", unit="batches"):
-        items = [
-            {"input_ids": s, "response_start": r} for s, r in zip(ids[b : b + size], starts[b : b + size], strict=True)
-        ]
-        top_values, top_indices, row_lse = teacher_topk(
-            model, collate(items), settings["top_k"], settings["chunk_size"]
-        )
-        values.append(top_values.to(VALUE_DTYPES[settings["value_dtype"]]).cpu())
-        indices.append(top_indices.to(torch.int32).cpu())
-        lse.append(row_lse.cpu())
-    k = settings["top_k"]
+    values, indices, lse = topk_rows(model, ids, starts, settings, tokenizer.pad_token_id, desc)
     return {
         "example_index": torch.tensor([first_index + i for i in kept], dtype=torch.int64),
         "lengths": torch.tensor([len(s) for s in ids], dtype=torch.int64),
         "response_start": torch.tensor(starts, dtype=torch.int64),
         "input_ids": torch.tensor([t for s in ids for t in s], dtype=torch.int32),
-        "topk_values": torch.cat(values)
-        if values
-        else torch.zeros((0, k), dtype=VALUE_DTYPES[settings["value_dtype"]]),
-        "topk_indices": torch.cat(indices) if indices else torch.zeros((0, k), dtype=torch.int32),
-        "lse": torch.cat(lse) if lse else torch.zeros((0,)),
+        "topk_values": values,
+        "topk_indices": indices,
+        "lse": lse,
         "dropped_too_long": torch.tensor([dropped], dtype=torch.int64),
     }
 
@@ -170,15 +190,17 @@ def cache_teacher_topk(
     max_length: int,
     store: str | Path,
     pointer_out: str | Path,
+    packing: bool = True,
 ) -> dict:
     """Cache the teacher's top-k on the train split, shard by shard (resuming a killed job at
     its first missing shard; an unchanged entry is reused). cache_cfg: top_k, batch_size,
-    shard_size, value_dtype, targets (reference | teacher), max_new_tokens, chunk_size."""
+    shard_size, value_dtype, targets (reference | teacher), max_new_tokens, chunk_size. Packing
+    changes the batches' layout, not the values (up to float rounding): not part of the key."""
     train_file = Path(data_dir) / "train.jsonl"
     tokenizer = load_lm_tokenizer(tokenizer_path)
     prompt = make_prompt(tokenizer, prompt_cfg)
     model = load_causal_lm(teacher_path).to(device()).eval()
-    settings = {"max_length": max_length, **cache_cfg}
+    settings = {"max_length": max_length, "packing": packing, **cache_cfg}
     key_parts = {
         "kind": "lm_topk",
         "teacher": model_fingerprint(model),

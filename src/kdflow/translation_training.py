@@ -5,6 +5,15 @@ the response tokens, and the Trainer whose loss is token-level KD from the cache
 Positions: in a sequence of L tokens whose response starts at r, the response tokens r..L-1
 are predicted from the hidden states at r-1..L-2. The teacher cache stores its top-k for
 exactly those rows, in the same order, so the student's selected rows line up with them.
+
+Packing (the default; `translation.packing`): instead of padding every sequence to the longest
+of its batch, the collator places the batch's examples into rows of at most `max_length` tokens
+(first-fit decreasing) with position ids restarting at 0 for each example and no attention mask.
+Transformers then builds a block-diagonal causal mask from the position ids (sdpa, eager; torch
+>= 2.6), so no token attends to another example: the loss and gradients equal the padded batch's
+(tested), for fewer tokens (Europarl-length pairs in batches of 32: about half of a padded batch
+is padding). Response rows, and the teacher rows the collator concatenates, follow the packed
+order; `batch["order"]` lists the items in that order (restore_item_order undoes it).
 """
 
 from __future__ import annotations
@@ -36,28 +45,75 @@ class TranslationExamples(Dataset):
         return item
 
 
-class TranslationCollator:
-    """Right-pads a batch; labels are IGNORE_INDEX on the prompt and the padding. Teacher rows
-    are concatenated in batch order, matching the student's response rows (see module doc)."""
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Item indices per row, first-fit decreasing: each row holds at most `capacity` tokens (an
+    item longer than that gets a row of its own). Ties keep the items' order."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for r, free in enumerate(room):
+            if lengths[i] <= free:
+                rows[r].append(i)
+                room[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            room.append(capacity - lengths[i])
+    return rows
 
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = pad_token_id
+
+class TranslationCollator:
+    """Right-pads a batch, or packs it (pack_length: the row capacity in tokens, see the module
+    doc); labels are IGNORE_INDEX on the prompt and the padding. Teacher rows are concatenated in
+    the order of the items in the batch's rows, matching the student's response rows."""
+
+    def __init__(self, pad_token_id: int, pack_length: int | None = None):
+        self.pad_token_id, self.pack_length = pad_token_id, pack_length
 
     def __call__(self, items: list[dict]) -> dict:
-        width = max(len(it["input_ids"]) for it in items)
-        input_ids = torch.full((len(items), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(items), width), dtype=torch.long)
-        labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
-        for row, it in enumerate(items):
-            ids = torch.as_tensor(it["input_ids"], dtype=torch.long)
-            input_ids[row, : len(ids)] = ids
-            attention_mask[row, : len(ids)] = 1
-            labels[row, it["response_start"] : len(ids)] = ids[it["response_start"] :]
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        lengths = [len(it["input_ids"]) for it in items]
+        if self.pack_length:
+            rows = pack_rows(lengths, self.pack_length)
+        else:
+            rows = [[i] for i in range(len(items))]
+        width = max(sum(lengths[i] for i in row) for row in rows)
+        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            at = 0
+            for i in row:
+                ids, end = torch.as_tensor(items[i]["input_ids"], dtype=torch.long), at + lengths[i]
+                input_ids[r, at:end] = ids
+                labels[r, at + items[i]["response_start"] : end] = ids[items[i]["response_start"] :]
+                position_ids[r, at:end] = torch.arange(lengths[i])
+                at = end
+            position_ids[r, at:] = torch.arange(width - at)  # the padding: a segment of its own
+        batch = {"input_ids": input_ids, "labels": labels}
+        if self.pack_length:
+            batch["position_ids"] = position_ids
+            batch["order"] = torch.tensor([i for row in rows for i in row], dtype=torch.long)
+        else:
+            batch["attention_mask"] = (torch.arange(width) < torch.tensor(lengths)[:, None]).long()
         if "topk_values" in items[0]:
-            batch["topk_values"] = torch.cat([torch.as_tensor(it["topk_values"]) for it in items])
-            batch["topk_indices"] = torch.cat([torch.as_tensor(it["topk_indices"]) for it in items])
+            order = [i for row in rows for i in row]
+            batch["topk_values"] = torch.cat([torch.as_tensor(items[i]["topk_values"]) for i in order])
+            batch["topk_indices"] = torch.cat([torch.as_tensor(items[i]["topk_indices"]) for i in order])
         return batch
+
+
+def restore_item_order(batch: dict, items: list[dict], *rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Response rows computed on a (packed) batch, put back in the items' order."""
+    if "order" not in batch:
+        return rows
+    order = batch["order"].tolist()
+    counts = [len(items[i]["input_ids"]) - items[i]["response_start"] for i in order]
+    position = {item: p for p, item in enumerate(order)}
+    out = []
+    for tensor in rows:
+        pieces = tensor.split(counts)
+        out.append(torch.cat([pieces[position[i]] for i in range(len(items))]))
+    return tuple(out)
 
 
 def _final_norm(model) -> torch.nn.Module:
@@ -68,16 +124,24 @@ def _final_norm(model) -> torch.nn.Module:
     return norm
 
 
-def response_hidden_states(model, unwrapped, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
-    """Final (normed) hidden states [N, d] of the rows that predict the N response tokens, and
-    those tokens [N]. `model` may be wrapped (DDP, DeepSpeed): the forward goes through it, asking
-    the LM for the last position's logits only; the states come from a hook on the final norm."""
+def response_hidden_states(model, unwrapped, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Final (normed) hidden states [N, d] of the rows that predict the N response tokens of a
+    collated batch (padded or packed), and those tokens [N]. `model` may be wrapped (DDP,
+    DeepSpeed): the forward goes through it, asking the LM for the last position's logits only;
+    the states come from a hook on the final norm."""
     captured = {}
     hook = _final_norm(unwrapped).register_forward_hook(lambda mod, args, out: captured.update(h=out))
     try:
-        model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1, use_cache=False)
+        model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch.get("attention_mask"),
+            position_ids=batch.get("position_ids"),
+            logits_to_keep=1,
+            use_cache=False,
+        )
     finally:
         hook.remove()
+    labels = batch["labels"]
     mask = labels[:, 1:] != IGNORE_INDEX
     return captured["h"][:, :-1][mask], labels[:, 1:][mask]
 
@@ -94,9 +158,7 @@ class TokenKDTrainer(KDTrainer):
     def loss_and_parts(self, model, inputs):
         topk_values, topk_indices = inputs.pop("topk_values", None), inputs.pop("topk_indices", None)
         unwrapped = self.accelerator.unwrap_model(model)
-        hidden, targets = response_hidden_states(
-            model, unwrapped, inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
-        )
+        hidden, targets = response_hidden_states(model, unwrapped, inputs)
         use_kd = topk_values is not None and self.alpha > 0
         if topk_values is not None and len(topk_values) != len(targets):
             raise RuntimeError(f"teacher cache rows ({len(topk_values)}) != response tokens ({len(targets)})")

@@ -112,6 +112,7 @@ if TR:
                     },
                     "prompt": TR["prompt"],
                     "max_length": TR["max_length"],
+                    "packing": TR["packing"],
                     "eval_batch_size": TR["evaluate"]["batch_size"],
                 }
             ),

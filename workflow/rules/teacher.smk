@@ -90,6 +90,7 @@ if TR:
                     "finetune": TR["teacher"]["finetune"],
                     "prompt": TR["prompt"],
                     "max_length": TR["max_length"],
+                    "packing": TR["packing"],
                     "eval_batch_size": TR["evaluate"]["batch_size"],
                     "chunk_size": TR["distill"]["chunk_size"],
                 }
@@ -122,6 +123,7 @@ if TR:
                     "prompt": TR["prompt"],
                     "cache": TR["teacher"]["cache"],
                     "max_length": TR["max_length"],
+                    "packing": TR["packing"],
                 }
             ),
         shell:
