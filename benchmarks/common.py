@@ -95,6 +95,18 @@ def examples(lengths: list[tuple[int, int]], vocab: int, top_k: int | None = Non
     return out
 
 
+def computed_per_real_token(lengths: list[tuple[int, int]], batch_size: int, pack_length: int | None) -> float:
+    """Token positions the model computes (padding included) per real token, batches in order."""
+    from kdflow.translation_training import pack_rows
+
+    computed = 0
+    for b in range(0, len(lengths), batch_size):
+        batch = [n for n, _ in lengths[b : b + batch_size]]
+        rows = pack_rows(batch, pack_length) if pack_length else [[i] for i in range(len(batch))]
+        computed += len(rows) * max(sum(batch[i] for i in row) for row in rows)
+    return computed / sum(n for n, _ in lengths)
+
+
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()

@@ -23,6 +23,7 @@ from common import (
     H100_BF16_TFLOPS,
     SHAPES,
     build,
+    computed_per_real_token,
     example_lengths,
     examples,
     peak_memory,
@@ -106,6 +107,10 @@ def main() -> None:
         "seed": 0,
     }
     modes = args.modes.split(",")
+    padded, packed = (computed_per_real_token(lengths, args.batch_size, m) for m in (None, args.max_length))
+    print(
+        f"token positions computed per real token: padded {padded:.2f}, packed into rows of {args.max_length}: {packed:.2f}"
+    )
 
     def run(mode: str) -> tuple[float, float, float]:
         """tokens/s, model TFLOP/s and the collator's share of the timed steps."""

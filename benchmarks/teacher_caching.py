@@ -17,7 +17,16 @@ import statistics
 import time
 
 import torch
-from common import SHAPES, build, example_lengths, examples, peak_memory, reset_peak_memory, sync
+from common import (
+    SHAPES,
+    build,
+    computed_per_real_token,
+    example_lengths,
+    examples,
+    peak_memory,
+    reset_peak_memory,
+    sync,
+)
 
 from kdflow.teacher_translation import topk_rows
 
@@ -53,6 +62,10 @@ def main() -> None:
     settings = {"max_length": args.max_length, "batch_size": args.batch_size, "top_k": args.top_k}
     settings |= {"chunk_size": args.chunk_size, "value_dtype": "bfloat16" if dtype == torch.bfloat16 else "float16"}
     modes = args.modes.split(",")
+    padded, packed = (computed_per_real_token(lengths, args.batch_size, m) for m in (None, args.max_length))
+    print(
+        f"token positions computed per real token: padded {padded:.2f}, packed into rows of {args.max_length}: {packed:.2f}"
+    )
 
     def run(mode: str) -> float:
         sync(args.device)
