@@ -107,13 +107,10 @@ def main() -> None:
         "seed": 0,
     }
     modes = args.modes.split(",")
-    padded, packed = (computed_per_real_token(lengths, args.batch_size, m) for m in (None, args.max_length))
-    print(
-        f"token positions computed per real token: padded {padded:.2f}, packed into rows of {args.max_length}: {packed:.2f}"
-    )
 
-    def run(mode: str) -> tuple[float, float, float]:
-        """tokens/s, model TFLOP/s and the collator's share of the timed steps."""
+    def run(mode: str) -> tuple[float, float, float, float]:
+        """tokens/s, model TFLOP/s, the collator's share of the timed steps and the token positions
+        computed per real token in the Trainer's (shuffled) batches."""
         collator = TimedCollator(0, args.max_length if mode == "packed" else None)
         timer = StepTimes(args.device)
         with tempfile.TemporaryDirectory() as out:
@@ -132,7 +129,9 @@ def main() -> None:
         seconds = timer.ends[-1] - timer.ends[args.warmup - 1]
         timed = [pair for batch in collator.batches[args.warmup : steps] for pair in batch]
         collate_share = collator.seconds * args.steps / steps / seconds
-        return sum(n for n, _ in timed) / seconds, training_flops(student.config, timed) / seconds / 1e12, collate_share
+        positions = computed_per_real_token(timed, args.batch_size, collator.pack_length)
+        tokens = sum(n for n, _ in timed)
+        return tokens / seconds, training_flops(student.config, timed) / seconds / 1e12, collate_share, positions
 
     results, peaks = {m: [] for m in modes}, {}
     for mode in modes:  # warm-up round, and each mode's peak memory on its own
@@ -148,9 +147,10 @@ def main() -> None:
         tflops = statistics.median(r[1] for r in results[mode])
         mfu = f", MFU {100 * tflops / args.peak_tflops:.1f} %" if cuda else ""
         collate = statistics.median(r[2] for r in results[mode])
+        positions = statistics.median(r[3] for r in results[mode])
         print(
             f"{mode:7s} tokens/s per round: {', '.join(f'{r:,.0f}' for r in rates)}; median {statistics.median(rates):,.0f}; "
-            f"{tflops:.3g} model TFLOP/s{mfu}; collator {100 * collate:.1f} % of step time; peak {peaks[mode]}"
+            f"{positions:.2f} token positions per real token; {tflops:.3g} model TFLOP/s{mfu}; collator {100 * collate:.1f} % of step time; peak {peaks[mode]}"
         )
     if len(modes) == 2:
         a, b = (statistics.median(r[0] for r in results[m]) for m in modes)
