@@ -22,12 +22,20 @@ from kdflow.teacher_translation import teacher_topk
 from kdflow.translation_training import TranslationCollator, response_hidden_states
 
 
-def student_step(student, optimizer, batch, topk_values, topk_indices, chunk_size: int) -> None:
+def student_step(student, optimizer, batch, topk_logprobs, topk_indices, chunk_size: int) -> None:
     hidden, targets = response_hidden_states(student, student, batch)
     ce, kd = chunked_token_losses(
-        hidden, student.get_output_embeddings(), targets, topk_values, topk_indices, 1.0, "forward_kl", chunk_size
+        hidden,
+        student.get_output_embeddings(),
+        targets,
+        topk_logprobs,
+        topk_indices,
+        1.0,
+        "forward_kl",
+        "ignore",
+        chunk_size,
     )
-    (0.5 * kd + 0.5 * ce).backward()
+    (0.5 * kd.mean() + 0.5 * ce.mean()).backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 
@@ -68,7 +76,7 @@ def main() -> None:
         start = time.perf_counter()
         for batch, (values, indices) in zip(data, cache, strict=True):
             if mode == "online":
-                values, indices, _ = teacher_topk(teacher, batch, args.top_k, args.chunk_size)
+                values, indices = teacher_topk(teacher, batch, args.top_k, args.chunk_size)[:2]
             student_step(student, optimizer, batch, values.half(), indices.int(), args.chunk_size)
         sync(args.device)
         return tokens / (time.perf_counter() - start)

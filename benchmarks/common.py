@@ -81,16 +81,19 @@ def example_lengths(spec: str, n: int, seed: int = 0) -> list[tuple[int, int]]:
 
 
 def examples(lengths: list[tuple[int, int]], vocab: int, top_k: int | None = None, seed: int = 0) -> list[dict]:
-    """Random token ids of the given lengths; with top_k, random teacher rows (fp16 values,
-    int32 indices) for each response token, as read from a cache."""
+    """Random token ids of the given lengths; with top_k, random teacher rows (fp16
+    log-probabilities, int32 indices, fp32 tail log-mass) for each response token, as read from a cache."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for length, start in lengths:
         item = {"input_ids": torch.randint(1, vocab, (length,), generator=g).tolist(), "response_start": start}
         if top_k:
             n = length - start
-            item["topk_values"] = (torch.randn(n, top_k, generator=g) * 3).sort(-1, descending=True).values.half()
+            logits = (torch.randn(n, top_k + 1, generator=g) * 3).sort(-1, descending=True).values
+            logprobs = logits.log_softmax(-1)  # the last column stands for the tail
+            item["topk_logprobs"] = logprobs[:, :top_k].half()
             item["topk_indices"] = torch.randint(0, vocab, (n, top_k), generator=g, dtype=torch.int32)
+            item["topk_tail"] = logprobs[:, top_k]
         out.append(item)
     return out
 

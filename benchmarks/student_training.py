@@ -84,7 +84,7 @@ def main() -> None:
     dataset = TranslationExamples(
         [it["input_ids"] for it in items],
         [it["response_start"] for it in items],
-        [(it["topk_values"], it["topk_indices"]) for it in items],
+        [(it["topk_logprobs"], it["topk_indices"], it["topk_tail"]) for it in items],
     )
     params = sum(p.numel() for p in student.parameters())
     print(f"student {args.shape} {params / 1e9:.2f} B params on {args.device}, {torch.get_num_threads()} threads")

@@ -91,18 +91,18 @@ def test_collator_concatenates_teacher_rows_in_batch_order():
         {
             "input_ids": [5, 6, 7, 8],
             "response_start": 2,
-            "topk_values": torch.ones(2, 3),
+            "topk_logprobs": torch.ones(2, 3),
             "topk_indices": torch.zeros(2, 3),
         },
         {
             "input_ids": [5, 9, 10],
             "response_start": 1,
-            "topk_values": 2 * torch.ones(2, 3),
+            "topk_logprobs": 2 * torch.ones(2, 3),
             "topk_indices": torch.ones(2, 3),
         },
     ]
     batch = TranslationCollator(0)(items)
-    assert batch["topk_values"][:, 0].tolist() == [1, 1, 2, 2]
+    assert batch["topk_logprobs"][:, 0].tolist() == [1, 1, 2, 2]
     # rows are predicted from the previous position: label mask shifted by one has 4 entries, in order
     mask = batch["labels"][:, 1:] != IGNORE_INDEX
     assert batch["labels"][:, 1:][mask].tolist() == [7, 8, 9, 10]

@@ -37,13 +37,25 @@ def train_cfg(**over):
 
 
 def make_trainer(
-    teacher_dir, data_dir, out, alpha=0.5, cosine_weight=0.0, hard_labels=False, callbacks=None, **train_over
+    teacher_dir,
+    data_dir,
+    out,
+    alpha=0.5,
+    cosine_weight=0.0,
+    hard_labels=False,
+    callbacks=None,
+    student_tokenizer=None,
+    **train_over,
 ):
-    tok = load_tokenizer(str(teacher_dir))
+    teacher_tok = load_tokenizer(str(teacher_dir))
+    tok = load_tokenizer(str(student_tokenizer or teacher_dir))
     teacher = load_classifier(str(teacher_dir), 3)
     rows = read_jsonl(data_dir / "train.jsonl")[:64]
     logits = torch.randn(len(rows), 3, generator=torch.Generator().manual_seed(0))
-    train = PairClassificationDataset(rows, tok, 32, teacher_logits=logits, teacher_labels=logits.argmax(-1))
+    online = teacher_tok if cosine_weight else None
+    train = PairClassificationDataset(
+        rows, tok, 32, teacher_logits=logits, teacher_labels=logits.argmax(-1), teacher_tokenizer=online
+    )
     dev = PairClassificationDataset(read_jsonl(data_dir / "dev_matched.jsonl")[:16], tok, 32)
     cfg = train_cfg(
         **{
@@ -63,7 +75,7 @@ def make_trainer(
         args=args,
         train_dataset=train,
         eval_dataset=dev,
-        data_collator=PairCollator(tok),
+        data_collator=PairCollator(tok, online),
         alpha=alpha,
         temperature=2.0,
         hard_labels=hard_labels,
@@ -88,14 +100,75 @@ def test_distillation_logs_loss_parts_and_writes_outputs(teacher_dir, glue_data,
     assert not (tmp_path / "checkpoints").exists()  # finished: nothing left to resume
 
 
-def test_cosine_loss_runs_the_frozen_teacher_online(teacher_dir, glue_data, tmp_path):
-    trainer = make_trainer(teacher_dir, glue_data["data"], tmp_path, cosine_weight=1.0, hard_labels=True, max_steps=2)
+def no_dropout(model):
+    """Dropout off (the modules, and the probability BERT's sdpa attention reads directly)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if hasattr(module, "dropout_prob"):
+            module.dropout_prob = 0.0
+    return model
+
+
+def test_cosine_loss_runs_the_frozen_teacher_on_its_own_inputs(teacher_dir, glue_data, tmp_path):
+    """The student's tokenizer drops token_type_ids (as DistilBERT's does); the teacher (BERT)
+    must still see sentence B as segment B: the logged cosine loss equals 1 - cos computed here
+    with the teacher run on its own tokenizer's inputs, and differs from the teacher run on the
+    student's inputs."""
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(teacher_dir, model_input_names=["input_ids", "attention_mask"]).save_pretrained(
+        tmp_path / "student_tok"
+    )
+    assert "token_type_ids" not in load_tokenizer(str(tmp_path / "student_tok"))("a", "b")
+    trainer = make_trainer(
+        teacher_dir,
+        glue_data["data"],
+        tmp_path,
+        cosine_weight=1.0,
+        hard_labels=True,
+        max_steps=2,
+        student_tokenizer=tmp_path / "student_tok",
+    )
+    no_dropout(trainer.model.train())
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
+    assert "token_type_ids" not in batch and batch["teacher_token_type_ids"].sum() > 0
+    with torch.no_grad():
+        _, parts, _, _ = trainer.loss_terms(trainer.model, dict(batch))
+        student_h = trainer.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
+        ).hidden_states[-1]
+        teacher_in = {
+            k.removeprefix("teacher_"): v for k, v in batch.items() if k.startswith("teacher_") and "_ids" in k
+        }
+        teacher_in["attention_mask"] = batch["teacher_attention_mask"]
+        own = trainer.teacher(**teacher_in, output_hidden_states=True).hidden_states[-1]
+        segment_a = trainer.teacher(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
+        ).hidden_states[-1]
+
+    def expected(teacher_h):
+        mask = batch["attention_mask"].bool()
+        cos = torch.nn.functional.cosine_similarity(student_h, teacher_h, dim=-1)
+        return sum((1 - cos[i][mask[i]]).mean() for i in range(8)).item()
+
+    assert parts["cos"].item() == pytest.approx(expected(own), rel=1e-5)
+    assert abs(expected(segment_a) - expected(own)) > 1e-3  # the check above can tell the two apart
+
     before = {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
     trainer.train()
-    logs = [h for h in trainer.state.log_history if "loss" in h]
-    assert all("loss_cos" in h and 0 <= h["loss_cos"] <= 2 for h in logs)
+    assert all("loss_cos" in h for h in trainer.state.log_history if "loss" in h)
     assert all(torch.equal(before[k], v) for k, v in trainer.teacher.state_dict().items())
     assert not any(p.requires_grad for p in trainer.teacher.parameters())
+
+
+def test_cosine_loss_refuses_a_student_tokenization_with_other_ids(teacher_dir, glue_data, tmp_path, tokenizer_dir):
+    from kdflow.models import train_wordpiece_tokenizer
+
+    rows = read_jsonl(glue_data["data"] / "train.jsonl")
+    other = train_wordpiece_tokenizer([r["text_a"] for r in rows], tmp_path / "other", vocab_size=150)
+    with pytest.raises(ValueError, match="training example 0 tokenizes to other ids for the teacher"):
+        PairClassificationDataset(rows[:4], other, 32, teacher_tokenizer=load_tokenizer(str(teacher_dir)))
 
 
 class StepRecorder(TrainerCallback):
@@ -211,9 +284,7 @@ def test_gradient_accumulation_matches_one_big_batch(teacher_dir, glue_data, tmp
         trainer = make_trainer(
             teacher_dir, glue_data["data"], tmp_path / f"a{accum}", max_steps=2, gradient_accumulation_steps=accum
         )
-        for module in trainer.model.modules():  # dropout off: the two runs must see the same function
-            if isinstance(module, torch.nn.Dropout):
-                module.p = 0.0
+        no_dropout(trainer.model)  # dropout off: the two runs must see the same function
         trainer.train()
         logs[accum] = [h for h in trainer.state.log_history if "loss" in h and "grad_norm" in h]
     assert trainer.args.per_device_train_batch_size == 4

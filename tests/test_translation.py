@@ -55,28 +55,34 @@ def test_cache_round_trip_matches_the_teacher(lm, tmp_path):
     assert (
         manifest["num_shards"] == 4 and manifest["examples"] == len(rows) == 120 and manifest["dropped_too_long"] == 0
     )
-    assert manifest["bytes_per_token"] == 8 * (2 + 4) + 4  # fp16 values, int32 indices, fp32 lse
+    assert manifest["bytes_per_token"] == 8 * (2 + 4) + 4 + 4  # fp16 log-probs, int32 indices, fp32 tail and lse
     ids, starts, topk, index = read_topk_cache(open_pointer(tmp_path / "ptr.json"))
     assert index == list(range(120))
     tok = load_lm_tokenizer(str(lm / "teacher"))
     prompt = make_prompt(tok, DEMO_PROMPT)
     model = load_causal_lm(str(lm / "teacher")).eval()
-    for i in (0, 57, 119):
+    captured = []
+    for i in range(120):
         expected_ids, expected_start = encode_pair(tok, prompt, rows[i]["source"], rows[i]["target"])
         assert ids[i] == expected_ids and starts[i] == expected_start
-        with torch.no_grad():
-            logits = model(torch.tensor([ids[i]])).logits[0, starts[i] - 1 : -1].float()  # rows predicting the response
-        top = logits.topk(8, dim=-1)
-        values, indices = topk[i]
-        assert values.dtype == torch.float16 and indices.dtype == torch.int32
-        torch.testing.assert_close(values.float(), top.values, rtol=1e-3, atol=1e-3)
+        with torch.no_grad():  # the rows predicting the response, one example at a time, unpacked
+            log_p = model(torch.tensor([ids[i]])).logits[0, starts[i] - 1 : -1].float().log_softmax(-1)
+        top = log_p.topk(8, dim=-1)
+        captured.append(top.values.exp().sum(-1))
+        if i not in (0, 57, 119):
+            continue
+        logprobs, indices, tail = topk[i]
+        assert logprobs.dtype == torch.float16 and indices.dtype == torch.int32
+        torch.testing.assert_close(logprobs.float(), top.values, rtol=1e-3, atol=1e-3)
         assert (indices.long() == top.indices).float().mean() > 0.95  # ties at fp16 precision may swap
+        outside = log_p.scatter(-1, top.indices, float("-inf")).logsumexp(-1)
+        torch.testing.assert_close(tail, outside, rtol=1e-4, atol=1e-5)
     shard = CacheEntry(tmp_path / "store", manifest["key_parts"]).read_shard(0)
     first = len(ids[0]) - starts[0]
     with torch.no_grad():
         logits = model(torch.tensor([ids[0]])).logits[0, starts[0] - 1 : -1].float()
     torch.testing.assert_close(shard["lse"][:first], logits.logsumexp(-1), rtol=1e-5, atol=1e-5)
-    assert 0 < manifest["mean_captured_mass"] < 1
+    assert manifest["mean_captured_mass"] == pytest.approx(torch.cat(captured).mean().item(), abs=1e-3)
     short = run_cache(lm, lm / "data", tmp_path / "store", tmp_path / "short.json", max_length=64)
     too_long = sum(len(encode_pair(tok, prompt, r["source"], r["target"])[0]) > 64 for r in rows)
     assert 0 < too_long < 120 and short["dropped_too_long"] == too_long and short["examples"] == 120 - too_long
@@ -132,7 +138,7 @@ def test_cache_is_reused_unchanged_and_rebuilt_on_changed_input(lm, tmp_path):
     rebuilt = run_cache(lm, changed, tmp_path / "store", tmp_path / "c.json")
     assert rebuilt["key"] != first["key"] and rebuilt["key_parts"]["data"] != first["key_parts"]["data"]
     other_k = run_cache(lm, lm / "data", tmp_path / "store", tmp_path / "d.json", top_k=4)
-    assert other_k["key"] not in (first["key"], rebuilt["key"]) and other_k["bytes_per_token"] == 4 * 6 + 4
+    assert other_k["key"] not in (first["key"], rebuilt["key"]) and other_k["bytes_per_token"] == 4 * 6 + 8
     assert len(list((tmp_path / "store").iterdir())) == 3
 
 

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from .fileio import read_jsonl
-from .models import classifier_from_config, load_classifier, load_tokenizer, student_from_teacher, tokenizer_fingerprint
+from .models import classifier_from_config, load_classifier, load_tokenizer, student_from_teacher
 from .prepare_glue import GLUE_TASKS
 from .teacher_cache import open_pointer
 from .training import KDTrainer, PairClassificationDataset, PairCollator, train_and_save, training_arguments
@@ -68,10 +68,9 @@ def distill_student(
 
     tokenizer = load_tokenizer(student_tokenizer)
     student_spec = spec["student"]["model"]
-    if cosine_weight > 0 and tokenizer_fingerprint(tokenizer) != tokenizer_fingerprint(
-        load_tokenizer(teacher_tokenizer)
-    ):
-        raise ValueError("distill.cosine_weight > 0 needs the student to use the teacher's tokenizer")
+    # The cosine loss runs the teacher online, on its own tokenization of each pair (checked to
+    # give the student's token ids; its token_type_ids may differ, e.g. BERT vs DistilBERT).
+    online_tokenizer = load_tokenizer(teacher_tokenizer) if cosine_weight > 0 else None
     # Loaded once, only when needed: its layers build the student, or the cosine loss runs it online.
     needs_teacher = cosine_weight > 0 or builds_from_teacher(student_spec)
     teacher = load_classifier(teacher_path, len(labels)) if needs_teacher else None
@@ -86,6 +85,7 @@ def distill_student(
         max_length,
         teacher_logits=cached["logits"],
         teacher_labels=cached["pseudo_labels"],
+        teacher_tokenizer=online_tokenizer,
     )
     dev = PairClassificationDataset(
         read_jsonl(data_dir / f"{GLUE_TASKS[task].eval_splits[0]}.jsonl"), tokenizer, max_length
@@ -98,7 +98,7 @@ def distill_student(
         args=args,
         train_dataset=train,
         eval_dataset=dev,
-        data_collator=PairCollator(tokenizer),
+        data_collator=PairCollator(tokenizer, online_tokenizer),
         alpha=point["alpha"],
         temperature=point["temperature"],
         hard_labels=distill_cfg["hard_labels"],

@@ -1,9 +1,11 @@
 """Stage `distill` for translation: train one student LM per sweep point (learning rate,
-alpha, temperature) with token-level KD from the teacher's cached top-k (losses.topk_kd) mixed
-with CE on the cached targets (the references, or the teacher's translations). The student
-trains on the token ids stored in the cache, so teacher and student must share a vocabulary:
-checked before training, naming both sizes. The teacher model is never loaded, except by
-init_student_lm, which builds the base student when the config does not name one."""
+alpha, temperature) with token-level KD from the teacher's cached top-k (losses.topk_kd, with
+the config's loss kind and tail option) mixed with CE on the cached targets (the references, or
+the teacher's translations); `ce_only_tokens` take CE only. The student trains on the token ids
+stored in the cache, so teacher and student must share a vocabulary (checked before training,
+naming both sizes) and the student's own tokenization of the data must give the cached ids
+(checked example by example against the cache's digests). The teacher model is never loaded,
+except by init_student_lm, which builds the base student when the config does not name one."""
 
 from __future__ import annotations
 
@@ -13,12 +15,12 @@ from pathlib import Path
 import torch
 
 from .assets import hub_path
-from .fileio import atomic_path
+from .fileio import atomic_path, read_jsonl
 from .generation import load_lm_tokenizer
 from .models import causal_lm_from_config, load_causal_lm, student_from_teacher, tokenizer_fingerprint
-from .prompt import check_same_vocabulary, make_prompt
+from .prompt import ce_only_token_ids, check_same_vocabulary, make_prompt
 from .teacher_cache import open_pointer
-from .teacher_translation import read_topk_cache, translation_examples
+from .teacher_translation import check_cache_alignment, read_topk_cache, translation_examples
 from .training import train_and_save, training_arguments
 from .translation_training import TokenKDTrainer, TranslationCollator, TranslationExamples
 
@@ -68,8 +70,11 @@ def distill_student_lm(
         raise RuntimeError(f"{cache_pointer}: cache built with another tokenizer than {teacher_tokenizer}")
     student = load_causal_lm(student_path, torch.float32)  # fp32 master weights, bf16 autocast on GPUs
     check_same_vocabulary(teacher_tok, tokenizer, entry.manifest()["teacher_vocab_size"], student.config.vocab_size)
-    ids, starts, topk, _ = read_topk_cache(entry)
     prompt = make_prompt(tokenizer, spec["prompt"])
+    check_cache_alignment(
+        entry, read_jsonl(data_dir / "train.jsonl"), tokenizer, prompt, entry.key_parts["targets"] == "reference"
+    )
+    ids, starts, topk, _ = read_topk_cache(entry)
     args = training_arguments(
         train_cfg, point["learning_rate"], checkpoint_dir, spec["eval_batch_size"], deepspeed_config
     )
@@ -82,7 +87,9 @@ def distill_student_lm(
         alpha=point["alpha"],
         temperature=point["temperature"],
         kd_loss=distill_cfg["loss"],
+        tail=distill_cfg["tail"],
         chunk_size=distill_cfg["chunk_size"],
+        ce_only_ids=ce_only_token_ids(tokenizer, spec["prompt"], distill_cfg["ce_only_tokens"]),
     )
     job = {"stage": "distill_lm", "point": point, "spec": spec, "student": student_path, "cache": entry.key}
     return train_and_save(trainer, job, model_out, log_out, tokenizer=tokenizer)

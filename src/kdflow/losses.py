@@ -3,7 +3,10 @@
     loss = alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - alpha) * CE(y, s)
 
 alpha weights the KD term (alpha = 1: pure KD, alpha = 0: plain fine-tuning). T^2 keeps the
-KD gradients' scale independent of T. KL is averaged over examples (batchmean).
+KD gradients' scale independent of T. The functions return one value per item (a GLUE example,
+a response token): the trainer sums them and divides by the items of the whole global batch
+(training.py), so the result does not depend on how a batch is split over devices and
+gradient-accumulation steps.
 """
 
 from __future__ import annotations
@@ -15,14 +18,17 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 
-def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T^2 * KL(softmax(t/T) || softmax(s/T)), mean over rows (all leading dims flattened)."""
+def kd_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, reduction: str = "mean"
+) -> torch.Tensor:
+    """T^2 * KL(softmax(t/T) || softmax(s/T)) per row (all leading dims flattened); its mean
+    over rows with reduction "mean", the rows [N] with "none"."""
     t = teacher_logits.detach().float().reshape(-1, teacher_logits.shape[-1])
     s = student_logits.float().reshape(-1, student_logits.shape[-1])
     log_p_t = F.log_softmax(t / temperature, dim=-1)
     log_p_s = F.log_softmax(s / temperature, dim=-1)
-    kl = F.kl_div(log_p_s, log_p_t, log_target=True, reduction="batchmean")
-    return kl * temperature**2
+    kl = F.kl_div(log_p_s, log_p_t, log_target=True, reduction="none").sum(-1) * temperature**2
+    return kl.mean() if reduction == "mean" else kl
 
 
 def distillation_loss(
@@ -31,119 +37,168 @@ def distillation_loss(
     labels: torch.Tensor,
     alpha: float,
     temperature: float,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """alpha * KD + (1 - alpha) * CE; returns the loss and its parts (for logging)."""
-    parts: dict[str, float] = {}
-    loss = student_logits.new_zeros((), dtype=torch.float32)
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """alpha * KD + (1 - alpha) * CE per example [B], and its parts per example (for logging)."""
+    parts: dict[str, torch.Tensor] = {}
+    loss = student_logits.new_zeros(student_logits.shape[0], dtype=torch.float32)
     if alpha > 0:
         if teacher_logits is None:
             raise ValueError("alpha > 0 needs teacher logits")
-        kd = kd_kl(student_logits, teacher_logits, temperature)
-        loss = loss + alpha * kd
-        parts["kd"] = kd.item()
+        parts["kd"] = kd_kl(student_logits, teacher_logits, temperature, reduction="none")
+        loss = loss + alpha * parts["kd"]
     if alpha < 1:
-        ce = F.cross_entropy(student_logits.float(), labels)
-        loss = loss + (1 - alpha) * ce
-        parts["ce"] = ce.item()
+        parts["ce"] = F.cross_entropy(student_logits.float(), labels, reduction="none")
+        loss = loss + (1 - alpha) * parts["ce"]
     return loss, parts
 
 
 def cosine_hidden_loss(
     student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, attention_mask: torch.Tensor
 ) -> torch.Tensor:
-    """DistilBERT's L_cos: mean over non-padding tokens of 1 - cos(h_student, h_teacher)."""
+    """DistilBERT's L_cos per example [B]: the mean over its non-padding tokens of
+    1 - cos(h_student, h_teacher). (DistilBERT averages over the batch's tokens; per example,
+    the sum over a global batch does not depend on how it is split.)"""
     if student_hidden.shape[-1] != teacher_hidden.shape[-1]:
         raise ValueError(
             f"cosine loss needs equal hidden sizes: student {student_hidden.shape[-1]}, teacher {teacher_hidden.shape[-1]}"
         )
-    mask = attention_mask.bool()
-    cos = F.cosine_similarity(student_hidden[mask].float(), teacher_hidden.detach()[mask].float(), dim=-1)
-    return (1 - cos).mean()
+    mask = attention_mask.float()
+    cos = F.cosine_similarity(student_hidden.float(), teacher_hidden.detach().float(), dim=-1)
+    return ((1 - cos) * mask).sum(-1) / mask.sum(-1).clamp_min(1)
 
 
-# Token-level KD for language models from the teacher's cached top-k logits.
+# Token-level KD for language models from the teacher's cached top-k.
 #
-# The cache holds, for every response token, the teacher's k largest logits (values, indices) at
-# temperature 1 and the log-sum-exp of the full row. At temperature T the teacher target is the
-# top-k renormalized: p_hat = softmax(values / T) over the k entries; the teacher's tail (the
-# other V - k tokens) gets no target mass. Its size at T = 1, 1 - sum(exp(values - lse)), is
-# what the cache manifest reports as the captured mass. With k = V every loss below equals the
-# dense one exactly (tested); at small k the error is bounded by the tail mass.
-#   forward KL  KL(p_hat || q_T): q_T is the student's full softmax at T, so student mass
-#               outside the teacher's top-k is penalized (the default, as in the study).
-#   reverse KL  KL(q_hat || p_hat) and JSD use q_hat, the student renormalized over the same
-#               top-k (p_hat is zero outside it, where a reverse KL would be infinite).
-# Every term is multiplied by T^2, as in the classification loss above.
+# The cache holds, for every response token, the teacher's k most likely tokens (indices) with
+# their log-probabilities at temperature 1 (values: logits minus the full row's log-sum-exp), so
+# the teacher's tail mass (the other V - k tokens) is known exactly: 1 - sum(exp(values)). The
+# student's logits are always normalized over the full vocabulary: q = softmax(s / T) over V.
+#
+# `tail` says what happens to the teacher's tail (DistillKit-style named option):
+#   ignore  the target is the top-k renormalized at T, p_hat = softmax(values / T) over the k
+#           tokens; the tail gets no target mass. Per kind, with Q = the student's mass on the
+#           top-k at T:
+#             forward_kl  sum_k p_hat log(p_hat / q)                  (>= -log Q: student mass
+#                         outside the top-k is penalized)
+#             reverse_kl  sum_k q log(q / p_hat) + (1 - Q)            (KL(q || p_hat) is infinite
+#                         when q has mass where p_hat has none; this is the KL of positive
+#                         measures restricted to the top-k, sum q log(q/p) - q + p: >= 0 and zero
+#                         only when q = p_hat on the top-k, hence Q = 1)
+#             jsd         JSD(p_hat, q) over the full vocabulary: the top-k terms with
+#                         m = (p_hat + q) / 2, plus (1 - Q) log(2) / 2 for the tail, where p_hat is 0
+#   bucket  the tail is a (k+1)-th category: the teacher's tail mass (exact at T = 1: the cache
+#           stores its log, computed from the full row in fp32), the student's 1 - Q (computed
+#           in log space from its own tail logits). Every kind is the
+#           plain divergence between these two (k+1)-category distributions, so it is finite,
+#           >= 0, and at T = 1 a lower bound of the dense divergence (coarse-graining never
+#           increases an f-divergence). At T != 1 the teacher's tail tokens are not cached
+#           individually: the (k+1) teacher categories are tempered as p^(1/T) (renormalized),
+#           an approximation; the student's categories are exact at T.
+# With k = V both options equal the dense loss exactly for every kind (tested). Every term is
+# multiplied by T^2, as in the classification loss above.
 TOKEN_KD_LOSSES = ("forward_kl", "reverse_kl", "jsd")
+TAIL_OPTIONS = ("ignore", "bucket")
+TAIL_FLOOR = 1e-6  # without a cached tail, 1 - sum(top-k) is floored here (fp16 values may sum past 1)
+
+
+def _divergence(kind: str, log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """forward KL(p || q), reverse KL(q || p) or JSD(p, q) summed over the last dimension."""
+    if kind == "forward_kl":
+        return (log_p.exp() * (log_p - log_q)).sum(-1)
+    if kind == "reverse_kl":
+        return (log_q.exp() * (log_q - log_p)).sum(-1)
+    if kind == "jsd":
+        log_m = torch.logaddexp(log_p, log_q) - math.log(2.0)
+        return 0.5 * (log_p.exp() * (log_p - log_m)).sum(-1) + 0.5 * (log_q.exp() * (log_q - log_m)).sum(-1)
+    raise ValueError(f"unknown token KD loss {kind!r}; one of {TOKEN_KD_LOSSES}")
 
 
 def topk_kd(
     student_logits: torch.Tensor,
-    topk_values: torch.Tensor,
+    topk_logprobs: torch.Tensor,
     topk_indices: torch.Tensor,
-    temperature: float,
+    temperature: float = 1.0,
     kind: str = "forward_kl",
+    tail: str = "ignore",
+    teacher_tail: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-token KD loss [N] of student logits [N, V] against the teacher's top-k [N, k]."""
-    s = student_logits.float() / temperature
-    log_p = F.log_softmax(topk_values.float() / temperature, dim=-1)
-    s_k = s.gather(-1, topk_indices.long())
-    if kind == "forward_kl":
-        log_q = s_k - torch.logsumexp(s, dim=-1, keepdim=True)
-        loss = (log_p.exp() * (log_p - log_q)).sum(-1)
-    elif kind == "reverse_kl":
-        log_q = F.log_softmax(s_k, dim=-1)
-        loss = (log_q.exp() * (log_q - log_p)).sum(-1)
-    elif kind == "jsd":
-        log_q = F.log_softmax(s_k, dim=-1)
-        log_m = torch.logaddexp(log_p, log_q) - math.log(2.0)
-        loss = 0.5 * (log_p.exp() * (log_p - log_m)).sum(-1) + 0.5 * (log_q.exp() * (log_q - log_m)).sum(-1)
-    else:
+    """Per-token KD loss [N] of student logits [N, V] against the teacher's top-k [N, k]
+    (log-probabilities at T = 1 and token ids), see the definitions above. teacher_tail [N]: the
+    log of the teacher's tail mass (the cache's `tail_logmass`), for tail "bucket"; without it
+    the tail is 1 - sum(exp(topk_logprobs)), which loses precision when the tail is tiny."""
+    if tail not in TAIL_OPTIONS:
+        raise ValueError(f"unknown tail option {tail!r}; one of {TAIL_OPTIONS}")
+    if kind not in TOKEN_KD_LOSSES:
         raise ValueError(f"unknown token KD loss {kind!r}; one of {TOKEN_KD_LOSSES}")
+    s = student_logits.float() / temperature
+    indices = topk_indices.long()
+    student_lse = torch.logsumexp(s, dim=-1, keepdim=True)
+    log_q = s.gather(-1, indices) - student_lse  # the student's full-vocabulary log-probs on the top-k
+    t = topk_logprobs.float()
+    has_tail = indices.shape[-1] < s.shape[-1]
+    if tail == "bucket" and has_tail:
+        if teacher_tail is None:
+            log_tail = (1 - t.exp().sum(-1, keepdim=True)).clamp_min(TAIL_FLOOR).log()
+        else:
+            log_tail = teacher_tail.float().reshape(-1, 1)
+        log_p = F.log_softmax(torch.cat([t, log_tail], -1) / temperature, dim=-1)
+        student_tail = torch.logsumexp(s.scatter(-1, indices, float("-inf")), dim=-1, keepdim=True) - student_lse
+        return _divergence(kind, log_p, torch.cat([log_q, student_tail], -1)) * temperature**2
+    log_p = F.log_softmax(t / temperature, dim=-1)  # p_hat: the top-k renormalized at T
+    loss = _divergence(kind, log_p, log_q)
+    if has_tail and kind != "forward_kl":
+        outside = 1 - log_q.exp().sum(-1)  # the student's mass outside the top-k, 1 - Q
+        loss = loss + (outside if kind == "reverse_kl" else 0.5 * math.log(2.0) * outside)
     return loss * temperature**2
 
 
-def _chunk_losses(hidden, lm_head, targets, topk_values, topk_indices, temperature, kind):
+def _chunk_losses(hidden, lm_head, targets, topk_logprobs, topk_indices, teacher_tail, temperature, kind, tail):
     logits = lm_head(hidden).float()  # [chunk, V]: the only full-vocabulary tensor, one chunk at a time
-    ce = F.cross_entropy(logits, targets, reduction="sum")
-    if topk_values is None:
-        return ce, ce.new_zeros(())
-    return ce, topk_kd(logits, topk_values, topk_indices, temperature, kind).sum()
+    ce = F.cross_entropy(logits, targets, reduction="none")
+    if topk_logprobs is None:
+        return ce, ce.new_zeros(ce.shape)
+    return ce, topk_kd(logits, topk_logprobs, topk_indices, temperature, kind, tail, teacher_tail)
 
 
 def chunked_token_losses(
     hidden: torch.Tensor,
     lm_head: torch.nn.Module,
     targets: torch.Tensor,
-    topk_values: torch.Tensor | None = None,
+    topk_logprobs: torch.Tensor | None = None,
     topk_indices: torch.Tensor | None = None,
     temperature: float = 1.0,
     kind: str = "forward_kl",
+    tail: str = "ignore",
     chunk_size: int = 1024,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean CE (on `targets`) and mean top-k KD over N response tokens, from their final hidden
-    states [N, d]. Logits are computed `chunk_size` rows at a time and recomputed in the backward
-    pass (activation checkpointing), so a 128k vocabulary never has fp32 logits for all N rows
-    alive at once: peak is chunk_size x V x 4 bytes."""
+    teacher_tail: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token CE (on `targets`) and top-k KD (None without teacher rows), each [N], for N
+    response tokens from their final hidden states [N, d]. The caller weights and sums them (the
+    trainer divides by the global batch's response tokens). Logits are computed `chunk_size` rows
+    at a time and recomputed in the backward pass (activation checkpointing), so a 128k vocabulary
+    never has fp32 logits for all N rows alive at once: peak is chunk_size x V x 4 bytes."""
     n = hidden.shape[0]
     if n == 0:
         zero = hidden.sum() * 0.0
-        return zero, zero
-    ce_sum, kd_sum = hidden.new_zeros((), dtype=torch.float32), hidden.new_zeros((), dtype=torch.float32)
+        return zero.reshape(1)[:0], None if topk_logprobs is None else zero.reshape(1)[:0]
+    ce_parts, kd_parts = [], []
     for start in range(0, n, chunk_size):
         sl = slice(start, start + chunk_size)
         args = (
             hidden[sl],
             lm_head,
             targets[sl],
-            None if topk_values is None else topk_values[sl],
+            None if topk_logprobs is None else topk_logprobs[sl],
             None if topk_indices is None else topk_indices[sl],
+            None if teacher_tail is None else teacher_tail[sl],
             temperature,
             kind,
+            tail,
         )
         if torch.is_grad_enabled() and hidden.requires_grad:
             ce, kd = torch.utils.checkpoint.checkpoint(_chunk_losses, *args, use_reentrant=False)
         else:
             ce, kd = _chunk_losses(*args)
-        ce_sum, kd_sum = ce_sum + ce, kd_sum + kd
-    return ce_sum / n, kd_sum / n
+        ce_parts.append(ce)
+        kd_parts.append(kd)
+    return torch.cat(ce_parts), None if topk_logprobs is None else torch.cat(kd_parts)

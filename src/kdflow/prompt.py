@@ -96,6 +96,26 @@ def marker_id(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> int:
     return tokenizer.convert_tokens_to_ids(prompt.marker)
 
 
+def ce_only_token_ids(tokenizer: PreTrainedTokenizerBase, prompt_cfg: dict, tokens: list[str]) -> list[int]:
+    """Ids of `translation.distill.ce_only_tokens`: response positions whose target is one of these
+    tokens get CE only, no KD (a teacher never trained on them, e.g. an Instruct teacher and the
+    end marker, would pull the student away from them). The config's end_marker stands for the
+    token written in its place (prompt.marker_token); every entry must be one token."""
+    prompt = make_prompt(tokenizer, prompt_cfg)
+    end_marker = prompt_cfg.get("end_marker", STUDY_MARKER)
+    vocab = tokenizer.get_vocab()
+    ids = []
+    for token in tokens:
+        text = prompt.marker if token == end_marker else token
+        if text not in vocab:
+            raise PromptError(
+                f"translation.distill.ce_only_tokens: {token!r} is not a token of the tokenizer "
+                f"{tokenizer.name_or_path!r} (name single tokens, e.g. the end marker or <|eot_id|>)"
+            )
+        ids.append(vocab[text])
+    return ids
+
+
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> list[int]:
     """Generation stops at the marker, or at the tokenizer's end tokens (eos, Llama-3's <|eot_id|>)."""
     ids = [marker_id(tokenizer, prompt)]

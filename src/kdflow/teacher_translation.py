@@ -3,11 +3,16 @@ study's Llama-3.2-3B-Instruct is used as it is), then cache what the student nee
 
 The cache (an entry of the shared content-addressed store, teacher_cache.py) holds, per shard
 of `shard_size` training examples: the token ids of every example (prompt + response, so the
-student trains on exactly the tokens the teacher saw) and, for every response token, the
-teacher's top-k logits (values in fp16/bf16, int32 indices) and the log-sum-exp of the full row
-(so the tail mass 1 - sum(exp(values - lse)) is known). A shard is written atomically once it is
-complete; a killed job restarts at the first missing shard. The key covers the teacher's
-weights, the tokenizer, the data, the prompt, k, max_length and the target kind.
+student trains on exactly the tokens the teacher saw), a digest of each example's prompt and
+response ids (the distill stage checks its own tokenization against them), and, for every
+response token, the teacher's top-k log-probabilities (`topk_logprobs`: logits minus the full
+row's log-sum-exp, in fp16/bf16, where values near 0 keep the most precision; int32 indices),
+the log of the mass outside the top-k (`tail_logmass`, fp32, computed from the full row so a
+tiny tail stays exact; the loss's tail "bucket") and the log-sum-exp itself. The teacher's LM
+head runs in fp32 here, whatever the model's dtype, so the cached values are exact up to their
+storage type. A shard is written atomically once it is complete; a killed job restarts at the
+first missing shard. The key covers the teacher's weights, the tokenizer, the data, the prompt,
+k, max_length and the target kind.
 
 With targets "teacher" (sequence-level KD, the "pseudo-labels") the teacher first translates
 each training source, and its own translation replaces the reference as the response.
@@ -15,11 +20,13 @@ each training source, and its own translation replaces the reference as the resp
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from .fileio import read_jsonl, sha256_file
 from .generation import device, generate_translations, load_lm_tokenizer
@@ -38,6 +45,7 @@ from .translation_training import (
 
 log = logging.getLogger(__name__)
 VALUE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+TOKEN_ROWS = ("topk_logprobs", "topk_indices", "tail_logmass", "lse")  # one row per response token
 
 
 def encode_rows(rows: list[dict], tokenizer, prompt: Prompt, max_length: int) -> tuple[list, list, list, int]:
@@ -110,49 +118,80 @@ def train_teacher_lm(
     return train_and_save(trainer, job, model_out, log_out, tokenizer=tokenizer)
 
 
+def fp32_head(model) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The LM head's weight (and bias) in fp32: logits are computed from them, never in bf16/fp16."""
+    head = model.get_output_embeddings()
+    bias = getattr(head, "bias", None)
+    return head.weight.detach().float(), None if bias is None else bias.detach().float()
+
+
 @torch.no_grad()
-def teacher_topk(model, batch: dict, k: int, chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top-k logits (values, indices) and full-row log-sum-exp for every response token of the
-    collated batch, in its row order; the full-vocabulary logits exist one chunk at a time."""
+def teacher_topk(
+    model, batch: dict, k: int, chunk_size: int = 1024, head: tuple | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-k log-probabilities, their token ids, the log of the mass outside the top-k and the
+    full-row log-sum-exp for every response token of the collated batch, in its row order. The
+    full-vocabulary logits exist one chunk at a time, computed in fp32 (`head`: fp32_head(model),
+    made once by the caller)."""
     dev = next(model.parameters()).device
     batch = {key: v.to(dev) for key, v in batch.items()}
     hidden, _ = response_hidden_states(model, model, batch)
-    head = model.get_output_embeddings()
-    values, indices, lse = [], [], []
+    weight, bias = head if head is not None else fp32_head(model)
+    logprobs, indices, tail, lse = [], [], [], []
     for start in range(0, hidden.shape[0], chunk_size):
-        logits = head(hidden[start : start + chunk_size]).float()
+        logits = F.linear(hidden[start : start + chunk_size].float(), weight, bias)
+        row_lse = torch.logsumexp(logits, dim=-1)
         top = logits.topk(k, dim=-1)
-        values.append(top.values)
+        logprobs.append(top.values - row_lse[:, None])
         indices.append(top.indices)
-        lse.append(torch.logsumexp(logits, dim=-1))
-    return torch.cat(values), torch.cat(indices), torch.cat(lse)
+        tail.append(torch.logsumexp(logits.scatter_(-1, top.indices, float("-inf")), dim=-1) - row_lse)
+        lse.append(row_lse)
+    return torch.cat(logprobs), torch.cat(indices), torch.cat(tail), torch.cat(lse)
 
 
 def topk_rows(
     model, ids: list[list[int]], starts: list[int], settings: dict, pad_token_id: int, desc: str = "cache"
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The teacher's top-k values (value_dtype), indices (int32) and row log-sum-exp for every
-    response token of the examples, in their order, on the CPU: `batch_size` examples at a time,
-    padded or packed (`packing`) into rows of `max_length` tokens."""
+) -> dict[str, torch.Tensor]:
+    """The teacher's top-k log-probabilities (value_dtype), indices (int32), tail log-mass and
+    row log-sum-exp (fp32) for every response token of the examples, in their order, on the CPU:
+    `batch_size` examples at a time, padded or packed (`packing`) into rows of `max_length` tokens."""
     collate = TranslationCollator(pad_token_id, settings["max_length"] if settings["packing"] else None)
-    values, indices, lse = [], [], []
+    head = fp32_head(model)
     size, k = settings["batch_size"], settings["top_k"]
+    dtypes = {
+        "topk_logprobs": VALUE_DTYPES[settings["value_dtype"]],
+        "topk_indices": torch.int32,
+        "tail_logmass": torch.float32,
+        "lse": torch.float32,
+    }
+    out: dict[str, list[torch.Tensor]] = {name: [] for name in dtypes}
     for b in progress(range(0, len(ids), size), desc=f"{desc} top-k", unit="batches"):
         items = [
             {"input_ids": s, "response_start": r} for s, r in zip(ids[b : b + size], starts[b : b + size], strict=True)
         ]
         batch = collate(items)
-        top = restore_item_order(batch, items, *teacher_topk(model, batch, k, settings["chunk_size"]))
-        values.append(top[0].to(VALUE_DTYPES[settings["value_dtype"]]).cpu())
-        indices.append(top[1].to(torch.int32).cpu())
-        lse.append(top[2].cpu())
-    if not values:
-        return (
-            torch.zeros((0, k), dtype=VALUE_DTYPES[settings["value_dtype"]]),
-            torch.zeros((0, k), dtype=torch.int32),
-            torch.zeros((0,)),
-        )
-    return torch.cat(values), torch.cat(indices), torch.cat(lse)
+        rows = restore_item_order(batch, items, *teacher_topk(model, batch, k, settings["chunk_size"], head))
+        for (name, dtype), tensor in zip(dtypes.items(), rows, strict=True):
+            out[name].append(tensor.to(dtype).cpu())
+    empty = {"topk_logprobs": (0, k), "topk_indices": (0, k), "tail_logmass": (0,), "lse": (0,)}
+    return {
+        name: torch.cat(parts) if parts else torch.zeros(empty[name], dtype=dtypes[name]) for name, parts in out.items()
+    }
+
+
+def token_digest(ids: list[int]) -> torch.Tensor:
+    """16 bytes of the SHA-256 of a token-id sequence (as int32), as a uint8 tensor."""
+    data = torch.tensor(ids, dtype=torch.int32).numpy().tobytes()
+    return torch.frombuffer(bytearray(hashlib.sha256(data).digest()[:16]), dtype=torch.uint8)
+
+
+def pair_digests(ids: list[list[int]], starts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Digests [n, 16] of each example's prompt ids and of its response ids."""
+    if not ids:
+        return torch.zeros((0, 16), dtype=torch.uint8), torch.zeros((0, 16), dtype=torch.uint8)
+    prompts = torch.stack([token_digest(seq[:start]) for seq, start in zip(ids, starts, strict=True)])
+    responses = torch.stack([token_digest(seq[start:]) for seq, start in zip(ids, starts, strict=True)])
+    return prompts, responses
 
 
 def _cache_shard(model, tokenizer, prompt, rows, first_index, settings, desc: str = "cache") -> dict[str, torch.Tensor]:
@@ -168,15 +207,15 @@ def _cache_shard(model, tokenizer, prompt, rows, first_index, settings, desc: st
         )
         rows = [{**r, "target": o["hypothesis"]} for r, o in zip(rows, outputs, strict=True)]
     ids, starts, kept, dropped = encode_rows(rows, tokenizer, prompt, settings["max_length"])
-    values, indices, lse = topk_rows(model, ids, starts, settings, tokenizer.pad_token_id, desc)
+    prompt_digest, response_digest = pair_digests(ids, starts)
     return {
         "example_index": torch.tensor([first_index + i for i in kept], dtype=torch.int64),
         "lengths": torch.tensor([len(s) for s in ids], dtype=torch.int64),
         "response_start": torch.tensor(starts, dtype=torch.int64),
         "input_ids": torch.tensor([t for s in ids for t in s], dtype=torch.int32),
-        "topk_values": values,
-        "topk_indices": indices,
-        "lse": lse,
+        "prompt_digest": prompt_digest,
+        "response_digest": response_digest,
+        **topk_rows(model, ids, starts, settings, tokenizer.pad_token_id, desc),
         "dropped_too_long": torch.tensor([dropped], dtype=torch.int64),
     }
 
@@ -203,6 +242,7 @@ def cache_teacher_topk(
     settings = {"max_length": max_length, "packing": packing, **cache_cfg}
     key_parts = {
         "kind": "lm_topk",
+        "values": "logprob",  # top-k log-probabilities (teacher logits minus the row's log-sum-exp)
         "teacher": model_fingerprint(model),
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "data": sha256_file(train_file),
@@ -243,8 +283,8 @@ def topk_summary(entry: CacheEntry, num_shards: int) -> dict:
         examples += len(shard["lengths"])
         tokens += len(shard["lse"])
         dropped += int(shard["dropped_too_long"][0])
-        mass += (shard["topk_values"].float() - shard["lse"][:, None]).exp().sum(-1).sum().item()
-        topk_bytes += sum(shard[k].numel() * shard[k].element_size() for k in ("topk_values", "topk_indices", "lse"))
+        mass += shard["topk_logprobs"].float().exp().sum(-1).sum().item()
+        topk_bytes += sum(shard[k].numel() * shard[k].element_size() for k in TOKEN_ROWS)
     return {
         "examples": examples,
         "response_tokens": tokens,
@@ -255,7 +295,8 @@ def topk_summary(entry: CacheEntry, num_shards: int) -> dict:
 
 
 def read_topk_cache(entry: CacheEntry) -> tuple[list[list[int]], list[int], list[tuple], list[int]]:
-    """Every cached example: (input_ids, response_starts, [(topk_values, topk_indices)], example_index)."""
+    """Every cached example: (input_ids, response_starts, [(topk_logprobs, topk_indices, tail_logmass)],
+    example_index)."""
     ids, starts, topk, index = [], [], [], []
     for shard_index in range(entry.manifest()["num_shards"]):
         shard = entry.read_shard(shard_index)
@@ -265,7 +306,38 @@ def read_topk_cache(entry: CacheEntry) -> tuple[list[list[int]], list[int], list
             ids.append(flat[offset : offset + length])
             starts.append(start)
             n = length - start
-            topk.append((shard["topk_values"][row : row + n], shard["topk_indices"][row : row + n]))
+            topk.append(tuple(shard[name][row : row + n] for name in TOKEN_ROWS[:3]))
             offset, row = offset + length, row + n
+        if offset != len(flat) or row != len(shard["topk_logprobs"]):
+            raise RuntimeError(
+                f"{entry.shard_path(shard_index)}: {len(flat)} token ids and {len(shard['topk_logprobs'])} top-k rows "
+                f"do not match the examples' lengths ({offset} ids, {row} response tokens); rebuild the cache"
+            )
         index += shard["example_index"].tolist()
     return ids, starts, topk, index
+
+
+def check_cache_alignment(
+    entry: CacheEntry, rows: list[dict], tokenizer, prompt: Prompt, check_responses: bool = True
+) -> None:
+    """The distill stage's own tokenization of every cached example (rows: the training split)
+    must give the ids the cache was built from: each example's prompt digest, and its response
+    digest when the responses are the data's references (not the teacher's translations). A count
+    check would pass a shifted or re-tokenized sequence; a digest does not."""
+    for shard_index in range(entry.manifest()["num_shards"]):
+        shard = entry.read_shard(shard_index)
+        if "prompt_digest" not in shard:
+            raise RuntimeError(f"{entry.shard_path(shard_index)}: a cache without token digests; rebuild the cache")
+        for i, example in enumerate(shard["example_index"].tolist()):
+            row = rows[example]
+            ids, start = encode_pair(tokenizer, prompt, row["source"], row["target"])
+            parts = [("prompt", ids[:start], shard["prompt_digest"][i])]
+            if check_responses:
+                parts.append(("response", ids[start:], shard["response_digest"][i]))
+            for name, own, cached in parts:
+                if not torch.equal(token_digest(own), cached):
+                    raise RuntimeError(
+                        f"{entry.shard_path(shard_index)}: training example {example} (line {example + 1} of the "
+                        f"training split) tokenizes to other {name} ids than the teacher cache holds: the student's "
+                        "tokenizer or prompt differs from the cache's; rebuild the cache with this tokenizer and prompt"
+                    )

@@ -26,7 +26,11 @@ log = logging.getLogger(__name__)
 
 
 class PairClassificationDataset(Dataset):
-    """Tokenized sentence pairs with labels and, for distillation, the teacher's cached outputs."""
+    """Tokenized sentence pairs with labels and, for distillation, the teacher's cached outputs.
+    With `teacher_tokenizer` (the cosine loss runs the teacher online) each pair is also encoded
+    with the teacher's own tokenizer (teacher_* fields: BERT's token_type_ids mark sentence B,
+    which DistilBERT's tokenizer leaves out); the token ids must be the student's, since the loss
+    compares hidden states position by position."""
 
     def __init__(
         self,
@@ -35,15 +39,26 @@ class PairClassificationDataset(Dataset):
         max_length: int,
         teacher_logits: torch.Tensor | None = None,
         teacher_labels: torch.Tensor | None = None,
+        teacher_tokenizer: PreTrainedTokenizerBase | None = None,
     ):
         if teacher_logits is not None and len(teacher_logits) != len(rows):
             raise ValueError(f"teacher cache has {len(teacher_logits)} rows, the data {len(rows)}")
-        self.encodings = tokenizer(
-            [r["text_a"] for r in rows], [r["text_b"] for r in rows], truncation=True, max_length=max_length
-        )
+        texts = [r["text_a"] for r in rows], [r["text_b"] for r in rows]
+        self.encodings = tokenizer(*texts, truncation=True, max_length=max_length)
         self.labels = [r["label"] for r in rows]
         self.teacher_logits = teacher_logits
         self.teacher_labels = teacher_labels
+        self.teacher_encodings = None
+        if teacher_tokenizer is not None:
+            self.teacher_encodings = teacher_tokenizer(*texts, truncation=True, max_length=max_length)
+            pairs = zip(self.teacher_encodings["input_ids"], self.encodings["input_ids"], strict=True)
+            for i, (teacher_ids, student_ids) in enumerate(pairs):
+                if teacher_ids != student_ids:
+                    raise ValueError(
+                        f"distill.cosine_weight > 0 compares hidden states token by token, but training example {i} "
+                        f"tokenizes to other ids for the teacher ({len(teacher_ids)} tokens) than for the student "
+                        f"({len(student_ids)} tokens): give the student the teacher's vocabulary, or set cosine_weight 0"
+                    )
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -54,23 +69,31 @@ class PairClassificationDataset(Dataset):
         if self.teacher_logits is not None:
             item["teacher_logits"] = self.teacher_logits[i]
             item["teacher_labels"] = self.teacher_labels[i]
+        if self.teacher_encodings is not None:
+            item["teacher_inputs"] = {k: v[i] for k, v in self.teacher_encodings.items()}
         return item
 
 
 class PairCollator:
-    """Pads the token fields with the tokenizer; stacks labels and teacher outputs."""
+    """Pads the token fields with the tokenizer (the teacher's own inputs with the teacher's);
+    stacks labels and teacher outputs."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase):
-        self.tokenizer = tokenizer
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, teacher_tokenizer: PreTrainedTokenizerBase | None = None):
+        self.tokenizer, self.teacher_tokenizer = tokenizer, teacher_tokenizer
 
     def __call__(self, items: list[dict]) -> dict:
-        token_keys = [k for k in items[0] if k not in ("labels", "teacher_logits", "teacher_labels")]
+        special = ("labels", "teacher_logits", "teacher_labels", "teacher_inputs")
+        token_keys = [k for k in items[0] if k not in special]
         batch = self.tokenizer.pad([{k: it[k] for k in token_keys} for it in items], return_tensors="pt")
         batch = dict(batch)
         batch["labels"] = torch.tensor([it["labels"] for it in items], dtype=torch.long)
         if "teacher_logits" in items[0]:
             batch["teacher_logits"] = torch.stack([torch.as_tensor(it["teacher_logits"]) for it in items]).float()
             batch["teacher_labels"] = torch.tensor([int(it["teacher_labels"]) for it in items], dtype=torch.long)
+        if "teacher_inputs" in items[0]:
+            pad = self.teacher_tokenizer or self.tokenizer
+            teacher = pad.pad([it["teacher_inputs"] for it in items], return_tensors="pt")
+            batch.update({f"teacher_{k}": v for k, v in teacher.items()})
         return batch
 
 
@@ -89,8 +112,16 @@ def predict_logits(
 
 class KDTrainer(Trainer):
     """Trainer with the distillation loss. Batches carry `teacher_logits` from the cache; the
-    teacher model itself runs only for the cosine loss on hidden states. Evaluation batches have
-    no teacher outputs: eval loss is the student's cross-entropy on the gold labels."""
+    teacher model itself runs only for the cosine loss on hidden states (on its own inputs,
+    `teacher_*` fields). Evaluation batches have no teacher outputs: eval loss is the student's
+    cross-entropy on the gold labels.
+
+    Normalization: `loss_terms` returns the loss summed over the micro-batch's items (GLUE
+    examples; response tokens for LMs) and their count. In training the sum is divided by the
+    items of the whole global batch, which the Trainer counts (labels != -100, over the
+    gradient-accumulation steps and all processes) and passes as num_items_in_batch: every item
+    weighs the same whatever the number of GPUs or accumulation steps, so short (packed)
+    micro-batches do not weigh more. Evaluation takes each batch's own mean."""
 
     def __init__(
         self,
@@ -103,10 +134,9 @@ class KDTrainer(Trainer):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        # compute_loss returns the mean over its micro-batch and ignores num_items_in_batch: tell the
-        # Trainer, so that it divides by the gradient-accumulation steps (it does not for models
-        # whose forward takes **kwargs, e.g. Llama, expecting a loss summed over the whole batch).
-        self.model_accepts_loss_kwargs = False
+        # compute_loss uses num_items_in_batch (so the Trainer counts it and does not divide by
+        # the accumulation steps itself).
+        self.model_accepts_loss_kwargs = True
         self.alpha, self.temperature, self.hard_labels, self.cosine_weight = (
             alpha,
             temperature,
@@ -120,12 +150,14 @@ class KDTrainer(Trainer):
             teacher.eval().requires_grad_(False)
             teacher.to(self.args.device)
         self._part_sums: dict[str, float] = {}
-        self._part_count = 0
+        self._part_steps: set[int] = set()  # the optimizer steps (global_step values) summed in _part_sums
 
-    def loss_and_parts(self, model, inputs) -> tuple[torch.Tensor, dict[str, float], object]:
-        """The training/eval loss, its parts for the log, and the model outputs."""
+    def loss_terms(self, model, inputs) -> tuple[torch.Tensor, dict[str, torch.Tensor], int, object]:
+        """The loss summed over the micro-batch's items, its parts (summed, for the log), the
+        number of items and the model outputs."""
         teacher_logits = inputs.pop("teacher_logits", None)
         teacher_labels = inputs.pop("teacher_labels", None)
+        teacher_inputs = {k.removeprefix("teacher_"): inputs.pop(k) for k in list(inputs) if k.startswith("teacher_")}
         labels = inputs.pop("labels")
         use_cosine = self.cosine_weight > 0 and model.training
         outputs = model(**inputs, output_hidden_states=use_cosine)
@@ -135,25 +167,41 @@ class KDTrainer(Trainer):
             ce_labels = teacher_labels if self.hard_labels else labels
             loss, parts = distillation_loss(outputs.logits, teacher_logits, ce_labels, self.alpha, self.temperature)
         if use_cosine:
+            if not teacher_inputs:
+                raise ValueError("the cosine loss needs the teacher's own inputs (teacher_input_ids, ...) in the batch")
             with torch.no_grad():
-                teacher_out = self.teacher(**inputs, output_hidden_states=True)
-            cos = cosine_hidden_loss(outputs.hidden_states[-1], teacher_out.hidden_states[-1], inputs["attention_mask"])
-            loss = loss + self.cosine_weight * cos
-            parts["cos"] = cos.item()
-        return loss, parts, outputs
+                teacher_out = self.teacher(**teacher_inputs, output_hidden_states=True)
+            parts["cos"] = cosine_hidden_loss(
+                outputs.hidden_states[-1], teacher_out.hidden_states[-1], inputs["attention_mask"]
+            )
+            loss = loss + self.cosine_weight * parts["cos"]
+        return loss.sum(), {k: v.sum() for k, v in parts.items()}, len(labels), outputs
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, parts, outputs = self.loss_and_parts(model, inputs)
+        total, parts, count, outputs = self.loss_terms(model, inputs)
+        if model.training and num_items_in_batch is not None:
+            # DDP and DeepSpeed average the gradients over processes: undo it, so the gradient is
+            # that of (the global batch's sum) / (its items).
+            denominator, scale = num_items_in_batch, self.accelerator.num_processes
+        else:
+            denominator, scale = max(count, 1), 1
+        loss = total * scale / denominator
         if model.training:
             for k, v in parts.items():
-                self._part_sums[k] = self._part_sums.get(k, 0.0) + v
-            self._part_count += 1
+                self._part_sums[k] = self._part_sums.get(k, 0.0) + float(v.detach() / denominator)
+            self._part_steps.add(self.state.global_step)
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict, *args, **kwargs) -> None:
-        if "loss" in logs and self._part_count:
-            logs.update({f"loss_{k}": round(v / self._part_count, 6) for k, v in self._part_sums.items()})
-            self._part_sums, self._part_count = {}, 0
+        """Training logs get the loss parts (loss_kd, loss_ce, loss_cos): each the mean per item
+        over the optimizer steps since the last log, summed over processes like the loss."""
+        if "loss" in logs and self._part_sums:
+            names, steps = sorted(self._part_sums), len(self._part_steps)
+            sums = torch.tensor([self._part_sums[k] for k in names], dtype=torch.float64, device=self.args.device)
+            if self.accelerator.num_processes > 1:  # every process logs at the same steps
+                sums = self.accelerator.reduce(sums, reduction="sum")
+            logs.update({f"loss_{k}": v / steps for k, v in zip(names, sums.tolist(), strict=True)})
+            self._part_sums, self._part_steps = {}, set()
         super().log(logs, *args, **kwargs)
 
 
@@ -205,6 +253,7 @@ def training_arguments(
         bf16=cuda and torch.cuda.is_bf16_supported(),
         use_cpu=not cuda,
         report_to=[],
+        average_tokens_across_devices=True,  # num_items_in_batch counts every process's items (KDTrainer)
         remove_unused_columns=False,
         prediction_loss_only=True,
         disable_tqdm=not sys.stderr.isatty(),

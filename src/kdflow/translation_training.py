@@ -28,7 +28,7 @@ from .training import KDTrainer
 
 class TranslationExamples(Dataset):
     """Encoded examples: input_ids and the response start; with the teacher's top-k rows
-    (values, indices) for every response token when distilling."""
+    (log-probabilities, indices, tail log-mass) for every response token when distilling."""
 
     def __init__(self, input_ids: list[list[int]], response_starts: list[int], topk: list[tuple] | None = None):
         if topk is not None and len(topk) != len(input_ids):
@@ -41,7 +41,7 @@ class TranslationExamples(Dataset):
     def __getitem__(self, i: int) -> dict:
         item = {"input_ids": self.input_ids[i], "response_start": self.response_starts[i]}
         if self.topk is not None:
-            item["topk_values"], item["topk_indices"] = self.topk[i]
+            item["topk_logprobs"], item["topk_indices"], item["topk_tail"] = self.topk[i]
         return item
 
 
@@ -95,10 +95,10 @@ class TranslationCollator:
             batch["order"] = torch.tensor([i for row in rows for i in row], dtype=torch.long)
         else:
             batch["attention_mask"] = (torch.arange(width) < torch.tensor(lengths)[:, None]).long()
-        if "topk_values" in items[0]:
-            order = [i for row in rows for i in row]
-            batch["topk_values"] = torch.cat([torch.as_tensor(items[i]["topk_values"]) for i in order])
-            batch["topk_indices"] = torch.cat([torch.as_tensor(items[i]["topk_indices"]) for i in order])
+        order = [i for row in rows for i in row]
+        for key in ("topk_logprobs", "topk_indices", "topk_tail"):
+            if key in items[0]:
+                batch[key] = torch.cat([torch.as_tensor(items[i][key]) for i in order])
         return batch
 
 
@@ -147,33 +147,48 @@ def response_hidden_states(model, unwrapped, batch: dict) -> tuple[torch.Tensor,
 
 
 class TokenKDTrainer(KDTrainer):
-    """KDTrainer for decoder LMs: alpha * T^2 * topk_kd + (1 - alpha) * CE on the response
-    tokens, computed in chunks over the vocabulary. Without teacher rows (evaluation, teacher
-    training) the loss is the response CE."""
+    """KDTrainer for decoder LMs: per response token alpha * T^2 * topk_kd + (1 - alpha) * CE,
+    computed in chunks over the vocabulary (losses.topk_kd: `kd_loss` and `tail`). Tokens in
+    `ce_only_ids` (targets the teacher was never trained on, e.g. the end marker for an Instruct
+    teacher) get their CE alone, with full weight. Without teacher rows (evaluation, teacher
+    training) the loss is the response CE. Summed, then divided by the global batch's response
+    tokens (KDTrainer.compute_loss)."""
 
-    def __init__(self, *args, kd_loss: str = "forward_kl", chunk_size: int = 1024, **kwargs):
+    def __init__(
+        self,
+        *args,
+        kd_loss: str = "forward_kl",
+        tail: str = "ignore",
+        chunk_size: int = 1024,
+        ce_only_ids: list[int] | tuple[int, ...] = (),
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
-        self.kd_loss, self.chunk_size = kd_loss, chunk_size
+        self.kd_loss, self.tail, self.chunk_size = kd_loss, tail, chunk_size
+        self.ce_only_ids = torch.tensor(sorted(ce_only_ids), dtype=torch.long)
 
-    def loss_and_parts(self, model, inputs):
-        topk_values, topk_indices = inputs.pop("topk_values", None), inputs.pop("topk_indices", None)
+    def loss_terms(self, model, inputs):
+        topk_logprobs, topk_indices = inputs.pop("topk_logprobs", None), inputs.pop("topk_indices", None)
+        topk_tail = inputs.pop("topk_tail", None)
         unwrapped = self.accelerator.unwrap_model(model)
         hidden, targets = response_hidden_states(model, unwrapped, inputs)
-        use_kd = topk_values is not None and self.alpha > 0
-        if topk_values is not None and len(topk_values) != len(targets):
-            raise RuntimeError(f"teacher cache rows ({len(topk_values)}) != response tokens ({len(targets)})")
+        use_kd = topk_logprobs is not None and self.alpha > 0
+        if topk_logprobs is not None and len(topk_logprobs) != len(targets):
+            raise RuntimeError(f"teacher cache rows ({len(topk_logprobs)}) != response tokens ({len(targets)})")
         ce, kd = chunked_token_losses(
             hidden,
             unwrapped.get_output_embeddings(),
             targets,
-            topk_values if use_kd else None,
+            topk_logprobs if use_kd else None,
             topk_indices if use_kd else None,
             self.temperature,
             self.kd_loss,
+            self.tail,
             self.chunk_size,
+            topk_tail if use_kd else None,
         )
-        parts = {"ce": ce.item()}
         if not use_kd:
-            return ce, parts, {}
-        parts["kd"] = kd.item()
-        return self.alpha * kd + (1 - self.alpha) * ce, parts, {}
+            return ce.sum(), {"ce": ce.sum()}, len(targets), {}
+        kd_on = ~torch.isin(targets, self.ce_only_ids.to(targets.device))
+        per_token = torch.where(kd_on, self.alpha * kd + (1 - self.alpha) * ce, ce)
+        return per_token.sum(), {"ce": ce.sum(), "kd": (kd * kd_on).sum()}, len(targets), {}
