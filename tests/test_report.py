@@ -185,3 +185,18 @@ def test_translation_study_comparison(tmp_path):
     ]
     assert table.iloc[1][["SacreBLEU diff", "COMET kdflow", "COMET diff"]].tolist() == [1.24, "not computed", ""]
     assert table.iloc[2][["SacreBLEU kdflow", "COMET kdflow"]].tolist() == ["not run", "not run"]
+
+
+def test_translation_rows_count_stop_reasons_from_the_outputs(tmp_path):
+    """The runaway rate is the share that ran to max_new_tokens; a model that stops at <|eot_id|>
+    (the base model, an Instruct teacher) is not a runaway. The rates in the table are the counts
+    of the outputs' stop reasons, written by evaluate_translation."""
+    from kdflow.evaluate_translation import stop_rates
+    from kdflow.report import translation_row
+
+    outputs = [{"stop": s} for s in ["eos"] * 6 + ["marker"] * 3 + ["max_new_tokens"]]
+    result = {"bleu": 20.0, "chrf": 50.0, "comet": None, "length_ratio": 1.0, "stop_rates": stop_rates(outputs)}
+    row = translation_row(result)
+    assert (row["Ended with marker (%)"], row["Ended with eos (%)"], row["Runaway (%)"]) == (30.0, 60.0, 10.0)
+    eot_only = {**result, "stop_rates": stop_rates([{"stop": "eos"}] * 4)}
+    assert translation_row(eot_only)["Runaway (%)"] == 0.0

@@ -154,19 +154,19 @@ def biased_teacher(lm, token: str):
     return model, tok
 
 
-def test_generation_stops_at_the_marker_and_strips_it(lm):
+def test_generation_records_why_each_output_stopped(lm):
     sources = ["The council adopts the report.", "We support the proposal."]
     model, tok = biased_teacher(lm, "<|end_of_translation|>")
     prompt = make_prompt(tok, DEMO_PROMPT)
     out = generate_translations(model, tok, prompt, sources, batch_size=2, max_new_tokens=10)
-    assert out == [{"hypothesis": "", "ended_with_marker": True, "new_tokens": 0}] * 2
+    assert out == [{"hypothesis": "", "stop": "marker", "new_tokens": 0}] * 2  # the marker is stripped
     model, tok = biased_teacher(lm, "Le")
     out = generate_translations(model, tok, prompt, sources, batch_size=2, max_new_tokens=6)
-    assert [o["ended_with_marker"] for o in out] == [False, False]  # runaway: never emitted the marker
-    assert out[0]["new_tokens"] == 6 and out[0]["hypothesis"] == "LeLeLeLeLeLe"
-    model, tok = biased_teacher(lm, "<|eot_id|>")  # stops at eos/eot too, but without the marker
+    assert out[0] == {"hypothesis": "LeLeLeLeLeLe", "stop": "max_new_tokens", "new_tokens": 6}  # runaway
+    # An Instruct model that never saw the marker ends at <|eot_id|>: not a runaway.
+    model, tok = biased_teacher(lm, "<|eot_id|>")
     out = generate_translations(model, tok, prompt, sources, batch_size=2, max_new_tokens=6)
-    assert out[0] == {"hypothesis": "", "ended_with_marker": False, "new_tokens": 0}
+    assert out == [{"hypothesis": "", "stop": "eos", "new_tokens": 0}] * 2
 
 
 def test_batched_left_padded_generation_equals_one_by_one(lm):

@@ -104,8 +104,13 @@ def test_metrics_are_sacrebleus_and_comets_and_reach_the_report(tr_run):
         assert result["bleu"] == sacrebleu.corpus_bleu(hyps, [refs]).score
         assert result["chrf"] == sacrebleu.corpus_chrf(hyps, [refs]).score
         assert row["SacreBLEU"] == round(result["bleu"], 2)
-        runaway = sum(not o["ended_with_marker"] for o in outputs) / 24
-        assert result["runaway_rate"] == runaway and row["No end marker (%)"] == round(100 * runaway, 1)
+        for reason, column in (
+            ("marker", "Ended with marker"),
+            ("eos", "Ended with eos"),
+            ("max_new_tokens", "Runaway"),
+        ):
+            share = sum(o["stop"] == reason for o in outputs) / 24
+            assert result["stop_rates"][reason] == share and row[f"{column} (%)"] == round(100 * share, 1)
         assert isinstance(result["comet"], float) and float(row["COMET"]) == round(result["comet"], 4)
         assert result["comet"] == pytest.approx(sum(o["comet"] for o in outputs) / 24)
     report = Path(paths.report_md()).read_text()

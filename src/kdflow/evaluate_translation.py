@@ -1,8 +1,9 @@
 """Stage `evaluate` for translation: one model (the base student, the teacher or a distilled
 student) translates the test split; SacreBLEU BLEU and chrF (with their signatures), COMET
-(unbabel-comet) when the config turns it on, the share of outputs that never emitted the end
-marker (runaway generations) and the hypothesis/reference length ratio. Writes the metrics JSON
-and the translations (JSONL, for the report's samples)."""
+(unbabel-comet) when the config turns it on, why the outputs stopped (the shares that ended with
+the end marker, with an end token such as <|eot_id|>, and that ran to max_new_tokens: the runaway
+rate) and the hypothesis/reference length ratio. Writes the metrics JSON and the translations
+(JSONL, with each output's stop reason, for the report's samples)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import logging
 from pathlib import Path
 
 from .fileio import read_jsonl, write_json, write_jsonl
-from .generation import generate_translations, load_lm_tokenizer
+from .generation import STOP_REASONS, generate_translations, load_lm_tokenizer
 from .models import load_causal_lm
 from .prompt import make_prompt
 
@@ -21,6 +22,11 @@ def comet_not_computed(comet_cfg: dict) -> str:
     return "not computed: evaluate.comet.enabled is false in the config" + (
         f" ({comet_cfg['reason']})" if comet_cfg.get("reason") else ""
     )
+
+
+def stop_rates(outputs: list[dict]) -> dict[str, float]:
+    """The share of outputs per stop reason (generation.STOP_REASONS): marker, eos, max_new_tokens."""
+    return {reason: sum(o["stop"] == reason for o in outputs) / max(len(outputs), 1) for reason in STOP_REASONS}
 
 
 def evaluate_translation(
@@ -59,7 +65,7 @@ def evaluate_translation(
         "split": split,
         "examples": len(rows),
         "generation": {k: eval_cfg[k] for k in ("max_new_tokens", "num_beams")},
-        "runaway_rate": sum(not o["ended_with_marker"] for o in outputs) / max(len(outputs), 1),
+        "stop_rates": stop_rates(outputs),
         **sacrebleu_scores(hyps, refs),
     }
     comet_cfg = eval_cfg["comet"]
@@ -82,6 +88,10 @@ def evaluate_translation(
     )
     write_json(out, result)
     log.info(
-        "%s: BLEU %.2f chrF %.2f runaway %.1f%%", name, result["bleu"], result["chrf"], 100 * result["runaway_rate"]
+        "%s: BLEU %.2f chrF %.2f, stopped at the marker %.1f%%, at eos %.1f%%, at max_new_tokens (runaway) %.1f%%",
+        name,
+        result["bleu"],
+        result["chrf"],
+        *(100 * result["stop_rates"][r] for r in STOP_REASONS),
     )
     return result

@@ -1,7 +1,8 @@
 """Batched greedy/beam generation of translations, shared by evaluation and the teacher's
 pseudo-labels: prompts left-padded, KV cache on, stop at the end marker or the end tokens,
-marker stripped. Each output records whether the model emitted the marker (the study's
-runaway-generation problem: outputs that never do run to max_new_tokens)."""
+marker stripped. Each output records why it stopped (STOP_REASONS): at the end marker, at an
+end token (eos, Llama-3's <|eot_id|>: how an Instruct model that never saw the marker ends), or
+at max_new_tokens (the study's runaway generations)."""
 
 from __future__ import annotations
 
@@ -40,12 +41,17 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
     return ids, mask
 
 
-def cut_at_stop(tokens: list[int], stop_ids: list[int], marker: int) -> tuple[list[int], bool]:
-    """The tokens before the first stop token, and whether that stop was the end marker."""
+STOP_REASONS = ("marker", "eos", "max_new_tokens")
+
+
+def cut_at_stop(tokens: list[int], stop_ids: list[int], marker: int) -> tuple[list[int], str]:
+    """The tokens before the first stop token, and why the output stopped (STOP_REASONS): the
+    end marker, another stop token (eos/eot), or none (it ran to max_new_tokens: generate()
+    only stops a sequence early at a stop token)."""
     for i, tok in enumerate(tokens):
         if tok in stop_ids:
-            return tokens[:i], tok == marker
-    return tokens, False
+            return tokens[:i], "marker" if tok == marker else "eos"
+    return tokens, "max_new_tokens"
 
 
 @torch.no_grad()
@@ -59,7 +65,7 @@ def generate_translations(
     num_beams: int = 1,
     desc: str = "generate",
 ) -> list[dict]:
-    """[{"hypothesis": str, "ended_with_marker": bool, "new_tokens": int}] in the order of `sources`.
+    """[{"hypothesis": str, "stop": one of STOP_REASONS, "new_tokens": int}] in the order of `sources`.
     Progress (in sentences) is shown under `desc` (progress.py)."""
     dev = device()
     model.eval().to(dev)
@@ -83,10 +89,10 @@ def generate_translations(
         )
         for row, i in enumerate(idx):
             new = out[row, ids.shape[1] :].tolist()
-            kept, ended = cut_at_stop(new, stops, marker)
+            kept, stop = cut_at_stop(new, stops, marker)
             results[i] = {
                 "hypothesis": tokenizer.decode(kept, skip_special_tokens=True).strip(),
-                "ended_with_marker": ended,
+                "stop": stop,
                 "new_tokens": len(kept),
             }
     return results

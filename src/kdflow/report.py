@@ -2,7 +2,7 @@
 translations and results/<run>/report.md linking them, built only from the runs' own output
 files. GLUE: learning rate x (accuracy, macro-F1) per task, and the experiments switched on
 (alpha and temperature sweeps, loss ablation). Translation: learning rate x (SacreBLEU, chrF,
-COMET, runaway rate, length ratio) with the base student and teacher rows. With a reference file
+COMET, stop reasons, length ratio) with the base student and teacher rows. With a reference file
 (config/study_reference.yaml), kdflow's numbers next to the study's with the difference; and
 the runtime and GPU-hours of every rule from Snakemake's benchmark files. The HTML files are what
 `snakemake --report` shows (workflow/rules/report.smk)."""
@@ -278,13 +278,16 @@ def glue_section(
 
 
 def translation_row(result: dict) -> dict:
-    """SacreBLEU and chrF as sacrebleu prints them, COMET x 1 (the study's 0.80), runaway in %."""
+    """SacreBLEU and chrF as sacrebleu prints them, COMET x 1 (the study's 0.80), and why the
+    outputs stopped, in %: at the end marker, at an end token (eos/eot), or at max_new_tokens (runaway)."""
     comet = result.get("comet")
     return {
         "SacreBLEU": round(result["bleu"], 2),
         "chrF": round(result["chrf"], 2),
         "COMET": "not computed" if comet is None else round(comet, 4),
-        "No end marker (%)": round(100 * result["runaway_rate"], 1),
+        "Ended with marker (%)": round(100 * result["stop_rates"]["marker"], 1),
+        "Ended with eos (%)": round(100 * result["stop_rates"]["eos"], 1),
+        "Runaway (%)": round(100 * result["stop_rates"]["max_new_tokens"], 1),
         "Length ratio": round(result["length_ratio"], 3),
     }
 
@@ -300,6 +303,13 @@ def translation_table(paths: RunPaths, task: str, points: dict[str, dict], swept
     return pd.DataFrame(rows)
 
 
+STOP_NOTES = {
+    "marker": "",
+    "eos": " *(stopped at eos, no end marker)*",
+    "max_new_tokens": " *(runaway: max_new_tokens)*",
+}
+
+
 def write_samples(paths: RunPaths, task: str, names: dict[str, str], count: int) -> Path:
     """The first `count` test sentences: source, reference and every model's translation."""
     outputs = {label: read_jsonl(paths.eval_translations(task, name)) for label, name in names.items()}
@@ -309,8 +319,7 @@ def write_samples(paths: RunPaths, task: str, names: dict[str, str], count: int)
         md += [f"## {i + 1}. (test id {row['id']})", "", f"- **Source**: {row['source']}"]
         md += [f"- **Reference**: {row['reference']}"]
         for label, rows in outputs.items():
-            runaway = "" if rows[i]["ended_with_marker"] else " *(no end marker)*"
-            md.append(f"- **{label}**: {rows[i]['hypothesis']}{runaway}")
+            md.append(f"- **{label}**: {rows[i]['hypothesis']}{STOP_NOTES[rows[i]['stop']]}")
         md.append("")
     out = Path(paths.report_samples(task))
     with atomic_path(out) as tmp:
@@ -326,8 +335,7 @@ def _samples_html(task: str, outputs: dict[str, list[dict]], count: int) -> str:
     for i, row in enumerate(first[:count]):
         items = [("Source", row["source"]), ("Reference", row["reference"])]
         for label, rows in outputs.items():
-            runaway = " (no end marker)" if not rows[i]["ended_with_marker"] else ""
-            items.append((label, rows[i]["hypothesis"] + runaway))
+            items.append((label, rows[i]["hypothesis"] + STOP_NOTES[rows[i]["stop"]].replace("*", "")))
         lis = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in items)
         body.append(f"<h3>{i + 1}. (test id {html.escape(str(row['id']))})</h3><ul>{lis}</ul>")
     return html_page(f"{task}: sample translations", "\n".join(body))
@@ -359,7 +367,11 @@ def translation_section(
     md += [f"Test sentences: {base['examples']}; decoding: {decoding}, at most {gen['max_new_tokens']} new tokens."]
     md += ["", f"- BLEU signature: `{base['bleu_signature']}`", f"- chrF signature: `{base['chrf_signature']}`"]
     md.append(f"- COMET: {base['comet_model']}" if base.get("comet") is not None else f"- COMET {base['comet_note']}")
-    md += ["- No end marker: share of outputs that never emitted the end-of-translation marker (runaway generations)"]
+    md += [
+        "- Stop reasons: Ended with marker, the share of outputs that emitted the end-of-translation marker; "
+        "Ended with eos, the share that stopped at an end token (eos, <|eot_id|>), as an Instruct model that "
+        "never saw the marker does; Runaway, the share that ran to max_new_tokens (the study's problem)"
+    ]
     names = {"Base model": "base", "Teacher": "teacher", **{f"Distilled {p}": p for p in points}}
     sample_file = write_samples(paths, task, names, samples)
     png = plot_loss_curves(paths, task, points, Path(paths.report_plot(task)))
