@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 from tiny import DEMO_PROMPT, tiny_llama
 
 from kdflow.fileio import read_jsonl, write_jsonl
@@ -243,3 +244,78 @@ def test_init_student_builds_from_layers_or_config_and_checks_the_vocabulary(lm,
     with pytest.raises(ValueError, match=f"teacher vocab_size {source.config.vocab_size}, student vocab_size 350"):
         init_student_lm(tiny_llama(1), teacher, str(tmp_path / "other_tok"), tmp_path / "bad", seed=0)
     assert not (tmp_path / "bad").exists()
+
+
+def test_self_distillation_through_the_cache_is_aligned(lm, tmp_path):
+    """Student = teacher, k = V, T = 1: the per-token forward KL through the real cache and the
+    trainer's response rows is ~0; the same cache rows shifted by one position give a large KL.
+    (A teacher with a wide initialization, so each position's distribution is its own.)"""
+    from kdflow.config import validate_config
+    from kdflow.teacher_translation import read_topk_cache
+    from kdflow.training import training_arguments
+    from kdflow.translation_training import TokenKDTrainer, TranslationCollator, TranslationExamples
+
+    tok = load_lm_tokenizer(str(lm / "teacher"))
+    teacher = causal_lm_from_config(tiny_llama(2, initializer_range=0.3), tok, seed=1)
+    teacher.save_pretrained(tmp_path / "wide")
+    tok.save_pretrained(tmp_path / "wide")
+    vocab = teacher.config.vocab_size
+    cache_teacher_topk(
+        str(tmp_path / "wide"), str(tmp_path / "wide"), lm / "data", DEMO_PROMPT, {**CACHE, "top_k": vocab},
+        MAX_LENGTH, tmp_path / "store", tmp_path / "ptr.json",
+    )  # fmt: skip
+    ids, starts, topk, _ = read_topk_cache(open_pointer(tmp_path / "ptr.json"))
+    assert topk[0][0].shape[-1] == vocab
+    shifted = [tuple(torch.cat([t[1:], t[:1]]) for t in rows) for rows in topk]
+    cfg = validate_config(
+        {"run_name": "s", "translation": {"source": "synthetic", "teacher": {"model": "t"}, "student": {"model": "s"},
+         "distill": {"sweep": {"learning_rate": [1e-3]}}}}
+    )["translation"]["distill"]["training"]  # fmt: skip
+    kl = {}
+    for name, rows in (("aligned", topk), ("shifted", shifted)):
+        data = TranslationExamples(ids, starts, rows)
+        trainer = TokenKDTrainer(
+            model=load_causal_lm(str(tmp_path / "wide")),
+            args=training_arguments(cfg, 1e-3, tmp_path / name),
+            train_dataset=data,
+            eval_dataset=data,
+            data_collator=TranslationCollator(tok.pad_token_id, MAX_LENGTH),
+            alpha=1.0,
+            temperature=1.0,
+        )
+        batch = trainer.data_collator([data[i] for i in range(16)])
+        with torch.no_grad():
+            _, parts, count, _ = trainer.loss_terms(trainer.model, batch)
+            # The student's CE, computed here example by example (no packing): the logits at
+            # positions start-1 .. L-2 predict the response tokens start .. L-1.
+            ce = sum(
+                F.cross_entropy(
+                    trainer.model(torch.tensor([ids[i]])).logits[0, starts[i] - 1 : -1],
+                    torch.tensor(ids[i][starts[i] :]),
+                    reduction="sum",
+                )
+                for i in range(16)
+            )
+        assert count == sum(len(ids[i]) - starts[i] for i in range(16))
+        assert parts["ce"].item() == pytest.approx(ce.item(), rel=1e-5)
+        kl[name] = parts["kd"].item() / count
+    assert abs(kl["aligned"]) < 1e-3, kl  # fp16 log-probabilities: ~1e-5
+    assert kl["shifted"] > 0.5, kl
+
+
+def test_the_student_tokenization_is_checked_against_the_cache(lm, tmp_path):
+    from kdflow.teacher_translation import check_cache_alignment
+
+    run_cache(lm, lm / "data", tmp_path / "store", tmp_path / "ptr.json")
+    entry = open_pointer(tmp_path / "ptr.json")
+    tok = load_lm_tokenizer(str(lm / "teacher"))
+    rows = read_jsonl(lm / "data" / "train.jsonl")
+    check_cache_alignment(entry, rows, tok, make_prompt(tok, DEMO_PROMPT))  # the cache's own tokenization
+    shifted = make_prompt(tok, {**DEMO_PROMPT, "template": "<|begin_of_text|>" + DEMO_PROMPT["template"]})
+    with pytest.raises(RuntimeError, match=r"shard-00000.safetensors: training example 0 .* other prompt ids"):
+        check_cache_alignment(entry, rows, tok, shifted)  # a one-token shift: same counts elsewhere
+    edited = [dict(r) for r in rows]
+    edited[37]["target"] = edited[37]["target"].replace(" ", "  ", 1) + " Oui"
+    with pytest.raises(RuntimeError, match=r"shard-00001.safetensors: training example 37 .* other response ids"):
+        check_cache_alignment(entry, edited, tok, make_prompt(tok, DEMO_PROMPT))
+    check_cache_alignment(entry, edited, tok, make_prompt(tok, DEMO_PROMPT), check_responses=False)  # targets: teacher
