@@ -61,9 +61,12 @@ def classifier_from_config(
 
 
 def load_causal_lm(name_or_path: str, dtype: torch.dtype | None = None) -> PreTrainedModel:
-    """A decoder LM from the hub or a local directory; bf16 on GPUs that have it, else fp32."""
+    """A decoder LM from the hub or a local directory; by default in precision.inference_dtype():
+    bf16 on GPUs that have it natively, fp16 on other GPUs, fp32 on the CPU."""
     if dtype is None:
-        dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+        from .precision import inference_dtype
+
+        dtype = inference_dtype()
     return AutoModelForCausalLM.from_pretrained(hub_path(name_or_path, needs=WEIGHT_PATTERNS), dtype=dtype)
 
 

@@ -20,6 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, Trai
 
 from .fileio import read_json, write_json, write_jsonl
 from .losses import cosine_hidden_loss, distillation_loss
+from .precision import training_precision
 from .progress import ProgressLines, progress
 
 log = logging.getLogger(__name__)
@@ -227,10 +228,13 @@ def training_arguments(
     eval_batch_size: int = 128,
     deepspeed_config: str | None = None,
 ) -> TrainingArguments:
-    """TrainingArguments from the config's `training` block (and a DeepSpeed JSON, if any)."""
+    """TrainingArguments from the config's `training` block (and a DeepSpeed JSON, if any).
+    Mixed precision from the device (precision.py): bf16 where native, fp16 with loss scaling on
+    other GPUs, fp32 on the CPU, unless training.precision says otherwise."""
     accum = train_cfg["gradient_accumulation_steps"]
     per_device = per_device_batch(train_cfg["batch_size"], accum, world_size())
     cuda = torch.cuda.is_available()
+    precision = training_precision(train_cfg.get("precision", "auto"))
     return TrainingArguments(
         output_dir=str(output_dir),
         learning_rate=learning_rate,
@@ -250,7 +254,8 @@ def training_arguments(
         save_total_limit=train_cfg["save_total_limit"],
         seed=train_cfg["seed"],
         data_seed=train_cfg["seed"],
-        bf16=cuda and torch.cuda.is_bf16_supported(),
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         use_cpu=not cuda,
         report_to=[],
         average_tokens_across_devices=True,  # num_items_in_batch counts every process's items (KDTrainer)
