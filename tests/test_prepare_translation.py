@@ -88,20 +88,38 @@ def test_length_ratio_outliers_are_dropped(tmp_path):
     assert sum(s["rows_written"] for s in manifest["splits"].values()) == 4
 
 
-def test_overlong_sources_drop_or_truncate(tmp_path):
+def test_overlong_sources_are_dropped_never_truncated(tmp_path):
     long_pair = ("one two three four five six seven", "un deux trois quatre cinq six sept")
     pairs = numbered_pairs(3) + [long_pair]
-
     dropped = prepare(tmp_path / "drop", pairs, max_source_words=5)
     assert dropped["pool"]["dropped_by_reason"] == {"source_too_long": 1}
-    assert dropped["pool"]["rows_truncated"] == 0
+    rows = [row for split in ("train", "dev", "test") for row in read_split(tmp_path / "drop", split)]
+    assert len(rows) == 3 and all(len(r["source"].split()) <= 5 for r in rows)
+    # A cut source would keep its whole target: no longer a translation pair.
+    with pytest.raises(PrepareError, match="a truncated source no longer matches its whole target"):
+        prepare(tmp_path / "truncate", pairs, max_source_words=5, overlong="truncate")
 
-    kept = prepare(tmp_path / "truncate", pairs, max_source_words=5, overlong="truncate")
-    assert kept["pool"]["dropped_by_reason"] == {}
-    assert kept["pool"]["rows_truncated"] == 1
-    assert sum(s["rows_truncated"] for s in kept["splits"].values()) == 1
-    rows = [row for split in ("train", "dev", "test") for row in read_split(tmp_path / "truncate", split)]
-    assert {"id": 4, "source": "one two three four five", "target": long_pair[1]} in rows
+
+def test_repeated_sources_are_dropped_before_splitting(tmp_path):
+    """Europarl repeats sentences: no source may be in two splits, whatever the seed."""
+    repeated = [
+        ("The debate is closed.", "Le débat est clos."),
+        ("The vote will take place tomorrow.", "Le vote aura lieu demain."),
+    ]
+    pairs = numbered_pairs(12) + repeated * 4 + [("The  debate is closed. ", "Le débat est terminé.")]
+    manifest = prepare(tmp_path, pairs, train_size=None, dev_size=3, test_size=3, seed=0)
+    assert manifest["pool"]["dropped_by_reason"] == {"duplicate_pair": 6, "duplicate_source": 1}
+    assert manifest["pool"]["rows_kept"] == 14
+    sources = {
+        split: [" ".join(r["source"].split()) for r in read_split(tmp_path, split)]
+        for split in ("train", "dev", "test")
+    }
+    assert sum(len(v) for v in sources.values()) == 14
+    for split, values in sources.items():
+        assert len(set(values)) == len(values), split
+    train, dev, test = (set(v) for v in sources.values())
+    assert not (train & dev or train & test or dev & test)
+    assert "first at 13" in " ".join(manifest["pool"]["dropped_examples"])  # where the kept copy is
 
 
 def test_splits_are_deterministic_disjoint_and_sized(tmp_path):

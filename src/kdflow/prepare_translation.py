@@ -5,12 +5,16 @@ into train/dev/test JSONL rows {id, source, target} and write a manifest.
 Europarl is distributed as two line-aligned plain-text files, <stem>.<lang> (europarl-v7.fr-en.en
 and europarl-v7.fr-en.fr). Files whose line counts differ are not aligned: that fails. Pairs that
 cannot be used are dropped and counted per reason, with the first few file:line locations, never
-silently: invalid UTF-8, an empty side, a character-length ratio outlier (checked before any
-truncation), a source longer than max_source_words words (dropped, or truncated and counted).
+silently: invalid UTF-8, an empty side, a character-length ratio outlier, a source longer than
+max_source_words words (a cut source would no longer match its whole target, so overlong pairs are
+dropped, not truncated), and repeats: Europarl repeats many sentences ("The debate is closed."),
+so pairs are deduplicated on the source sentence (whitespace-normalized) before splitting, keeping
+the first (`duplicate_pair`: the same pair again; `duplicate_source`: the same source with another
+target). Train, dev and test therefore share no source sentence.
 
 The three splits are carved from one filtered pool (a seeded shuffle: test first, then dev, then
 train), so every split entry of the manifest repeats the pool's rows_read and dropped_by_reason
-(what report.py prints) next to its own rows_written and rows_truncated.
+(what report.py prints) next to its own rows_written.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from .prepare_glue import PrepareError, SplitStats
 
 log = logging.getLogger(__name__)
 SOURCES = ("hub", "local", "synthetic")
-OVERLONG = ("drop", "truncate")
+OVERLONG = ("drop",)
 SPLITS = ("train", "dev", "test")
 
 
@@ -104,11 +108,14 @@ def load_hub_pairs(
 
 def filter_pairs(
     pairs: list[dict], stats: SplitStats, *, max_source_words: int, overlong: str, max_length_ratio: float
-) -> tuple[list[dict], set[int]]:
-    """Drop length-ratio outliers and overlong sources (or truncate them): (kept pairs, truncated ids)."""
+) -> list[dict]:
+    """Drop length-ratio outliers, overlong sources and repeated sources (the first is kept)."""
     if overlong not in OVERLONG:
-        raise PrepareError(f"overlong must be one of {OVERLONG}, not {overlong!r}")
-    kept, truncated = [], set()
+        raise PrepareError(
+            f"overlong must be one of {OVERLONG}, not {overlong!r}: a truncated source no longer matches its "
+            "whole target, so pairs longer than max_source_words are dropped (and counted)"
+        )
+    kept, seen = [], {}
     for pair in pairs:
         where = f"{stats.source}:{pair['id']}"
         ratio = len(pair["target"]) / len(pair["source"])
@@ -117,14 +124,18 @@ def filter_pairs(
             continue
         words = pair["source"].split()
         if len(words) > max_source_words:
-            if overlong == "drop":
-                stats.drop(where, "source_too_long", f"{len(words)} words")
-                continue
-            pair = {**pair, "source": " ".join(words[:max_source_words])}
-            truncated.add(pair["id"])
+            stats.drop(where, "source_too_long", f"{len(words)} words")
+            continue
+        key = " ".join(words)
+        if key in seen:
+            first = seen[key]
+            same = " ".join(first["target"].split()) == " ".join(pair["target"].split())
+            stats.drop(where, "duplicate_pair" if same else "duplicate_source", f"first at {first['id']}")
+            continue
+        seen[key] = pair
         kept.append(pair)
     stats.rows_kept = len(kept)
-    return kept, truncated
+    return kept
 
 
 def split_pairs(
@@ -196,7 +207,7 @@ def prepare_translation(
     pairs, stats, input_files = _read_source(
         source, local_dir, stem, hub_dataset, hub_config, (source_lang, target_lang)
     )
-    pairs, truncated = filter_pairs(
+    pairs = filter_pairs(
         pairs, stats, max_source_words=max_source_words, overlong=overlong, max_length_ratio=max_length_ratio
     )
     if len(pairs) < dev_size + test_size + 1:
@@ -212,7 +223,7 @@ def prepare_translation(
         "kdflow_version": __version__,
         "settings": settings,
         "input_files": input_files,
-        "pool": {**stats.as_dict(), "rows_truncated": len(truncated)},
+        "pool": stats.as_dict(),
         "splits": {},
     }
     out_dir = Path(out_dir)
@@ -224,7 +235,6 @@ def prepare_translation(
             "rows_read": stats.rows_read,
             "dropped_by_reason": dict(sorted(stats.dropped.items())),
             "rows_written": len(splits[split]),
-            "rows_truncated": sum(row["id"] in truncated for row in splits[split]),
             "file": path.name,
             "sha256": sha256_file(path),
         }

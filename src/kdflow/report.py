@@ -145,7 +145,7 @@ def _manifest_summary(paths: RunPaths, task: str) -> str:
         pool = manifest["pool"]
         lines.append(
             f"- {pool['rows_kept']} pairs kept of {pool['rows_read']} read (dropped: "
-            f"{dropped(pool['dropped_by_reason'])}; truncated: {pool['rows_truncated']})"
+            f"{dropped(pool['dropped_by_reason'])}; duplicates dropped before splitting, so the splits share no source)"
         )
         lines += [f"- {split}: {s['rows_written']} pairs" for split, s in manifest["splits"].items()]
         return "\n".join(lines)
