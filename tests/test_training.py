@@ -291,3 +291,77 @@ def test_gradient_accumulation_matches_one_big_batch(teacher_dir, glue_data, tmp
     for one, two in zip(logs[1], logs[2], strict=True):
         assert two["loss"] == pytest.approx(one["loss"], rel=1e-4)
         assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-3)  # padding differs
+
+
+def job(**training) -> dict:
+    """A distill job's spec as the stage records it (point and the distill block)."""
+    base = {"max_steps": 6, "batch_size": 8, "logging_steps": 1, "eval_steps": 3, "save_steps": 3, "seed": 1}
+    return {"point": {"learning_rate": 1e-3, "alpha": 0.5}, "distill": {"training": {**base, **training}}}
+
+
+def test_changing_only_logging_steps_resumes_a_killed_distillation(teacher_dir, glue_data, tmp_path, caplog):
+    """A 24-hour job keeps its checkpoints when only how it logs changes: it resumes at the step
+    it reached, the new logging interval applies, and it ends with the uninterrupted run's weights."""
+    ref = make_trainer(teacher_dir, glue_data["data"], tmp_path / "ref")
+    train_and_save(ref, job(), tmp_path / "ref" / "model", tmp_path / "ref" / "log.jsonl")
+
+    run = tmp_path / "run"
+    crashing = make_trainer(teacher_dir, glue_data["data"], run, callbacks=[CrashAfter(4)])
+    with pytest.raises(KeyboardInterrupt):
+        train_and_save(crashing, job(), run / "model", run / "log.jsonl")
+    resumed = make_trainer(teacher_dir, glue_data["data"], run, logging_steps=2, eval_steps=2)
+    steps_run = []
+    resumed.add_callback(StepRecorder(steps_run))
+    with caplog.at_level("INFO", logger="kdflow.training"):
+        train_and_save(resumed, job(logging_steps=2, eval_steps=2), run / "model", run / "log.jsonl")
+    assert steps_run == [4, 5, 6]
+    assert "distill.training.logging_steps: 1 -> 2" in caplog.text
+    history = read_jsonl(run / "log.jsonl")
+    assert [h["step"] for h in history if "loss" in h] == [1, 2, 3, 4, 6]  # every step, then every 2nd
+    assert [h["step"] for h in history if "eval_loss" in h] == [3, 4, 6, 6]  # the last: the final evaluation
+    ref_model = load_classifier(str(tmp_path / "ref" / "model"), 3)
+    got = load_classifier(str(run / "model"), 3)
+    for (name, a), b in zip(ref_model.state_dict().items(), got.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_changing_a_setting_of_the_result_starts_over_naming_it(teacher_dir, glue_data, tmp_path, caplog):
+    crashing = make_trainer(teacher_dir, glue_data["data"], tmp_path, callbacks=[CrashAfter(4)])
+    with pytest.raises(KeyboardInterrupt):
+        train_and_save(crashing, job(), tmp_path / "model", tmp_path / "log.jsonl")
+    other = job(logging_steps=2)
+    other["point"]["learning_rate"] = 1e-4
+    steps_run = []
+    again = make_trainer(teacher_dir, glue_data["data"], tmp_path)
+    again.add_callback(StepRecorder(steps_run))
+    with caplog.at_level("WARNING", logger="kdflow.training"):
+        train_and_save(again, other, tmp_path / "model", tmp_path / "log.jsonl")
+    assert steps_run == [1, 2, 3, 4, 5, 6]
+    assert "point.learning_rate: 0.001 -> 0.0001" in caplog.text and "logging_steps" not in caplog.text
+
+
+def test_another_number_of_processes_resumes_without_deepspeed_and_fails_with_it(teacher_dir, glue_data, tmp_path):
+    """The checkpoint's job record says which processes wrote it: without DeepSpeed the whole
+    optimizer state resumes on 1 process; ZeRO partitions it, so that fails before any step."""
+    from kdflow.fileio import read_json, write_json
+
+    crashing = make_trainer(teacher_dir, glue_data["data"], tmp_path, callbacks=[CrashAfter(4)])
+    with pytest.raises(KeyboardInterrupt):
+        train_and_save(crashing, job(), tmp_path / "model", tmp_path / "log.jsonl")
+    record = read_json(tmp_path / "checkpoints" / "job.json")
+    assert record["run"] == {"world_size": 1, "zero_stage": None}
+    write_json(tmp_path / "checkpoints" / "job.json", {**record, "run": {"world_size": 2, "zero_stage": 2}})
+    steps_run = []
+    zero = make_trainer(teacher_dir, glue_data["data"], tmp_path)
+    zero.add_callback(StepRecorder(steps_run))
+    with pytest.raises(
+        RuntimeError,
+        match=r"checkpoint-3 was written by 2 process\(es\) with DeepSpeed ZeRO-2; this job runs 1 process\(es\) with no DeepSpeed",
+    ):
+        train_and_save(zero, job(), tmp_path / "model", tmp_path / "log.jsonl")
+    assert steps_run == [] and (tmp_path / "checkpoints" / "checkpoint-3").is_dir()  # nothing lost
+    write_json(tmp_path / "checkpoints" / "job.json", {**record, "run": {"world_size": 2, "zero_stage": None}})
+    resumed = make_trainer(teacher_dir, glue_data["data"], tmp_path)
+    resumed.add_callback(StepRecorder(steps_run))
+    train_and_save(resumed, job(), tmp_path / "model", tmp_path / "log.jsonl")
+    assert steps_run == [4, 5, 6]

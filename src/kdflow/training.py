@@ -153,6 +153,14 @@ class KDTrainer(Trainer):
         self._part_sums: dict[str, float] = {}
         self._part_steps: set[int] = set()  # the optimizer steps (global_step values) summed in _part_sums
 
+    def evaluate(self, *args, **kwargs):
+        """Evaluation draws no random numbers from the training's generators (a DataLoader iterator
+        takes its seed from the global one), so when it runs (eval_steps) cannot change the
+        trained weights, and a resumed job whose eval_steps changed ends where it would have."""
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            return super().evaluate(*args, **kwargs)
+
     def loss_terms(self, model, inputs) -> tuple[torch.Tensor, dict[str, torch.Tensor], int, object]:
         """The loss summed over the micro-batch's items, its parts (summed, for the log), the
         number of items and the model outputs."""
@@ -293,6 +301,11 @@ class CheckpointGuard(TrainerCallback):
         log.warning("received %s: saving a checkpoint and stopping", signal.Signals(signum).name)
         self.signum = signum
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        # A resumed state carries the checkpoint's logging/eval/save steps: this run's settings win.
+        state.compute_steps(args, state.max_steps)
+        return control
+
     def on_step_end(self, args, state, control, **kwargs):
         if self.signum is not None:
             control.should_save = True
@@ -318,19 +331,101 @@ def last_complete_checkpoint(output_dir: str | Path, remove_incomplete: bool = F
     return None
 
 
-def prepare_checkpoint_dir(output_dir: str | Path, job_spec: dict) -> None:
-    """Keep only checkpoints this same job (same spec) wrote completely; checkpoints of a job
-    with other settings are removed instead of resumed. Called on the main process."""
+# Settings that change how a job runs, not what it computes (up to float rounding): a rerun that
+# changes only these resumes the job's checkpoints, and says so. Any other change (data, cache key,
+# learning rate, alpha, T, loss, tail, seed, global batch, schedule, precision, model) starts over.
+# The number of processes (under `distributed`) is checked on its own: see check_world.
+RESUME_SAFE_KEYS = frozenset(
+    {
+        "logging_steps",
+        "eval_steps",
+        "save_steps",
+        "save_total_limit",
+        "chunk_size",
+        "eval_batch_size",
+        "gradient_accumulation_steps",  # the global batch and the per-item normalization stay
+        "packing",
+        "distributed",
+    }
+)
+
+
+def spec_changes(old, new, prefix: str = "") -> list[str]:
+    """The settings that differ between two job specs, as "key.path: old -> new"."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            path = f"{prefix}.{key}" if prefix else str(key)
+            out += spec_changes(old.get(key), new.get(key), path)
+        return out
+    return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]
+
+
+def result_changes(old: dict, new: dict) -> list[str]:
+    """The changes that alter the result: spec_changes outside RESUME_SAFE_KEYS."""
+    return [c for c in spec_changes(old, new) if not set(c.split(":")[0].split(".")) & RESUME_SAFE_KEYS]
+
+
+def describe_world(run: dict) -> str:
+    stage = run.get("zero_stage")
+    return f"{run['world_size']} process(es) with " + (
+        f"DeepSpeed ZeRO-{stage}" if stage is not None else "no DeepSpeed"
+    )
+
+
+def check_world(previous: dict, current: dict, checkpoint: str) -> None:
+    """A checkpoint written by another number of processes resumes without DeepSpeed (the
+    optimizer state is whole; the data position is counted in global batches). DeepSpeed ZeRO
+    partitions the optimizer state over the processes and cannot load it into another number, or
+    another stage: that fails here, saying why, before any training."""
+    if previous == current:
+        return
+    if previous.get("zero_stage") is None and current.get("zero_stage") is None:
+        log.warning(
+            "resuming %s, written by %s, with %s", checkpoint, describe_world(previous), describe_world(current)
+        )
+        return
+    raise RuntimeError(
+        f"{checkpoint} was written by {describe_world(previous)}; this job runs {describe_world(current)}. "
+        "DeepSpeed ZeRO partitions the optimizer state over the processes and cannot resume it with another "
+        "number of processes or stage: rerun with the same GPUs (KDFLOW_DISTILL_GPUS, "
+        f"distributed.cpu_processes) and deepspeed stage, or delete {Path(checkpoint).parent} to start over"
+    )
+
+
+def checkpoint_plan(output_dir: str | Path, job_spec: dict, run: dict) -> bool:
+    """Whether this job may resume the checkpoints in output_dir (False: there are none, or they
+    belong to a job with other results and are to be removed). Runs on every process before any
+    of them changes the directory, so all decide alike (and all raise, from check_world)."""
     output_dir = Path(output_dir)
+    last = last_complete_checkpoint(output_dir)
+    if last is None:
+        return False
     spec_file = output_dir / "job.json"
-    checkpoints = list(output_dir.glob("checkpoint-*"))
-    same_job = spec_file.is_file() and read_json(spec_file) == job_spec
-    if checkpoints and not same_job:
-        log.warning("%s: checkpoints from a job with other settings, removing them", output_dir)
-        for path in checkpoints:
+    previous = read_json(spec_file) if spec_file.is_file() else {}
+    if "spec" not in previous or "run" not in previous:
+        log.warning("%s: checkpoints without a job record, removing them", output_dir)
+        return False
+    changed = result_changes(previous["spec"], job_spec)
+    if changed:
+        log.warning("%s: checkpoints of a job with other settings (%s): removing them", output_dir, "; ".join(changed))
+        return False
+    check_world(previous["run"], run, last)
+    harmless = spec_changes(previous["spec"], job_spec)
+    if harmless:
+        log.info("resuming despite changed settings that do not change the result: %s", "; ".join(harmless))
+    return True
+
+
+def prepare_checkpoint_dir(output_dir: str | Path, job_spec: dict, run: dict, resume: bool) -> None:
+    """Keep the checkpoints if `resume` (checkpoint_plan), else remove them; record the job's
+    spec and run (number of processes, ZeRO stage) in job.json. Called on the main process."""
+    output_dir = Path(output_dir)
+    if not resume:
+        for path in output_dir.glob("checkpoint-*"):
             shutil.rmtree(path)
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_json(spec_file, job_spec)
+    write_json(output_dir / "job.json", {"spec": job_spec, "run": run})
     last_complete_checkpoint(output_dir, remove_incomplete=True)
 
 
@@ -350,15 +445,18 @@ def train_and_save(
         trainer.add_callback(ProgressLines())
     checkpoints = trainer.args.output_dir
     main = trainer.is_world_process_zero()
+    stage = trainer.accelerator.state.deepspeed_plugin.zero_stage if trainer.is_deepspeed_enabled else None
+    run = {"world_size": trainer.args.world_size, "zero_stage": stage}
+    resume = checkpoint_plan(checkpoints, job_spec, run)
+    trainer.accelerator.wait_for_everyone()  # every process has read the directory before it changes
     if main:
-        prepare_checkpoint_dir(checkpoints, job_spec)
+        prepare_checkpoint_dir(checkpoints, job_spec, run, resume)
     trainer.accelerator.wait_for_everyone()
     last = last_complete_checkpoint(checkpoints)
     if main:
-        stage = trainer.accelerator.state.deepspeed_plugin.zero_stage if trainer.is_deepspeed_enabled else None
         log.info(
             "training on %d process(es) (%s), %s",
-            trainer.args.world_size,
+            run["world_size"],
             trainer.args.device.type,
             f"DeepSpeed ZeRO-{stage}" if stage is not None else "no DeepSpeed",
         )
