@@ -86,6 +86,18 @@ def test_vocabulary_mismatch_fails_with_both_sizes(bpe):
         check_same_vocabulary(bpe, bpe, 128256, 128000)
 
 
+def test_same_size_vocabularies_with_other_ids_are_refused(bpe, tmp_path):
+    """Two tokenizers of the same size whose tokens have other ids: the models' sizes agree, so
+    only the token-to-id check can catch it (KD would compare unrelated tokens)."""
+    pairs = synthetic_pairs(300, seed=2)
+    other = train_bpe_tokenizer([t for _, t in pairs] + [s for s, _ in pairs], tmp_path, vocab_size=400)
+    assert len(other) == len(bpe) == 400 and other.get_vocab() != bpe.get_vocab()
+    with pytest.raises(
+        ValueError, match=r"map tokens to different ids \(\d+ differ, e.g. '.+': teacher id \d+, student id"
+    ):
+        check_same_vocabulary(bpe, other, 400, 400)
+
+
 def test_collator_concatenates_teacher_rows_in_batch_order():
     items = [
         {

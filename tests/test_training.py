@@ -85,18 +85,44 @@ def make_trainer(
     )
 
 
-def test_distillation_logs_loss_parts_and_writes_outputs(teacher_dir, glue_data, tmp_path):
+def test_distillation_loss_is_the_hinton_loss_of_the_batch_and_the_saved_model_is_the_trained_one(
+    teacher_dir, glue_data, tmp_path
+):
+    """The first step's logged KD and CE equal the loss written out here (F.kl_div at T, times
+    T^2; F.cross_entropy) on the Trainer's first batch with the initial weights; the saved model
+    is the trained one, with its tokenizer."""
+    import copy
+
+    import torch.nn.functional as F
+
     trainer = make_trainer(teacher_dir, glue_data["data"], tmp_path)
+    no_dropout(trainer.model)
+    with torch.no_grad():  # a confident head: at ~0 logits every label's CE is log 3 and labels could be swapped
+        trainer.model.classifier.weight.mul_(100.0)
+    initial = copy.deepcopy(trainer.model).eval()
+    batch = next(iter(trainer.get_train_dataloader()))
+    with torch.no_grad():
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+        logits = initial(**inputs).logits
+    kd = (
+        F.kl_div(F.log_softmax(logits / 2.0, -1), F.softmax(batch["teacher_logits"] / 2.0, -1), reduction="batchmean")
+        * 2.0**2
+    )
+    ce = F.cross_entropy(logits, batch["labels"])
     train_and_save(
         trainer, {"job": 1}, tmp_path / "model", tmp_path / "log.jsonl", tokenizer=trainer.data_collator.tokenizer
     )
     history = read_jsonl(tmp_path / "log.jsonl")
     train_logs = [h for h in history if "loss" in h]
     assert [h["step"] for h in train_logs] == [1, 2, 3, 4, 5, 6]
-    for h in train_logs:  # alpha 0.5: the logged loss is the mix of the logged parts
-        assert h["loss"] == pytest.approx(0.5 * h["loss_kd"] + 0.5 * h["loss_ce"], rel=1e-3)
+    assert train_logs[0]["loss_kd"] == pytest.approx(kd.item(), rel=1e-5)
+    assert train_logs[0]["loss_ce"] == pytest.approx(ce.item(), rel=1e-5)
+    assert train_logs[0]["loss"] == pytest.approx(0.5 * kd.item() + 0.5 * ce.item(), abs=1e-4)  # logged to 4 places
     assert [h["step"] for h in history if "eval_loss" in h][-1] == 6
-    assert (tmp_path / "model" / "config.json").is_file() and (tmp_path / "model" / "tokenizer.json").is_file()
+    saved = load_classifier(str(tmp_path / "model"), 3)
+    for (name, a), b in zip(trainer.model.state_dict().items(), saved.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert load_tokenizer(str(tmp_path / "model")).get_vocab() == trainer.data_collator.tokenizer.get_vocab()
     assert not (tmp_path / "checkpoints").exists()  # finished: nothing left to resume
 
 

@@ -146,8 +146,20 @@ def check_same_vocabulary(teacher_tokenizer, student_tokenizer, teacher_vocab: i
             f"teacher and student vocabularies differ: teacher vocab_size {teacher_vocab}, student vocab_size "
             f"{student_vocab}; token-level KD needs identical vocabularies"
         )
-    if teacher_tokenizer.get_vocab() != student_tokenizer.get_vocab():
+    teacher_vocab_map, student_vocab_map = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
+    if teacher_vocab_map != student_vocab_map:
+        differ = sorted(
+            (
+                t
+                for t in set(teacher_vocab_map) | set(student_vocab_map)
+                if teacher_vocab_map.get(t) != student_vocab_map.get(t)
+            ),
+            key=lambda t: min(teacher_vocab_map.get(t, 1 << 62), student_vocab_map.get(t, 1 << 62)),
+        )
+        token = differ[0]
         raise ValueError(
             f"teacher tokenizer ({len(teacher_tokenizer)} tokens) and student tokenizer ({len(student_tokenizer)} "
-            "tokens) map tokens to different ids; token-level KD needs identical vocabularies"
+            f"tokens) map tokens to different ids ({len(differ)} differ, e.g. {token!r}: teacher id "
+            f"{teacher_vocab_map.get(token)}, student id {student_vocab_map.get(token)}); token-level KD needs "
+            "identical vocabularies"
         )
