@@ -1,14 +1,17 @@
 """Top-k teacher cache: bytes per token on disk and KD-loss fidelity against the dense loss.
 
-    python benchmarks/topk_cache.py [--demo results/demo]
+    python benchmarks/topk_cache.py [--demo results/demo] [--point lr0.003_a0.5_T1]
 
-1. Bytes/token of real cache shards (kdflow's shard format: fp16 values, int32 indices, fp32
-   log-sum-exp per response token) for k in {8, 16, 32, 64, 128} at Llama-3's vocabulary
-   (128256), against full bf16 rows (128256 x 2 bytes).
-2. Relative error of the sparse forward-KL KD loss (kdflow.losses.topk_kd) against the dense one,
-   and the teacher probability mass the top-k captures: on synthetic peaked distributions at
-   V = 128256, and on a trained teacher's real distributions (the demo's teacher and a distilled
-   student on the dev split, when --demo points at a finished demo run).
+1. Bytes/token of real cache shards (kdflow's shard format: fp16 top-k log-probabilities, int32
+   indices, fp32 tail log-mass and log-sum-exp per response token) for k in {8, 16, 32, 64, 128}
+   at Llama-3's vocabulary (128256), against full bf16 rows (128256 x 2 bytes).
+2. Relative error of the sparse KD loss (kdflow.losses.topk_kd) against the dense one, for every
+   kind (forward KL, reverse KL, JSD) and tail option (ignore, bucket), with the teacher mass the
+   top-k captures: on synthetic peaked distributions at V = 128256, and on the demo teacher's real
+   distributions (dev split of a finished demo run, --demo) against two students: the base
+   student as distillation starts (built from teacher layers, not trained) and a distilled one.
+   "batch" is the error of the mean loss over all tokens (what a training step sees), "token" the
+   mean of the per-token relative errors.
 """
 
 from __future__ import annotations
@@ -20,57 +23,79 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kdflow.losses import topk_kd
+from kdflow.losses import TAIL_OPTIONS, TOKEN_KD_LOSSES, topk_kd
 from kdflow.teacher_cache import CacheEntry
 
 KS = (8, 16, 32, 64, 128)
 LLAMA3_VOCAB = 128256
 
 
-def dense_forward_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def dense_kd(student: torch.Tensor, teacher: torch.Tensor, kind: str, temperature: float = 1.0) -> torch.Tensor:
+    """The divergence over the full vocabulary, per token, times T^2 (written out, not kdflow's)."""
     log_p, log_q = F.log_softmax(teacher / temperature, -1), F.log_softmax(student / temperature, -1)
-    return (log_p.exp() * (log_p - log_q)).sum(-1) * temperature**2
+    p, q = log_p.exp(), log_q.exp()
+    if kind == "forward_kl":
+        d = (p * (log_p - log_q)).sum(-1)
+    elif kind == "reverse_kl":
+        d = (q * (log_q - log_p)).sum(-1)
+    else:
+        log_m = torch.logaddexp(log_p, log_q) - torch.log(torch.tensor(2.0))
+        d = 0.5 * (p * (log_p - log_m)).sum(-1) + 0.5 * (q * (log_q - log_m)).sum(-1)
+    return d * temperature**2
 
 
 def bytes_per_token(tokens: int = 4096) -> None:
     print(f"## Cache size at vocabulary {LLAMA3_VOCAB} ({tokens} response tokens per shard)")
     full = LLAMA3_VOCAB * 2
     print(f"full bf16 rows: {full} B/token ({full / 1024:.1f} KiB)")
-    print("k     B/token (shard file)   B/token (top-k + lse only)   vs full bf16")
+    print("k     B/token (shard file)   B/token (rows only)   vs full bf16")
     with tempfile.TemporaryDirectory() as tmp:
         for k in KS:
             entry = CacheEntry(tmp, {"k": k})
             entry.dir.mkdir(parents=True)
             logits = torch.randn(tokens, LLAMA3_VOCAB // 8)  # values only matter for their dtype
-            top = logits.topk(k, dim=-1)
+            log_p = logits.log_softmax(-1)
+            top = log_p.topk(k, dim=-1)
             tensors = {
-                "topk_values": top.values.half(),
+                "topk_logprobs": top.values.half(),
                 "topk_indices": (top.indices * 8).int(),
+                "tail_logmass": log_p.scatter(-1, top.indices, float("-inf")).logsumexp(-1),
                 "lse": logits.logsumexp(-1),
             }
             entry.write_shard(0, tensors)
             on_disk = entry.shard_path(0).stat().st_size / tokens
             payload = sum(t.numel() * t.element_size() for t in tensors.values()) / tokens
-            print(f"{k:<5} {on_disk:>10.1f}             {payload:>10.1f}                  1/{full / on_disk:,.0f}")
+            print(f"{k:<5} {on_disk:>10.1f}             {payload:>10.1f}            1/{full / on_disk:,.0f}")
+
+
+def cached(teacher: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What the cache stores for the top-k: fp16 log-probabilities, ids and the tail's log-mass."""
+    log_p = F.log_softmax(teacher.float(), -1)
+    top = log_p.topk(k, dim=-1)
+    tail = log_p.scatter(-1, top.indices, float("-inf")).logsumexp(-1)
+    return top.values.half(), top.indices.int(), tail
 
 
 def fidelity_table(name: str, student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> None:
-    dense = dense_forward_kl(student, teacher, temperature)
-    lse = teacher.logsumexp(-1, keepdim=True)
     print(f"## {name}: {teacher.shape[0]} tokens, vocabulary {teacher.shape[1]}, T = {temperature:g}")
-    print(f"dense forward KL (mean): {dense.mean():.4f}")
-    print("k     captured mass (mean / min)   KD relative error (mean-loss / per-token mean)")
+    dense = {kind: dense_kd(student, teacher, kind, temperature) for kind in TOKEN_KD_LOSSES}
+    print("dense loss (mean per token): " + ", ".join(f"{kind} {d.mean():.4f}" for kind, d in dense.items()))
+    header = " | ".join(f"{kind} {tail}" for kind in TOKEN_KD_LOSSES for tail in TAIL_OPTIONS)
+    print(f"k   | mass (mean / min) | {header}   (relative error, batch / token, %)")
     for k in KS:
         if k > teacher.shape[1]:
             continue
-        top = teacher.topk(k, dim=-1)
-        mass = (top.values - lse).exp().sum(-1)
-        sparse = topk_kd(student, top.values.half(), top.indices.int(), temperature)
-        rel_mean = ((sparse.mean() - dense.mean()).abs() / dense.mean()).item()
-        rel_token = ((sparse - dense).abs() / dense.clamp_min(1e-8)).mean().item()
-        print(
-            f"{k:<5} {mass.mean():.4f} / {mass.min():.4f}            {100 * rel_mean:.3f} % / {100 * rel_token:.3f} %"
-        )
+        logprobs, indices, tail_mass = cached(teacher, k)
+        mass = logprobs.float().exp().sum(-1)
+        cells = []
+        for kind in TOKEN_KD_LOSSES:
+            for tail in TAIL_OPTIONS:
+                sparse = topk_kd(student, logprobs, indices, temperature, kind, tail, tail_mass)
+                d = dense[kind]
+                batch = ((sparse.mean() - d.mean()).abs() / d.mean()).item()
+                token = ((sparse - d).abs() / d.clamp_min(1e-8)).mean().item()
+                cells.append(f"{100 * batch:.2f} / {100 * token:.2f}")
+        print(f"{k:<3} | {mass.mean():.4f} / {mass.min():.4f} | " + " | ".join(cells))
 
 
 def synthetic_peaked(tokens: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,8 +110,8 @@ def synthetic_peaked(tokens: int = 256, seed: int = 0) -> tuple[torch.Tensor, to
 
 
 @torch.no_grad()
-def demo_distributions(run: Path, point: str, max_examples: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher and distilled-student logits on the response tokens of the demo's dev split."""
+def demo_logits(run: Path, model_dirs: list[Path], max_examples: int = 100) -> list[torch.Tensor]:
+    """Each model's logits on the response tokens of the demo's dev split (unpacked batches)."""
     from kdflow.config import load_config
     from kdflow.generation import load_lm_tokenizer
     from kdflow.models import load_causal_lm
@@ -100,30 +125,42 @@ def demo_distributions(run: Path, point: str, max_examples: int = 100) -> tuple[
     batch = TranslationCollator(tok.pad_token_id)([data[i] for i in range(min(max_examples, len(data)))])
     mask = batch["labels"][:, 1:] != -100
     out = []
-    for path in (run / "distill" / "europarl_en_fr" / point / "model", run / "teacher" / "europarl_en_fr" / "model"):
+    for path in model_dirs:
         model = load_causal_lm(str(path), torch.float32).eval()
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
         out.append(logits[mask].float())
-    return out[0], out[1]
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo", type=Path, default=Path("results/demo"), help="a finished demo run")
-    parser.add_argument("--point", default="lr0.003_a0.5_T1", help="the demo student to compare")
+    parser.add_argument("--point", default="lr0.003_a0.5_T1", help="the distilled demo student to compare")
     args = parser.parse_args()
     torch.manual_seed(0)
     bytes_per_token()
     print()
     fidelity_table("Synthetic peaked distributions", *synthetic_peaked())
     print()
-    if (args.demo / "teacher" / "europarl_en_fr" / "model").is_dir():
-        student, teacher = demo_distributions(args.demo, args.point)
-        fidelity_table(f"Demo teacher vs distilled student {args.point}", student, teacher)
+    task = "europarl_en_fr"
+    if not (args.demo / "teacher" / task / "model").is_dir():
+        print(f"(no finished demo run under {args.demo}: run `make demo` for the trained-teacher tables)")
+        return
+    teacher, base, distilled = demo_logits(
+        args.demo,
+        [
+            args.demo / "teacher" / task / "model",
+            args.demo / "student_init" / task,
+            args.demo / "distill" / task / args.point / "model",
+        ],
+    )
+    for temperature in (1.0, 2.0):
+        fidelity_table(
+            f"Demo teacher vs the base student (distillation starts), T={temperature:g}", base, teacher, temperature
+        )
         print()
-        fidelity_table(f"Demo teacher vs distilled student {args.point}", student, teacher, temperature=2.0)
-    else:
-        print(f"(no finished demo run under {args.demo}: run `make demo` for the trained-teacher table)")
+        fidelity_table(f"Demo teacher vs distilled student {args.point}", distilled, teacher, temperature)
+        print()
 
 
 if __name__ == "__main__":

@@ -73,7 +73,23 @@ def test_alpha_sweep_gets_its_own_table_and_numbers_are_the_runs(tmp_path):
         and "train: 9 rows written of 10 read (dropped: short row: 1)" in text
     )
     assert "Teacher: Accuracy m (%) 90, Macro-F1 m 88" in text
-    assert (tmp_path / "run" / "report" / "qqp_loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert "![qqp loss curves](report/qqp_loss.png)" in text
+
+
+def test_loss_curves_plot_each_runs_logged_losses(tmp_path):
+    from kdflow.report import loss_curve_figure
+
+    paths = RunPaths(str(tmp_path / "run"))
+    points = {"lr0.001_a0.5_T2": {}, "lr1e-05_a0.5_T2": {}}
+    fake_run_outputs(paths, "qqp", ["dev"], points)
+    fig = loss_curve_figure(paths, "qqp", points)
+    lines = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in fig.axes[0].get_lines()}
+    assert lines == {
+        "lr0.001_a0.5_T2 train": ([1, 2], [1.0, 0.5]),
+        "lr0.001_a0.5_T2 eval (CE)": ([2], [0.7]),
+        "lr1e-05_a0.5_T2 train": ([1, 2], [0.9, 0.5]),
+        "lr1e-05_a0.5_T2 eval (CE)": ([2], [0.7]),
+    }
 
 
 def test_experiment_tables_study_comparison_and_runtime(tmp_path):

@@ -105,6 +105,15 @@ def html_page(title: str, body: str) -> str:
 
 
 def plot_loss_curves(paths: RunPaths, task: str, points: dict[str, dict], out: Path) -> Path:
+    fig = loss_curve_figure(paths, task, points)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return out
+
+
+def loss_curve_figure(paths: RunPaths, task: str, points: dict[str, dict]):
+    """Each run's training loss (solid) and eval loss (dashed) by step, from its log.jsonl."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for i, point_id in enumerate(points):
         history = read_jsonl(paths.distill_log(task, point_id))
@@ -128,10 +137,7 @@ def plot_loss_curves(paths: RunPaths, task: str, points: dict[str, dict], out: P
     ax.set_title(f"{task.upper()}: student distillation loss")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return out
+    return fig
 
 
 def _manifest_summary(paths: RunPaths, task: str) -> str:
