@@ -68,7 +68,7 @@ def distill_student_lm(
     teacher_tok = load_lm_tokenizer(teacher_tokenizer)
     if tokenizer_fingerprint(teacher_tok) != entry.key_parts["tokenizer"]:
         raise RuntimeError(f"{cache_pointer}: cache built with another tokenizer than {teacher_tokenizer}")
-    student = load_causal_lm(student_path, torch.float32)  # fp32 master weights, bf16 autocast on GPUs
+    student = load_causal_lm(student_path, torch.float32)  # fp32 master weights; mixed precision: precision.py
     check_same_vocabulary(teacher_tok, tokenizer, entry.manifest()["teacher_vocab_size"], student.config.vocab_size)
     prompt = make_prompt(tokenizer, spec["prompt"])
     check_cache_alignment(

@@ -74,7 +74,7 @@ def load_lm(model_spec: str | dict, tokenizer, seed: int):
     """A causal LM named by the config (hub name, local dir) or built from {family, config}."""
     if isinstance(model_spec, dict):
         return causal_lm_from_config(model_spec, tokenizer, seed)
-    return load_causal_lm(model_spec, torch.float32)  # trained: fp32 master weights, bf16 autocast on GPUs
+    return load_causal_lm(model_spec, torch.float32)  # trained: fp32 master weights, mixed precision (precision.py)
 
 
 def train_teacher_lm(

@@ -350,20 +350,23 @@ RESUME_SAFE_KEYS = frozenset(
 )
 
 
-def spec_changes(old, new, prefix: str = "") -> list[str]:
-    """The settings that differ between two job specs, as "key.path: old -> new"."""
+def spec_changes(old, new, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], object, object]]:
+    """The settings that differ between two job specs: (key path, old value, new value)."""
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
         for key in sorted(set(old) | set(new), key=str):
-            path = f"{prefix}.{key}" if prefix else str(key)
-            out += spec_changes(old.get(key), new.get(key), path)
+            out += spec_changes(old.get(key), new.get(key), (*path, str(key)))
         return out
-    return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]
+    return [] if old == new else [(path, old, new)]
 
 
-def result_changes(old: dict, new: dict) -> list[str]:
+def describe_changes(changes: list[tuple[tuple[str, ...], object, object]]) -> str:
+    return "; ".join(f"{'.'.join(path)}: {old!r} -> {new!r}" for path, old, new in changes)
+
+
+def result_changes(old: dict, new: dict) -> list[tuple[tuple[str, ...], object, object]]:
     """The changes that alter the result: spec_changes outside RESUME_SAFE_KEYS."""
-    return [c for c in spec_changes(old, new) if not set(c.split(":")[0].split(".")) & RESUME_SAFE_KEYS]
+    return [change for change in spec_changes(old, new) if not set(change[0]) & RESUME_SAFE_KEYS]
 
 
 def describe_world(run: dict) -> str:
@@ -408,12 +411,14 @@ def checkpoint_plan(output_dir: str | Path, job_spec: dict, run: dict) -> bool:
         return False
     changed = result_changes(previous["spec"], job_spec)
     if changed:
-        log.warning("%s: checkpoints of a job with other settings (%s): removing them", output_dir, "; ".join(changed))
+        log.warning(
+            "%s: checkpoints of a job with other settings (%s): removing them", output_dir, describe_changes(changed)
+        )
         return False
     check_world(previous["run"], run, last)
     harmless = spec_changes(previous["spec"], job_spec)
     if harmless:
-        log.info("resuming despite changed settings that do not change the result: %s", "; ".join(harmless))
+        log.info("resuming despite changed settings that do not change the result: %s", describe_changes(harmless))
     return True
 
 

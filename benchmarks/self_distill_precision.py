@@ -1,0 +1,119 @@
+"""Self-distillation through the cache and the trainer in the device's precision against fp32 on
+the CPU: the check of issue 12 for a lent GPU (Llama-3.2-1B shape from its config, random weights).
+
+    python benchmarks/self_distill_precision.py                                  # tiny shape, CPU only
+    python benchmarks/self_distill_precision.py --shape real --device cuda       # Llama-3.2-1B shape on a GPU
+
+The student is the teacher. The teacher's top-k rows are cached with kdflow's caching code
+(teacher_topk: fp32 LM head; the model in precision.inference_dtype() on the device: bf16 where
+native), stored as the cache stores them (fp16 log-probabilities), and the TokenKDTrainer's loss
+(alpha 0.5, forward KL, T = 1) is computed on them under the Trainer's own mixed-precision
+context (training.precision auto: bf16 autocast on an H100/H200, fp32 master weights). The same
+is computed in fp32 on the CPU. Printed: per-token CE and KD in both, their differences, and how
+far the cached top-k agrees (ids, log-probabilities). With k = V (--top-k 0) the fp32 KD is the
+KL of the model with itself: ~0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import tempfile
+
+import torch
+from common import SHAPES, build, example_lengths, examples
+
+from kdflow.precision import current_device, inference_dtype, training_precision
+from kdflow.teacher_translation import fp32_head, teacher_topk
+from kdflow.training import training_arguments
+from kdflow.translation_training import TokenKDTrainer, TranslationCollator
+
+TRAIN = {
+    "epochs": 1,
+    "max_steps": 1,
+    "batch_size": 8,
+    "gradient_accumulation_steps": 1,
+    "weight_decay": 0.0,
+    "warmup_ratio": 0.0,
+    "lr_scheduler": "constant",
+    "logging_steps": 1,
+    "eval_steps": 10**6,
+    "save_steps": 10**6,
+    "save_total_limit": 1,
+    "seed": 0,
+    "precision": "auto",
+}
+
+
+def run(model, batch: dict, top_k: int, device: str) -> dict[str, torch.Tensor]:
+    """Cache the model's top-k on the batch, then the trainer's per-token CE and KD with the model
+    as its own student, on `device` in the precision kdflow picks there."""
+    cache_dtype = inference_dtype() if device.startswith("cuda") else torch.float32
+    teacher = copy.deepcopy(model).to(device=device, dtype=cache_dtype).eval()
+    logprobs, indices, tail, _ = teacher_topk(teacher, batch, top_k, 1024, fp32_head(teacher))
+    del teacher
+    with tempfile.TemporaryDirectory() as out:
+        trainer = TokenKDTrainer(
+            model=copy.deepcopy(model).to(device=device, dtype=torch.float32),
+            args=training_arguments(TRAIN, 1e-5, out),
+            train_dataset=[],
+            eval_dataset=[],
+            data_collator=TranslationCollator(0),
+            alpha=0.5,
+            temperature=1.0,
+        )
+        inputs = {k: v.to(device) for k, v in batch.items()}
+        inputs |= {"topk_logprobs": logprobs.half(), "topk_indices": indices.int(), "topk_tail": tail}
+        with torch.no_grad(), trainer.compute_loss_context_manager():
+            _, parts, count, _ = trainer.loss_terms(trainer.model, dict(inputs))
+    return {
+        "ce": parts["ce"].float().cpu() / count,
+        "kd": parts["kd"].float().cpu() / count,
+        "logprobs": logprobs.float().cpu(),
+        "indices": indices.cpu(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=SHAPES, default="tiny")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--lengths", default="fixed:256/128")
+    parser.add_argument("--examples", type=int, default=8)
+    parser.add_argument("--top-k", type=int, default=64, help="0: the whole vocabulary")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model = build(SHAPES[args.shape]["student"], "cpu", torch.float32)
+    k = args.top_k or model.config.vocab_size
+    lengths = example_lengths(args.lengths, args.examples)
+    batch = TranslationCollator(0, max(n for n, _ in lengths))(examples(lengths, model.config.vocab_size))
+    device = current_device() if args.device.startswith("cuda") else None
+    print(
+        f"{args.shape} student ({sum(p.numel() for p in model.parameters()) / 1e9:.2f} B params), "
+        f"{sum(n - r for n, r in lengths)} response tokens, top-{k}; device {args.device}"
+        + (
+            f" ({device.name}: training {training_precision('auto', device)}, cache {inference_dtype(device)})"
+            if device
+            else ""
+        )
+    )
+    reference = run(model, batch, k, "cpu")
+    print(f"fp32 CPU:  CE {reference['ce']:.6f}  KD {reference['kd']:.3e} (per token)")
+    if not args.device.startswith("cuda"):
+        print("(no GPU: run with --device cuda on one to compare its precision with these fp32 values)")
+        return
+    got = run(model, batch, k, args.device)
+    print(f"{args.device}: CE {got['ce']:.6f}  KD {got['kd']:.3e} (per token)")
+    print(
+        f"CE difference {abs(got['ce'] - reference['ce']):.2e} ({100 * abs(got['ce'] / reference['ce'] - 1):.3f} %), "
+        f"KD difference {abs(got['kd'] - reference['kd']):.2e}"
+    )
+    same = (got["indices"] == reference["indices"]).float()
+    print(
+        f"cached top-{k}: ids equal {100 * same.mean():.2f} % (top-1 {100 * same[:, 0].mean():.2f} %), "
+        f"log-prob max |diff| on the top-1 {(got['logprobs'][:, 0] - reference['logprobs'][:, 0]).abs().max():.2e}"
+    )
+
+
+if __name__ == "__main__":
+    main()
