@@ -1,6 +1,7 @@
 """Config validation (before any job is planned), sweep expansion, and Snakemake's planning of
 the study config and lint, run for real through the snakemake command line."""
 
+import json
 import os
 import re
 import subprocess
@@ -280,3 +281,25 @@ def test_snakemake_lint_snakefmt_and_ruff_are_clean():
             [sys.executable, "-m", "ruff", *cmd], cwd=REPO, capture_output=True, text=True, timeout=120
         )
         assert ruff.returncode == 0, ruff.stdout + ruff.stderr
+
+
+def test_translation_temperature_other_than_1_needs_the_explicit_option():
+    """A top-k cache holds the teacher at T = 1: the translation sweep defaults to T = 1, and
+    another temperature fails validation unless allow_tempered_topk accepts the bias."""
+    base = {
+        "run_name": "t",
+        "translation": {"source": "synthetic", "teacher": {"model": "t"}, "student": {"model": "s"}},
+    }
+
+    def config(**distill):
+        return json.loads(json.dumps({**base, "translation": {**base["translation"], "distill": distill}}))
+
+    assert validate_config(config(sweep={"learning_rate": [1e-3]}))["translation"]["distill"]["sweep"][
+        "temperature"
+    ] == [1.0]
+    with pytest.raises(
+        ConfigError, match=r"translation.distill.sweep.temperature: 2 with a top-k teacher cache.*allow_tempered_topk"
+    ):
+        validate_config(config(sweep={"learning_rate": [1e-3], "temperature": [1.0, 2.0]}))
+    allowed = validate_config(config(sweep={"learning_rate": [1e-3], "temperature": [2.0]}, allow_tempered_topk=True))
+    assert allowed["translation"]["distill"]["sweep"]["temperature"] == [2.0]

@@ -16,7 +16,7 @@ from tiny import DEMO_PROMPT, tiny_llama
 
 from kdflow.config import validate_config
 from kdflow.distill_translation import distill_student_lm
-from kdflow.fileio import read_jsonl
+from kdflow.fileio import read_jsonl, write_jsonl
 from kdflow.models import causal_lm_from_config, load_causal_lm, train_bpe_tokenizer
 from kdflow.prepare_translation import prepare_translation
 from kdflow.synthetic_translation import write_synthetic_europarl
@@ -51,14 +51,14 @@ def setup(tmp_path_factory):
         cache_cfg,
         128,
         root / "store",
-        root / "cache.json",
+        root / "data.json",
     )
     lengths = [len(r["source"].split()) for r in rows]
     assert max(lengths) >= 2 * min(lengths)  # variable-length pairs
     return root
 
 
-def spec(accumulation: int) -> dict:
+def spec(accumulation: int, max_steps: int = 2) -> dict:
     tr = validate_config(
         {
             "run_name": "n",
@@ -71,7 +71,8 @@ def spec(accumulation: int) -> dict:
                     "sweep": {"learning_rate": [1e-3], "temperature": [1.0]},
                     "loss": "jsd",
                     "training": {
-                        "max_steps": 2,
+                        "max_steps": max_steps,
+                        "epochs": 1,
                         "batch_size": 8,
                         "gradient_accumulation_steps": accumulation,
                         "logging_steps": 1,
@@ -97,16 +98,16 @@ def spec(accumulation: int) -> dict:
 def stage_args(root: Path, out: Path) -> list[str]:
     return [
         "--student", str(root / "student"), "--teacher-tokenizer", str(root / "teacher"),
-        "--data-dir", str(root / "data"), "--cache", str(root / "cache.json"), "--model-out", str(out / "model"),
+        "--data-dir", str(root / "data"), "--cache", str(root / "data.json"), "--model-out", str(out / "model"),
         "--log-out", str(out / "log.jsonl"), "--checkpoints", str(out / "ckpt"),
     ]  # fmt: skip
 
 
-def run_in_process(root: Path, name: str, accumulation: int) -> Path:
+def run_in_process(root: Path, name: str, accumulation: int, max_steps: int = 2, data: str = "data") -> Path:
     out = root / name
-    s = spec(accumulation)
+    s = spec(accumulation, max_steps)
     distill_student_lm(
-        s["point"], s, str(root / "student"), str(root / "teacher"), root / "data", root / "cache.json",
+        s["point"], s, str(root / "student"), str(root / "teacher"), root / data, root / f"{data}.json",
         out / "model", out / "log.jsonl", out / "ckpt",
     )  # fmt: skip
     return out
@@ -150,3 +151,26 @@ def test_one_batch_accumulation_and_two_processes_agree(setup):
             assert h["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-4), (name, h, ref)
         for (param, a), b in zip(models["1 x 8"].state_dict().items(), models[name].state_dict().values(), strict=True):
             torch.testing.assert_close(b, a, rtol=0, atol=1e-5, msg=f"{name}: {param}")
+
+
+def test_a_short_last_accumulation_window_weighs_its_tokens_alike(setup):
+    """20 pairs in batches of 8: the last step has 4 pairs, one micro-batch of 4 when accumulating
+    2 x 4. Per token it must weigh the same as in one batch of 4 (the Trainer counts the window's
+    items, not the configured accumulation steps)."""
+    rows = read_jsonl(setup / "data" / "train.jsonl")
+    extra = [r for r in read_jsonl(setup / "data" / "dev.jsonl")][:4]
+    (setup / "data20").mkdir(exist_ok=True)
+    write_jsonl(setup / "data20" / "train.jsonl", rows + extra)
+    write_jsonl(setup / "data20" / "dev.jsonl", read_jsonl(setup / "data" / "dev.jsonl"))
+    cache_cfg = {**CACHE, "max_new_tokens": 8, "chunk_size": 64}
+    teacher = str(setup / "teacher")
+    cache_teacher_topk(
+        teacher, teacher, setup / "data20", DEMO_PROMPT, cache_cfg, 128, setup / "store", setup / "data20.json"
+    )
+    one = steps(run_in_process(setup, "short_one", 1, max_steps=-1, data="data20"))
+    two = steps(run_in_process(setup, "short_two", 2, max_steps=-1, data="data20"))
+    assert [h["step"] for h in one] == [h["step"] for h in two] == [1, 2, 3]
+    for a, b in zip(one, two, strict=True):
+        for key in ("loss_kd", "loss_ce"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5), (key, a, b)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)

@@ -375,8 +375,9 @@ def test_another_number_of_processes_resumes_without_deepspeed_and_fails_with_it
     with pytest.raises(KeyboardInterrupt):
         train_and_save(crashing, job(), tmp_path / "model", tmp_path / "log.jsonl")
     record = read_json(tmp_path / "checkpoints" / "job.json")
-    assert record["run"] == {"world_size": 1, "zero_stage": None}
-    write_json(tmp_path / "checkpoints" / "job.json", {**record, "run": {"world_size": 2, "zero_stage": 2}})
+    assert record["run"] == {"world_size": 1, "zero_stage": None, "precision": "fp32", "deepspeed_config": None}
+    two = {**record["run"], "world_size": 2}
+    write_json(tmp_path / "checkpoints" / "job.json", {**record, "run": {**two, "zero_stage": 2}})
     steps_run = []
     zero = make_trainer(teacher_dir, glue_data["data"], tmp_path)
     zero.add_callback(StepRecorder(steps_run))
@@ -386,8 +387,98 @@ def test_another_number_of_processes_resumes_without_deepspeed_and_fails_with_it
     ):
         train_and_save(zero, job(), tmp_path / "model", tmp_path / "log.jsonl")
     assert steps_run == [] and (tmp_path / "checkpoints" / "checkpoint-3").is_dir()  # nothing lost
-    write_json(tmp_path / "checkpoints" / "job.json", {**record, "run": {"world_size": 2, "zero_stage": None}})
+    write_json(tmp_path / "checkpoints" / "job.json", {**record, "run": two})
     resumed = make_trainer(teacher_dir, glue_data["data"], tmp_path)
     resumed.add_callback(StepRecorder(steps_run))
     train_and_save(resumed, job(), tmp_path / "model", tmp_path / "log.jsonl")
     assert steps_run == [4, 5, 6]
+
+
+def test_resume_with_other_accumulation_steps_keeps_the_global_batch(teacher_dir, glue_data, tmp_path):
+    """Batch 8 as 1 x 8, killed after step 4, resumed as 2 x 4 accumulated: the Trainer would take
+    the checkpoint's per-device batch (8) and train on 16 per step; the job must end with the
+    uninterrupted run's weights."""
+    ref = no_dropout_trainer(teacher_dir, glue_data["data"], tmp_path / "ref")
+    train_and_save(ref, job(), tmp_path / "ref" / "model", tmp_path / "ref" / "log.jsonl")
+    run = tmp_path / "run"
+    crashing = no_dropout_trainer(teacher_dir, glue_data["data"], run, callbacks=[CrashAfter(4)])
+    with pytest.raises(KeyboardInterrupt):
+        train_and_save(crashing, job(), run / "model", run / "log.jsonl")
+    resumed = no_dropout_trainer(teacher_dir, glue_data["data"], run, gradient_accumulation_steps=2)
+    assert resumed.args.per_device_train_batch_size == 4
+    steps_run = []
+    resumed.add_callback(StepRecorder(steps_run))
+    train_and_save(resumed, job(gradient_accumulation_steps=2), run / "model", run / "log.jsonl")
+    assert steps_run == [4, 5, 6]
+    ref_model = load_classifier(str(tmp_path / "ref" / "model"), 3)
+    got = load_classifier(str(run / "model"), 3)
+    for (name, a), b in zip(ref_model.state_dict().items(), got.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def no_dropout_trainer(*args, **kwargs):
+    trainer = make_trainer(*args, **kwargs)
+    no_dropout(trainer.model)
+    return trainer
+
+
+def test_checkpoints_recorded_without_a_run_record_resume(teacher_dir, glue_data, tmp_path):
+    """job.json as kdflow wrote it before run records (the bare spec): the job still resumes."""
+    from kdflow.fileio import read_json, write_json
+
+    crashing = make_trainer(teacher_dir, glue_data["data"], tmp_path, callbacks=[CrashAfter(4)])
+    with pytest.raises(KeyboardInterrupt):
+        train_and_save(crashing, job(), tmp_path / "model", tmp_path / "log.jsonl")
+    write_json(tmp_path / "checkpoints" / "job.json", read_json(tmp_path / "checkpoints" / "job.json")["spec"])
+    steps_run = []
+    resumed = make_trainer(teacher_dir, glue_data["data"], tmp_path)
+    resumed.add_callback(StepRecorder(steps_run))
+    train_and_save(resumed, job(), tmp_path / "model", tmp_path / "log.jsonl")
+    assert steps_run == [4, 5, 6]
+
+
+def test_another_precision_starts_over(teacher_dir, glue_data, tmp_path, caplog):
+    """The spec says precision auto; the run record says what it was (bf16 on an A100): a
+    rerun that trains in another precision (fp32 here) starts over, naming it."""
+    from kdflow.fileio import read_json, write_json
+
+    crashing = make_trainer(teacher_dir, glue_data["data"], tmp_path, callbacks=[CrashAfter(4)])
+    with pytest.raises(KeyboardInterrupt):
+        train_and_save(crashing, job(), tmp_path / "model", tmp_path / "log.jsonl")
+    record = read_json(tmp_path / "checkpoints" / "job.json")
+    assert record["run"]["precision"] == "fp32"
+    write_json(tmp_path / "checkpoints" / "job.json", {**record, "run": {**record["run"], "precision": "bf16"}})
+    steps_run = []
+    again = make_trainer(teacher_dir, glue_data["data"], tmp_path)
+    again.add_callback(StepRecorder(steps_run))
+    with caplog.at_level("WARNING", logger="kdflow.training"):
+        train_and_save(again, job(), tmp_path / "model", tmp_path / "log.jsonl")
+    assert steps_run == [1, 2, 3, 4, 5, 6] and "run.precision: 'bf16' -> 'fp32'" in caplog.text
+
+
+def test_resume_safe_settings_are_matched_by_their_own_name():
+    from kdflow.training import result_changes
+
+    spec = {
+        "distill": {
+            "training": {"logging_steps": 1, "seed": 1},
+            "distributed": {"cpu_processes": 2, "deepspeed": "zero2", "deepspeed_config": None},
+        }
+    }
+
+    def changed(path, value):
+        import copy
+
+        other = copy.deepcopy(spec)
+        node = other
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+        return [".".join(p) for p, _, _ in result_changes(spec, other)]
+
+    assert changed(("distill", "training", "logging_steps"), 5) == []
+    assert changed(("distill", "distributed", "cpu_processes"), 1) == []  # check_world decides
+    assert changed(("distill", "distributed", "deepspeed_config"), "mine.json") == [
+        "distill.distributed.deepspeed_config"
+    ]
+    assert changed(("distill", "training", "seed"), 2) == ["distill.training.seed"]

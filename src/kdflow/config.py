@@ -75,6 +75,15 @@ def _check_consistency(config: dict) -> None:
                 f"{prefix}teacher.finetune.enabled: a teacher built from a config (teacher.model.family) has "
                 "random weights and must be trained; set it to true or name a fine-tuned model"
             )
+        if prefix == "translation.":
+            tempered = [t for t in block["distill"]["sweep"]["temperature"] if t != 1]
+            if tempered and not block["distill"]["allow_tempered_topk"]:
+                raise ConfigError(
+                    f"translation.distill.sweep.temperature: {tempered[0]:g} with a top-k teacher cache, which holds "
+                    "the teacher at temperature 1 only: its tail cannot be tempered exactly and the KD loss is far "
+                    "from the dense one at T != 1 (benchmarks/README.md). Use temperature 1, or set "
+                    "translation.distill.allow_tempered_topk: true to accept the bias"
+                )
         kind = "translation" if prefix else "glue"
         for role in ("teacher", "student"):
             model = block[role]["model"]

@@ -98,18 +98,22 @@ def cosine_hidden_loss(
 # multiplied by T^2, as in the classification loss above.
 TOKEN_KD_LOSSES = ("forward_kl", "reverse_kl", "jsd")
 TAIL_OPTIONS = ("ignore", "bucket")
-TAIL_FLOOR = 1e-6  # without a cached tail, 1 - sum(top-k) is floored here (fp16 values may sum past 1)
+
+
+def _weighted_log_ratio(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
+    """a * (log a - log b) elementwise, 0 where a = 0 (log a = -inf), as in xlogy."""
+    return torch.where(log_a == float("-inf"), 0.0, log_a.exp() * (log_a - log_b))
 
 
 def _divergence(kind: str, log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """forward KL(p || q), reverse KL(q || p) or JSD(p, q) summed over the last dimension."""
     if kind == "forward_kl":
-        return (log_p.exp() * (log_p - log_q)).sum(-1)
+        return _weighted_log_ratio(log_p, log_q).sum(-1)
     if kind == "reverse_kl":
-        return (log_q.exp() * (log_q - log_p)).sum(-1)
+        return _weighted_log_ratio(log_q, log_p).sum(-1)
     if kind == "jsd":
         log_m = torch.logaddexp(log_p, log_q) - math.log(2.0)
-        return 0.5 * (log_p.exp() * (log_p - log_m)).sum(-1) + 0.5 * (log_q.exp() * (log_q - log_m)).sum(-1)
+        return 0.5 * _weighted_log_ratio(log_p, log_m).sum(-1) + 0.5 * _weighted_log_ratio(log_q, log_m).sum(-1)
     raise ValueError(f"unknown token KD loss {kind!r}; one of {TOKEN_KD_LOSSES}")
 
 
@@ -124,8 +128,8 @@ def topk_kd(
 ) -> torch.Tensor:
     """Per-token KD loss [N] of student logits [N, V] against the teacher's top-k [N, k]
     (log-probabilities at T = 1 and token ids), see the definitions above. teacher_tail [N]: the
-    log of the teacher's tail mass (the cache's `tail_logmass`), for tail "bucket"; without it
-    the tail is 1 - sum(exp(topk_logprobs)), which loses precision when the tail is tiny."""
+    log of the teacher's tail mass (the cache's `tail_logmass`, computed from the full row: 1 -
+    sum(exp(topk_logprobs)) would lose a tiny tail to rounding), needed by tail "bucket"."""
     if tail not in TAIL_OPTIONS:
         raise ValueError(f"unknown tail option {tail!r}; one of {TAIL_OPTIONS}")
     if kind not in TOKEN_KD_LOSSES:
@@ -138,10 +142,8 @@ def topk_kd(
     has_tail = indices.shape[-1] < s.shape[-1]
     if tail == "bucket" and has_tail:
         if teacher_tail is None:
-            log_tail = (1 - t.exp().sum(-1, keepdim=True)).clamp_min(TAIL_FLOOR).log()
-        else:
-            log_tail = teacher_tail.float().reshape(-1, 1)
-        log_p = F.log_softmax(torch.cat([t, log_tail], -1) / temperature, dim=-1)
+            raise ValueError("tail \"bucket\" needs the teacher's tail log-mass (the cache's tail_logmass)")
+        log_p = F.log_softmax(torch.cat([t, teacher_tail.float().reshape(-1, 1)], -1) / temperature, dim=-1)
         student_tail = torch.logsumexp(s.scatter(-1, indices, float("-inf")), dim=-1, keepdim=True) - student_lse
         return _divergence(kind, log_p, torch.cat([log_q, student_tail], -1)) * temperature**2
     log_p = F.log_softmax(t / temperature, dim=-1)  # p_hat: the top-k renormalized at T

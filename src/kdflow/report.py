@@ -359,7 +359,7 @@ def translation_section(
     cache = open_pointer(paths.cache_pointer(task)).manifest()
     md = [f"## Translation ({task})", "", _manifest_summary(paths, task), ""]
     md += [
-        f"Teacher cache: top-{cache['key_parts']['top_k']} logits of {cache['response_tokens']} response tokens, "
+        f"Teacher cache: top-{cache['key_parts']['top_k']} log-probabilities of {cache['response_tokens']} response tokens, "
         f"{cache['bytes_per_token']:.0f} bytes/token, mean captured probability mass "
         f"{100 * cache['mean_captured_mass']:.2f} %, targets: {cache['key_parts']['targets']}.",
         "",

@@ -15,10 +15,11 @@ import sys
 from pathlib import Path
 
 import torch
+from accelerate.utils import broadcast_object_list
 from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 
-from .fileio import read_json, write_json, write_jsonl
+from .fileio import read_json, sha256_file, sha256_json, write_json, write_jsonl
 from .losses import cosine_hidden_loss, distillation_loss
 from .precision import training_precision
 from .progress import ProgressLines, progress
@@ -150,7 +151,7 @@ class KDTrainer(Trainer):
         if teacher is not None:
             teacher.eval().requires_grad_(False)
             teacher.to(self.args.device)
-        self._part_sums: dict[str, float] = {}
+        self._part_sums: dict[str, torch.Tensor] = {}
         self._part_steps: set[int] = set()  # the optimizer steps (global_step values) summed in _part_sums
 
     def evaluate(self, *args, **kwargs):
@@ -196,8 +197,8 @@ class KDTrainer(Trainer):
             denominator, scale = max(count, 1), 1
         loss = total * scale / denominator
         if model.training:
-            for k, v in parts.items():
-                self._part_sums[k] = self._part_sums.get(k, 0.0) + float(v.detach() / denominator)
+            for k, v in parts.items():  # tensors: no host sync per micro-batch
+                self._part_sums[k] = self._part_sums.get(k, 0.0) + v.detach().double() / denominator
             self._part_steps.add(self.state.global_step)
         return (loss, outputs) if return_outputs else loss
 
@@ -206,7 +207,9 @@ class KDTrainer(Trainer):
         over the optimizer steps since the last log, summed over processes like the loss."""
         if "loss" in logs and self._part_sums:
             names, steps = sorted(self._part_sums), len(self._part_steps)
-            sums = torch.tensor([self._part_sums[k] for k in names], dtype=torch.float64, device=self.args.device)
+            sums = torch.stack([torch.as_tensor(self._part_sums[k]).double().reshape(()) for k in names]).to(
+                self.args.device
+            )
             if self.accelerator.num_processes > 1:  # every process logs at the same steps
                 sums = self.accelerator.reduce(sums, reduction="sum")
             logs.update({f"loss_{k}": v / steps for k, v in zip(names, sums.tolist(), strict=True)})
@@ -243,7 +246,7 @@ def training_arguments(
     per_device = per_device_batch(train_cfg["batch_size"], accum, world_size())
     cuda = torch.cuda.is_available()
     precision = training_precision(train_cfg.get("precision", "auto"))
-    return TrainingArguments(
+    args = TrainingArguments(
         output_dir=str(output_dir),
         learning_rate=learning_rate,
         num_train_epochs=train_cfg["epochs"],
@@ -274,6 +277,12 @@ def training_arguments(
         deepspeed=deepspeed_config,
         ddp_backend="gloo" if world_size() > 1 and not cuda else None,
     )
+    if world_size() == 1 and args.n_gpu > 1:
+        # One process that sees several GPUs (a stage started without kdflow.launch) trains on one,
+        # not with DataParallel: the response-row hooks and the per-item normalization assume one
+        # model replica per process. Several GPUs: python -m kdflow.launch (one process per GPU).
+        args._n_gpu = 1
+    return args
 
 
 COMPLETE_MARKER = "kdflow-complete"
@@ -332,9 +341,12 @@ def last_complete_checkpoint(output_dir: str | Path, remove_incomplete: bool = F
 
 
 # Settings that change how a job runs, not what it computes (up to float rounding): a rerun that
-# changes only these resumes the job's checkpoints, and says so. Any other change (data, cache key,
-# learning rate, alpha, T, loss, tail, seed, global batch, schedule, precision, model) starts over.
-# The number of processes (under `distributed`) is checked on its own: see check_world.
+# changes only these resumes the job's checkpoints, and says so. Matched on the setting's own name
+# (the last key of its path in the job spec). Any other change (data, cache key, learning rate,
+# alpha, T, loss, tail, seed, global batch, schedule, model, a DeepSpeed JSON of one's own) starts
+# over; so does another precision or another DeepSpeed JSON content (the job's run record). The
+# number of processes and the ZeRO stage (distributed.cpu_processes, distributed.deepspeed) are
+# checked on their own: see check_world.
 RESUME_SAFE_KEYS = frozenset(
     {
         "logging_steps",
@@ -345,7 +357,8 @@ RESUME_SAFE_KEYS = frozenset(
         "eval_batch_size",
         "gradient_accumulation_steps",  # the global batch and the per-item normalization stay
         "packing",
-        "distributed",
+        "cpu_processes",
+        "deepspeed",
     }
 )
 
@@ -366,7 +379,7 @@ def describe_changes(changes: list[tuple[tuple[str, ...], object, object]]) -> s
 
 def result_changes(old: dict, new: dict) -> list[tuple[tuple[str, ...], object, object]]:
     """The changes that alter the result: spec_changes outside RESUME_SAFE_KEYS."""
-    return [change for change in spec_changes(old, new) if not set(change[0]) & RESUME_SAFE_KEYS]
+    return [change for change in spec_changes(old, new) if change[0][-1] not in RESUME_SAFE_KEYS]
 
 
 def describe_world(run: dict) -> str:
@@ -381,7 +394,8 @@ def check_world(previous: dict, current: dict, checkpoint: str) -> None:
     optimizer state is whole; the data position is counted in global batches). DeepSpeed ZeRO
     partitions the optimizer state over the processes and cannot load it into another number, or
     another stage: that fails here, saying why, before any training."""
-    if previous == current:
+    keys = ("world_size", "zero_stage")
+    if all(previous.get(k) == current.get(k) for k in keys):
         return
     if previous.get("zero_stage") is None and current.get("zero_stage") is None:
         log.warning(
@@ -396,42 +410,90 @@ def check_world(previous: dict, current: dict, checkpoint: str) -> None:
     )
 
 
+RUN_RESULT_KEYS = ("precision", "deepspeed_config")  # in the run record: a change starts over
+
+
 def checkpoint_plan(output_dir: str | Path, job_spec: dict, run: dict) -> bool:
     """Whether this job may resume the checkpoints in output_dir (False: there are none, or they
-    belong to a job with other results and are to be removed). Runs on every process before any
-    of them changes the directory, so all decide alike (and all raise, from check_world)."""
+    belong to a job with other results and are to be removed). Raises (check_world) when they
+    cannot be resumed by this job's processes. Called on the main process only; train_and_save
+    hands its answer to the others."""
     output_dir = Path(output_dir)
     last = last_complete_checkpoint(output_dir)
     if last is None:
         return False
     spec_file = output_dir / "job.json"
-    previous = read_json(spec_file) if spec_file.is_file() else {}
-    if "spec" not in previous or "run" not in previous:
+    if not spec_file.is_file():
         log.warning("%s: checkpoints without a job record, removing them", output_dir)
         return False
+    previous = read_json(spec_file)
+    if "spec" not in previous or "run" not in previous:  # written by kdflow before run records: the bare spec
+        previous = {"spec": previous, "run": None}
     changed = result_changes(previous["spec"], job_spec)
+    if previous["run"] is not None:
+        changed += [
+            (("run", key), previous["run"].get(key), run.get(key))
+            for key in RUN_RESULT_KEYS
+            if previous["run"].get(key) != run.get(key)
+        ]
     if changed:
         log.warning(
             "%s: checkpoints of a job with other settings (%s): removing them", output_dir, describe_changes(changed)
         )
         return False
-    check_world(previous["run"], run, last)
+    if previous["run"] is None:
+        log.warning(
+            "%s: no record of the processes that wrote %s; resuming with %s", output_dir, last, describe_world(run)
+        )
+    else:
+        check_world(previous["run"], run, last)
     harmless = spec_changes(previous["spec"], job_spec)
     if harmless:
         log.info("resuming despite changed settings that do not change the result: %s", describe_changes(harmless))
     return True
 
 
-def prepare_checkpoint_dir(output_dir: str | Path, job_spec: dict, run: dict, resume: bool) -> None:
+def prepare_checkpoint_dir(
+    output_dir: str | Path, job_spec: dict, run: dict, resume: bool, train_batch_size: int | None = None
+) -> None:
     """Keep the checkpoints if `resume` (checkpoint_plan), else remove them; record the job's
-    spec and run (number of processes, ZeRO stage) in job.json. Called on the main process."""
+    spec and run (processes, ZeRO stage, precision, DeepSpeed JSON) in job.json. A resumed
+    checkpoint gets this run's per-device batch (`train_batch_size`): the Trainer takes the
+    checkpoint's otherwise, which after a change of processes or accumulation steps would change
+    the global batch. Called on the main process."""
     output_dir = Path(output_dir)
     if not resume:
         for path in output_dir.glob("checkpoint-*"):
             shutil.rmtree(path)
     output_dir.mkdir(parents=True, exist_ok=True)
     write_json(output_dir / "job.json", {"spec": job_spec, "run": run})
-    last_complete_checkpoint(output_dir, remove_incomplete=True)
+    last = last_complete_checkpoint(output_dir, remove_incomplete=True)
+    if resume and last and train_batch_size is not None:
+        state_file = Path(last) / "trainer_state.json"
+        state = read_json(state_file)
+        if state.get("train_batch_size") != train_batch_size:
+            log.info(
+                "%s: per-device batch %s -> %s (same global batch)",
+                last,
+                state.get("train_batch_size"),
+                train_batch_size,
+            )
+            state["train_batch_size"] = train_batch_size
+            write_json(state_file, state)
+
+
+def run_record(trainer: Trainer) -> dict:
+    """What the job's processes are: their number, the ZeRO stage, the precision they train in
+    and the content of the DeepSpeed JSON (a different one can change the optimizer)."""
+    args = trainer.args
+    stage = trainer.accelerator.state.deepspeed_plugin.zero_stage if trainer.is_deepspeed_enabled else None
+    config = args.deepspeed
+    if isinstance(config, (str, Path)):
+        config = sha256_file(config)
+    elif isinstance(config, dict):
+        config = sha256_json(config)
+    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+    return {"world_size": args.world_size, "zero_stage": stage, "precision": precision, "deepspeed_config": config}
 
 
 def train_and_save(
@@ -450,14 +512,21 @@ def train_and_save(
         trainer.add_callback(ProgressLines())
     checkpoints = trainer.args.output_dir
     main = trainer.is_world_process_zero()
-    stage = trainer.accelerator.state.deepspeed_plugin.zero_stage if trainer.is_deepspeed_enabled else None
-    run = {"world_size": trainer.args.world_size, "zero_stage": stage}
-    resume = checkpoint_plan(checkpoints, job_spec, run)
-    trainer.accelerator.wait_for_everyone()  # every process has read the directory before it changes
+    run = run_record(trainer)
+    stage = run["zero_stage"]
+    # The main process decides whether to resume, and which checkpoint; the others follow (they
+    # might see another file system), or all raise alike.
+    decision: list = [None]
     if main:
-        prepare_checkpoint_dir(checkpoints, job_spec, run, resume)
-    trainer.accelerator.wait_for_everyone()
-    last = last_complete_checkpoint(checkpoints)
+        try:
+            resume = checkpoint_plan(checkpoints, job_spec, run)
+            prepare_checkpoint_dir(checkpoints, job_spec, run, resume, trainer.args.train_batch_size)
+            decision = [("ok", last_complete_checkpoint(checkpoints))]
+        except RuntimeError as error:
+            decision = [("error", str(error))]
+    (outcome, last), *_ = broadcast_object_list(decision)
+    if outcome == "error":
+        raise RuntimeError(last)
     if main:
         log.info(
             "training on %d process(es) (%s), %s",

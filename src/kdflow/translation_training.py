@@ -191,4 +191,4 @@ class TokenKDTrainer(KDTrainer):
             return ce.sum(), {"ce": ce.sum()}, len(targets), {}
         kd_on = ~torch.isin(targets, self.ce_only_ids.to(targets.device))
         per_token = torch.where(kd_on, self.alpha * kd + (1 - self.alpha) * ce, ce)
-        return per_token.sum(), {"ce": ce.sum(), "kd": (kd * kd_on).sum()}, len(targets), {}
+        return per_token.sum(), {"ce": ce.sum(), "kd": torch.where(kd_on, kd, 0.0).sum()}, len(targets), {}
