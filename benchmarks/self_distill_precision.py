@@ -21,28 +21,14 @@ import copy
 import tempfile
 
 import torch
-from common import SHAPES, build, example_lengths, examples
+from common import SHAPES, build, example_lengths, examples, training_config
 
 from kdflow.precision import current_device, inference_dtype, training_precision
 from kdflow.teacher_translation import fp32_head, teacher_topk
 from kdflow.training import training_arguments
 from kdflow.translation_training import TokenKDTrainer, TranslationCollator
 
-TRAIN = {
-    "epochs": 1,
-    "max_steps": 1,
-    "batch_size": 8,
-    "gradient_accumulation_steps": 1,
-    "weight_decay": 0.0,
-    "warmup_ratio": 0.0,
-    "lr_scheduler": "constant",
-    "logging_steps": 1,
-    "eval_steps": 10**6,
-    "save_steps": 10**6,
-    "save_total_limit": 1,
-    "seed": 0,
-    "precision": "auto",
-}
+TRAIN = training_config(batch_size=8, max_steps=1, seed=0)
 
 
 def run(model, batch: dict, top_k: int, device: str) -> dict[str, torch.Tensor]:

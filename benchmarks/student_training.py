@@ -29,6 +29,7 @@ from common import (
     peak_memory,
     reset_peak_memory,
     sync,
+    training_config,
     training_flops,
 )
 from transformers import TrainerCallback
@@ -92,20 +93,7 @@ def main() -> None:
         f"{args.lengths}: mean length {sum(n for n, _ in lengths) / len(lengths):.1f} tokens, "
         f"{sum(n - r for n, r in lengths) / len(lengths):.1f} response; batch {args.batch_size}, top-{args.top_k}"
     )
-    train_cfg = {
-        "batch_size": args.batch_size,
-        "gradient_accumulation_steps": 1,
-        "epochs": 1,
-        "max_steps": steps,
-        "weight_decay": 0.0,
-        "warmup_ratio": 0.0,
-        "lr_scheduler": "constant",
-        "logging_steps": 10**6,
-        "eval_steps": 10**6,
-        "save_steps": 10**6,
-        "save_total_limit": 1,
-        "seed": 0,
-    }
+    train_cfg = training_config(batch_size=args.batch_size, max_steps=steps, save_total_limit=1, seed=0)
     modes = args.modes.split(",")
 
     def run(mode: str) -> tuple[float, float, float, float]:

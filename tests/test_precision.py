@@ -4,6 +4,7 @@ older than fp16 arithmetic; an explicit precision the device lacks fails naming 
 
 import pytest
 import torch
+from test_training import train_cfg
 
 from kdflow.precision import Device, current_device, inference_dtype, training_precision
 
@@ -45,24 +46,8 @@ def test_this_machine_and_the_trainer_arguments():
     from kdflow.training import training_arguments
 
     device = current_device()
-    args = training_arguments({**TRAIN, "precision": "auto"}, 1e-3, "unused")
+    args = training_arguments(train_cfg(precision="auto"), 1e-3, "unused")
     expected = training_precision("auto", device)
     assert (args.bf16, args.fp16) == (expected == "bf16", expected == "fp16")
     if device.kind == "cuda":  # a lent GPU: the emulated-bf16 answer must not decide
         assert device.native_bf16 == torch.cuda.is_bf16_supported(including_emulation=False)
-
-
-TRAIN = {
-    "epochs": 1,
-    "max_steps": 1,
-    "batch_size": 8,
-    "gradient_accumulation_steps": 1,
-    "weight_decay": 0.0,
-    "warmup_ratio": 0.0,
-    "lr_scheduler": "linear",
-    "logging_steps": 1,
-    "eval_steps": 1,
-    "save_steps": 1,
-    "save_total_limit": 1,
-    "seed": 0,
-}
