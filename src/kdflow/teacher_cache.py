@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .fileio import atomic_path, read_json, sha256_file, sha256_json, write_json
@@ -45,8 +46,12 @@ class CacheEntry:
         with atomic_path(self.shard_path(index)) as tmp:
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
 
-    def read_shard(self, index: int) -> dict[str, torch.Tensor]:
-        return load_file(str(self.shard_path(index)))
+    def read_shard(self, index: int, names: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+        """A shard's tensors; with `names`, only those are read from the file."""
+        if names is None:
+            return load_file(str(self.shard_path(index)))
+        with safe_open(str(self.shard_path(index)), framework="pt") as f:
+            return {name: f.get_tensor(name) for name in names if name in f.keys()}
 
     def finish(self, num_shards: int, info: dict) -> dict:
         missing = [i for i in range(num_shards) if not self.has_shard(i)]

@@ -325,7 +325,7 @@ def check_cache_alignment(
     digest when the responses are the data's references (not the teacher's translations). A count
     check would pass a shifted or re-tokenized sequence; a digest does not."""
     for shard_index in range(entry.manifest()["num_shards"]):
-        shard = entry.read_shard(shard_index)
+        shard = entry.read_shard(shard_index, ("example_index", "prompt_digest", "response_digest"))
         if "prompt_digest" not in shard:
             raise RuntimeError(f"{entry.shard_path(shard_index)}: a cache without token digests; rebuild the cache")
         for i, example in enumerate(shard["example_index"].tolist()):
