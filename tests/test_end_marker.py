@@ -10,9 +10,8 @@ from collections import Counter
 
 import pytest
 import torch
-from tiny import DEMO_PROMPT, tiny_llama
+from tiny import DEMO_PROMPT, lm_training, tiny_llama
 
-from kdflow.config import validate_config
 from kdflow.distill_translation import distill_student_lm, init_student_lm
 from kdflow.fileio import read_jsonl
 from kdflow.generation import generate_translations, load_lm_tokenizer
@@ -27,19 +26,6 @@ NO_MARKER = {**DEMO_PROMPT, "template": "<|begin_of_text|>English: {source}\nFre
 CE_ONLY = ["<|end_of_translation|>", "<|eot_id|>"]
 
 
-def training(**over) -> dict:
-    config = {
-        "run_name": "m",
-        "translation": {
-            "source": "synthetic",
-            "teacher": {"model": "t"},
-            "student": {"model": "s"},
-            "distill": {"sweep": {"learning_rate": [1e-3]}, "training": over},
-        },
-    }
-    return validate_config(config)["translation"]["distill"]["training"]
-
-
 @pytest.fixture(scope="module")
 def instruct_teacher(tmp_path_factory):
     """Data, tokenizer, a teacher trained without the marker, its top-8 cache with the marker
@@ -51,7 +37,7 @@ def instruct_teacher(tmp_path_factory):
     train_bpe_tokenizer([r["source"] for r in rows] + [r["target"] for r in rows], root / "tok", 400)
     model = tiny_llama(2, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2)
     steps = {"max_steps": 300, "batch_size": 16, "warmup_ratio": 0.05, "eval_steps": 1000, "save_steps": 1000}
-    finetune = {"learning_rate": 3e-3, "training": training(**steps)}
+    finetune = {"learning_rate": 3e-3, "training": lm_training(**steps)}
     train_teacher_lm(
         model,
         str(root / "tok"),
@@ -79,7 +65,7 @@ def distill_and_generate(root, name: str, ce_only: list[str]) -> Counter:
             "tail": "ignore",
             "chunk_size": 256,
             "ce_only_tokens": ce_only,
-            "training": training(max_steps=80, batch_size=16, eval_steps=1000, save_steps=1000),
+            "training": lm_training(max_steps=80, batch_size=16, eval_steps=1000, save_steps=1000),
         },
         "prompt": DEMO_PROMPT,
         "max_length": 128,

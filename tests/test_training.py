@@ -214,14 +214,19 @@ class CrashAfter(TrainerCallback):
             raise KeyboardInterrupt("simulated preemption")
 
 
+def killed_after(step: int, trainer, spec: dict, out) -> None:
+    """Train until `step`, then die as a killed job does (no signal handling): checkpoints stay."""
+    trainer.add_callback(CrashAfter(step))
+    with pytest.raises(KeyboardInterrupt):
+        train_and_save(trainer, spec, out / "model", out / "log.jsonl")
+
+
 def test_resume_after_a_crash_continues_from_the_checkpoint(teacher_dir, glue_data, tmp_path):
     ref = make_trainer(teacher_dir, glue_data["data"], tmp_path / "ref")
     train_and_save(ref, {"job": 1}, tmp_path / "ref" / "model", tmp_path / "ref" / "log.jsonl")
 
     run = tmp_path / "run"
-    crashing = make_trainer(teacher_dir, glue_data["data"], run, callbacks=[CrashAfter(4)])
-    with pytest.raises(KeyboardInterrupt):
-        train_and_save(crashing, {"job": 1}, run / "model", run / "log.jsonl")
+    killed_after(4, make_trainer(teacher_dir, glue_data["data"], run), {"job": 1}, run)
     assert (run / "checkpoints" / "checkpoint-3").is_dir()
     assert not (run / "model").exists() and not (run / "log.jsonl").exists()  # nothing half-written
 
@@ -239,9 +244,7 @@ def test_resume_after_a_crash_continues_from_the_checkpoint(teacher_dir, glue_da
 
 
 def test_checkpoints_of_a_job_with_other_settings_are_not_resumed(teacher_dir, glue_data, tmp_path):
-    crashing = make_trainer(teacher_dir, glue_data["data"], tmp_path, callbacks=[CrashAfter(4)])
-    with pytest.raises(KeyboardInterrupt):
-        train_and_save(crashing, {"lr": 1e-3}, tmp_path / "model", tmp_path / "log.jsonl")
+    killed_after(4, make_trainer(teacher_dir, glue_data["data"], tmp_path), {"lr": 1e-3}, tmp_path)
     other = make_trainer(teacher_dir, glue_data["data"], tmp_path)
     steps_run = []
     other.add_callback(StepRecorder(steps_run))
@@ -332,9 +335,7 @@ def test_changing_only_logging_steps_resumes_a_killed_distillation(teacher_dir, 
     train_and_save(ref, job(), tmp_path / "ref" / "model", tmp_path / "ref" / "log.jsonl")
 
     run = tmp_path / "run"
-    crashing = make_trainer(teacher_dir, glue_data["data"], run, callbacks=[CrashAfter(4)])
-    with pytest.raises(KeyboardInterrupt):
-        train_and_save(crashing, job(), run / "model", run / "log.jsonl")
+    killed_after(4, make_trainer(teacher_dir, glue_data["data"], run), job(), run)
     resumed = make_trainer(teacher_dir, glue_data["data"], run, logging_steps=2, eval_steps=2)
     steps_run = []
     resumed.add_callback(StepRecorder(steps_run))
@@ -352,9 +353,7 @@ def test_changing_only_logging_steps_resumes_a_killed_distillation(teacher_dir, 
 
 
 def test_changing_a_setting_of_the_result_starts_over_naming_it(teacher_dir, glue_data, tmp_path, caplog):
-    crashing = make_trainer(teacher_dir, glue_data["data"], tmp_path, callbacks=[CrashAfter(4)])
-    with pytest.raises(KeyboardInterrupt):
-        train_and_save(crashing, job(), tmp_path / "model", tmp_path / "log.jsonl")
+    killed_after(4, make_trainer(teacher_dir, glue_data["data"], tmp_path), job(), tmp_path)
     other = job(logging_steps=2)
     other["point"]["learning_rate"] = 1e-4
     steps_run = []
@@ -371,9 +370,7 @@ def test_another_number_of_processes_resumes_without_deepspeed_and_fails_with_it
     optimizer state resumes on 1 process; ZeRO partitions it, so that fails before any step."""
     from kdflow.fileio import read_json, write_json
 
-    crashing = make_trainer(teacher_dir, glue_data["data"], tmp_path, callbacks=[CrashAfter(4)])
-    with pytest.raises(KeyboardInterrupt):
-        train_and_save(crashing, job(), tmp_path / "model", tmp_path / "log.jsonl")
+    killed_after(4, make_trainer(teacher_dir, glue_data["data"], tmp_path), job(), tmp_path)
     record = read_json(tmp_path / "checkpoints" / "job.json")
     assert record["run"] == {"world_size": 1, "zero_stage": None, "precision": "fp32", "deepspeed_config": None}
     two = {**record["run"], "world_size": 2}
@@ -401,9 +398,7 @@ def test_resume_with_other_accumulation_steps_keeps_the_global_batch(teacher_dir
     ref = no_dropout_trainer(teacher_dir, glue_data["data"], tmp_path / "ref")
     train_and_save(ref, job(), tmp_path / "ref" / "model", tmp_path / "ref" / "log.jsonl")
     run = tmp_path / "run"
-    crashing = no_dropout_trainer(teacher_dir, glue_data["data"], run, callbacks=[CrashAfter(4)])
-    with pytest.raises(KeyboardInterrupt):
-        train_and_save(crashing, job(), run / "model", run / "log.jsonl")
+    killed_after(4, no_dropout_trainer(teacher_dir, glue_data["data"], run), job(), run)
     resumed = no_dropout_trainer(teacher_dir, glue_data["data"], run, gradient_accumulation_steps=2)
     assert resumed.args.per_device_train_batch_size == 4
     steps_run = []
@@ -426,9 +421,7 @@ def test_checkpoints_recorded_without_a_run_record_resume(teacher_dir, glue_data
     """job.json as kdflow wrote it before run records (the bare spec): the job still resumes."""
     from kdflow.fileio import read_json, write_json
 
-    crashing = make_trainer(teacher_dir, glue_data["data"], tmp_path, callbacks=[CrashAfter(4)])
-    with pytest.raises(KeyboardInterrupt):
-        train_and_save(crashing, job(), tmp_path / "model", tmp_path / "log.jsonl")
+    killed_after(4, make_trainer(teacher_dir, glue_data["data"], tmp_path), job(), tmp_path)
     write_json(tmp_path / "checkpoints" / "job.json", read_json(tmp_path / "checkpoints" / "job.json")["spec"])
     steps_run = []
     resumed = make_trainer(teacher_dir, glue_data["data"], tmp_path)
@@ -442,9 +435,7 @@ def test_another_precision_starts_over(teacher_dir, glue_data, tmp_path, caplog)
     rerun that trains in another precision (fp32 here) starts over, naming it."""
     from kdflow.fileio import read_json, write_json
 
-    crashing = make_trainer(teacher_dir, glue_data["data"], tmp_path, callbacks=[CrashAfter(4)])
-    with pytest.raises(KeyboardInterrupt):
-        train_and_save(crashing, job(), tmp_path / "model", tmp_path / "log.jsonl")
+    killed_after(4, make_trainer(teacher_dir, glue_data["data"], tmp_path), job(), tmp_path)
     record = read_json(tmp_path / "checkpoints" / "job.json")
     assert record["run"]["precision"] == "fp32"
     write_json(tmp_path / "checkpoints" / "job.json", {**record, "run": {**record["run"], "precision": "bf16"}})

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny import DEMO_PROMPT, tiny_llama
+from tiny import DEMO_PROMPT, lm_training, tiny_llama
 
 from kdflow.fileio import read_jsonl, write_jsonl
 from kdflow.generation import generate_translations, load_lm_tokenizer
@@ -250,7 +250,6 @@ def test_self_distillation_through_the_cache_is_aligned(lm, tmp_path):
     """Student = teacher, k = V, T = 1: the per-token forward KL through the real cache and the
     trainer's response rows is ~0; the same cache rows shifted by one position give a large KL.
     (A teacher with a wide initialization, so each position's distribution is its own.)"""
-    from kdflow.config import validate_config
     from kdflow.teacher_translation import read_topk_cache
     from kdflow.training import training_arguments
     from kdflow.translation_training import TokenKDTrainer, TranslationCollator, TranslationExamples
@@ -267,10 +266,7 @@ def test_self_distillation_through_the_cache_is_aligned(lm, tmp_path):
     ids, starts, topk, _ = read_topk_cache(open_pointer(tmp_path / "ptr.json"))
     assert topk[0][0].shape[-1] == vocab
     shifted = [tuple(torch.cat([t[1:], t[:1]]) for t in rows) for rows in topk]
-    cfg = validate_config(
-        {"run_name": "s", "translation": {"source": "synthetic", "teacher": {"model": "t"}, "student": {"model": "s"},
-         "distill": {"sweep": {"learning_rate": [1e-3]}}}}
-    )["translation"]["distill"]["training"]  # fmt: skip
+    cfg = lm_training()
     kl = {}
     for name, rows in (("aligned", topk), ("shifted", shifted)):
         data = TranslationExamples(ids, starts, rows)
@@ -319,3 +315,19 @@ def test_the_student_tokenization_is_checked_against_the_cache(lm, tmp_path):
     with pytest.raises(RuntimeError, match=r"shard-00001.safetensors: training example 37 .* other response ids"):
         check_cache_alignment(entry, edited, tok, make_prompt(tok, DEMO_PROMPT))
     check_cache_alignment(entry, edited, tok, make_prompt(tok, DEMO_PROMPT), check_responses=False)  # targets: teacher
+
+
+def test_a_teacher_giving_non_finite_values_is_not_cached(lm, tmp_path):
+    model = load_causal_lm(str(lm / "teacher"))
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight[0, 0] = float("nan")
+    model.save_pretrained(tmp_path / "broken")
+    load_lm_tokenizer(str(lm / "teacher")).save_pretrained(tmp_path / "broken")
+    with pytest.raises(
+        RuntimeError, match=r"cache shard 1/4: the teacher gave non-finite topk_logprobs on training examples 0..29"
+    ):
+        cache_teacher_topk(
+            str(tmp_path / "broken"), str(tmp_path / "broken"), lm / "data", DEMO_PROMPT, CACHE, MAX_LENGTH,
+            tmp_path / "store", tmp_path / "ptr.json",
+        )  # fmt: skip
+    assert not list((tmp_path / "store").glob("*/shard-*")) and not (tmp_path / "ptr.json").exists()

@@ -58,3 +58,19 @@ def tiny_llama(layers: int = 2, **config) -> dict:
 
 DEMO_TEMPLATE = "<|begin_of_text|>English: {source}\nFrench: {target}{marker}<|eot_id|>"
 DEMO_PROMPT = {"template": DEMO_TEMPLATE, "end_marker": "<|end_of_translation|>", "marker_token": None}
+
+
+def lm_training(**over) -> dict:
+    """A translation `training` block with the schema's defaults filled in, `over` set."""
+    from kdflow.config import validate_config
+
+    config = {
+        "run_name": "t",
+        "translation": {
+            "source": "synthetic",
+            "teacher": {"model": "t"},
+            "student": {"model": "s"},
+            "distill": {"sweep": {"learning_rate": [1e-3]}, "training": over},
+        },
+    }
+    return validate_config(config)["translation"]["distill"]["training"]

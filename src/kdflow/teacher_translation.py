@@ -208,6 +208,13 @@ def _cache_shard(model, tokenizer, prompt, rows, first_index, settings, desc: st
         rows = [{**r, "target": o["hypothesis"]} for r, o in zip(rows, outputs, strict=True)]
     ids, starts, kept, dropped = encode_rows(rows, tokenizer, prompt, settings["max_length"])
     prompt_digest, response_digest = pair_digests(ids, starts)
+    topk = topk_rows(model, ids, starts, settings, tokenizer.pad_token_id, desc)
+    for name in ("topk_logprobs", "lse"):  # the tail log-mass may be -inf (k = V)
+        if not torch.isfinite(topk[name]).all():
+            raise RuntimeError(
+                f"{desc}: the teacher gave non-finite {name} on training examples {first_index}.."
+                f"{first_index + len(rows) - 1} (NaN weights, or fp16 overflow): nothing of this shard is cached"
+            )
     return {
         "example_index": torch.tensor([first_index + i for i in kept], dtype=torch.int64),
         "lengths": torch.tensor([len(s) for s in ids], dtype=torch.int64),
@@ -215,7 +222,7 @@ def _cache_shard(model, tokenizer, prompt, rows, first_index, settings, desc: st
         "input_ids": torch.tensor([t for s in ids for t in s], dtype=torch.int32),
         "prompt_digest": prompt_digest,
         "response_digest": response_digest,
-        **topk_rows(model, ids, starts, settings, tokenizer.pad_token_id, desc),
+        **topk,
         "dropped_too_long": torch.tensor([dropped], dtype=torch.int64),
     }
 
