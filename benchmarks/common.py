@@ -54,21 +54,11 @@ H100_BF16_TFLOPS = 989.4  # dense bf16 peak of an H100 SXM
 
 
 def training_config(**over) -> dict:
-    """A `training` block as the config schema fills it (defaults), with `over` set: evaluation
-    and checkpoints far beyond the run, a constant learning rate."""
-    from kdflow.config import validate_config
+    """The schema's `training` defaults with `over` set; evaluation and checkpoints beyond the run."""
+    from kdflow.config import training_block
 
     quiet = {"logging_steps": 10**6, "eval_steps": 10**6, "save_steps": 10**6, "lr_scheduler": "constant"}
-    config = {
-        "run_name": "benchmark",
-        "translation": {
-            "source": "synthetic",
-            "teacher": {"model": "t"},
-            "student": {"model": "s"},
-            "distill": {"sweep": {"learning_rate": [1e-5]}, "training": {**quiet, **over}},
-        },
-    }
-    return validate_config(config)["translation"]["distill"]["training"]
+    return training_block(**{**quiet, **over})
 
 
 def build(shape: dict, device: str, dtype: torch.dtype) -> LlamaForCausalLM:

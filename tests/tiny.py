@@ -61,16 +61,7 @@ DEMO_PROMPT = {"template": DEMO_TEMPLATE, "end_marker": "<|end_of_translation|>"
 
 
 def lm_training(**over) -> dict:
-    """A translation `training` block with the schema's defaults filled in, `over` set."""
-    from kdflow.config import validate_config
+    """A `training` block with the schema's defaults filled in, `over` set."""
+    from kdflow.config import training_block
 
-    config = {
-        "run_name": "t",
-        "translation": {
-            "source": "synthetic",
-            "teacher": {"model": "t"},
-            "student": {"model": "s"},
-            "distill": {"sweep": {"learning_rate": [1e-3]}, "training": over},
-        },
-    }
-    return validate_config(config)["translation"]["distill"]["training"]
+    return training_block(**over)

@@ -105,6 +105,21 @@ def family_blocks(config: dict) -> dict[str, dict]:
     return blocks
 
 
+def training_block(**over) -> dict:
+    """A `training` block as the schema fills it (its defaults), with `over` set: for code that
+    builds a Trainer outside a workflow config (benchmarks, tests)."""
+    config = {
+        "run_name": "training",
+        "translation": {
+            "source": "synthetic",
+            "teacher": {"model": "unused"},
+            "student": {"model": "unused"},
+            "distill": {"sweep": {"learning_rate": [1e-3]}, "training": over},
+        },
+    }
+    return validate_config(config)["translation"]["distill"]["training"]
+
+
 def load_config(path: str | Path, schema_path: str | Path = SCHEMA_PATH) -> dict:
     return validate_config(yaml.safe_load(Path(path).read_text()), schema_path)
 
