@@ -14,6 +14,7 @@ import yaml
 from conftest import REPO
 from hub_cache import GLUE_MNLI_README
 from hub_cache import snapshot as hub_snapshot
+from safetensors.torch import save_file
 from tiny import tiny_bert, tiny_llama
 
 from kdflow.assets import (
@@ -157,6 +158,11 @@ def test_demo_config_needs_no_hub_asset():
 
 
 def test_task_names_tokenizers_local_dirs_and_sources(tmp_path):
+    # Local folders (validated as whole before any job) are no assets.
+    (tmp_path / "config.json").write_text("{}")
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "comet" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "comet" / "checkpoints" / "model.ckpt").write_bytes(b"")
     config = validate_config(
         {
             "run_name": "t",

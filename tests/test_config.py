@@ -105,6 +105,102 @@ def test_bad_values_fail_naming_the_key(demo, edit, message):
         validate_config(demo)
 
 
+HOSTILE = ["x$(touch OWNED)", "x`touch OWNED`", "a b", "it's", 'say "hi"', "x;touch OWNED"]
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+@pytest.mark.parametrize(
+    "key",
+    ["teacher.model", "student.tokenizer", "translation.teacher.model", "translation.student.tokenizer"],
+)
+def test_a_model_name_that_is_no_hub_name_and_no_folder_is_refused(demo, tmp_path, monkeypatch, key, value):
+    monkeypatch.chdir(tmp_path)  # relative names are looked up where Snakemake runs
+    block = demo
+    *parents, leaf = key.split(".")
+    for part in parents:
+        block = block[part]
+    block[leaf] = value
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: .* is neither an existing local folder nor a hub name"):
+        validate_config(demo)
+    assert not list(tmp_path.iterdir())  # nothing ran
+
+
+@pytest.mark.parametrize("value", ["en; touch OWNED", "$(id)", "EN", "english", "e n"])
+@pytest.mark.parametrize("key", ["source_lang", "target_lang"])
+def test_language_codes_are_iso_codes(demo, key, value):
+    demo["translation"][key] = value
+    with pytest.raises(ConfigError, match=rf"translation\.{key}: .* does not match"):
+        validate_config(demo)
+
+
+def _model_folder(path: Path, tokenizer: bool = True) -> Path:
+    """A real tiny Llama folder, with its tokenizer files."""
+    from tiny import tiny_llama
+
+    from kdflow.models import causal_lm_from_config, train_bpe_tokenizer
+
+    tok = train_bpe_tokenizer(["le chat", "the cat", "un chien", "a dog"] * 20, path, 300)
+    causal_lm_from_config(tiny_llama(1), tok, seed=0).save_pretrained(path)
+    if not tokenizer:
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            (path / name).unlink(missing_ok=True)
+    return path
+
+
+def test_a_local_model_folder_must_be_whole(demo, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = _model_folder(tmp_path / "teacher")
+    demo["translation"]["teacher"] = {"model": "teacher", "finetune": {"enabled": False}}
+    validate_config(json.loads(json.dumps(demo)))  # whole: accepted
+
+    def refused(message):
+        with pytest.raises(ConfigError, match=message):
+            validate_config(json.loads(json.dumps(demo)))
+
+    demo["translation"]["teacher"]["model"] = "./missing"
+    refused(r"translation\.teacher\.model: './missing' is neither an existing local folder")
+    demo["translation"]["teacher"]["model"] = "teacher"
+    vocab = json.loads((folder / "config.json").read_text())["vocab_size"]
+    demo["translation"]["teacher"]["cache"] = {"top_k": vocab + 1}
+    refused(rf"translation\.teacher\.cache\.top_k: {vocab + 1} is larger than the teacher's vocabulary \({vocab} tok")
+    demo["translation"]["teacher"]["cache"] = {"top_k": vocab}
+    weights = folder / "model.safetensors"
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[:-100])
+    refused(
+        rf"translation\.teacher\.model: local folder teacher: model\.safetensors: {len(whole) - 100} bytes where "
+        rf"its header declares {len(whole)}"
+    )
+    weights.write_bytes(whole)
+    (folder / "tokenizer.json").unlink()
+    refused(r"translation\.teacher\.model: local folder teacher: no tokenizer")
+    demo["translation"]["teacher"]["tokenizer"] = "teacher"
+    refused(r"translation\.teacher\.tokenizer: local folder teacher: no tokenizer")
+    (tmp_path / "empty").mkdir()
+    demo["translation"]["teacher"] |= {"model": "empty", "tokenizer": None}
+    refused(r"translation\.teacher\.model: local folder empty: empty \(left by a job that failed\?\)")
+
+
+@pytest.mark.parametrize(
+    "template, message",
+    [
+        ("English: {source}\nFrench:", r"translation\.prompt\.template must contain \{target\} exactly once"),
+        ("{target} from {source}", r"translation\.prompt\.template: \{source\} must come before \{target\}"),
+        ("{source} {source} {target}", r"must contain \{source\} exactly once"),
+    ],
+)
+def test_a_prompt_template_without_its_fields_fails_validation(demo, template, message):
+    demo["translation"]["prompt"] = {"template": template}
+    with pytest.raises(ConfigError, match=message):
+        validate_config(demo)
+
+
+def test_a_missing_comet_checkpoint_fails_validation(demo, tmp_path):
+    demo["translation"]["evaluate"]["comet"] = {"model": str(tmp_path / "comet/checkpoints/model.ckpt")}
+    with pytest.raises(ConfigError, match=r"translation\.evaluate\.comet\.model: .* neither an existing local"):
+        validate_config(demo)
+
+
 def test_sweep_points_and_ids(demo):
     demo["distill"]["sweep"] = {"learning_rate": [2e-5, 2e-7], "alpha": [0.5, 1.0], "temperature": [2.0]}
     validate_config(demo)

@@ -64,3 +64,25 @@ def test_fingerprints_follow_content_not_location(teacher_dir, tmp_path):
     assert tokenizer_fingerprint(load_tokenizer(str(tmp_path / "tok"))) == tokenizer_fingerprint(tok)
     tok.add_tokens(["newword"])
     assert tokenizer_fingerprint(tok) != tokenizer_fingerprint(load_tokenizer(str(tmp_path / "tok")))
+
+
+def test_loaders_name_the_damaged_file_of_a_local_folder(tmp_path):
+    """A folder kdflow wrote in an earlier job (a distilled student, say), damaged since: the
+    loader says which file is wrong before transformers reads it."""
+    from tiny import tiny_llama
+
+    from kdflow.integrity import ModelFolderError
+    from kdflow.models import causal_lm_from_config, load_causal_lm, load_tokenizer, train_bpe_tokenizer
+
+    tok = train_bpe_tokenizer(["le chat", "the cat", "un chien", "a dog"] * 20, tmp_path / "m", 300)
+    causal_lm_from_config(tiny_llama(1), tok, seed=0).save_pretrained(tmp_path / "m")
+    load_causal_lm(str(tmp_path / "m"))
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1])
+    with pytest.raises(ModelFolderError, match=rf"model: local folder {tmp_path / 'm'}: model\.safetensors: \d+ bytes"):
+        load_causal_lm(str(tmp_path / "m"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelFolderError, match=r"tokenizer: local folder .*empty: empty"):
+        load_tokenizer(str(tmp_path / "empty"))
+    with pytest.raises(ModelFolderError, match=r"model: local folder /no/such/student: does not exist"):
+        load_causal_lm("/no/such/student")

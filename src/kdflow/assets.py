@@ -75,7 +75,7 @@ def missing_message(what: str, cache_dir: str | None = None, detail: str = "") -
     )
 
 
-def _is_repo_id(name: str) -> bool:
+def is_repo_id(name: str) -> bool:
     try:
         validate_repo_id(name)
     except HFValidationError:
@@ -85,7 +85,7 @@ def _is_repo_id(name: str) -> bool:
 
 def _is_hub_name(name: str) -> bool:
     """A string that names a hub repo rather than a local path (an existing path is local)."""
-    return not Path(name).exists() and _is_repo_id(name)
+    return not Path(name).exists() and is_repo_id(name)
 
 
 def _has_match(folder: str | Path, patterns) -> bool:

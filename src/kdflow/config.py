@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 from pathlib import Path
 
 import jsonschema
@@ -67,7 +68,68 @@ def validate_config(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict
 FAMILY_KINDS = {"glue": ("bert",), "translation": ("llama",)}  # model_from_config families per path
 
 
+def _check_model_name(key: str, name: str, *, weights: bool, tokenizer: bool) -> None:
+    """A model or tokenizer the config names is a hub name, or a local folder that is whole
+    (kdflow.integrity): a missing path fails here, not as a hub error jobs later."""
+    from .assets import is_repo_id
+    from .integrity import model_folder_problem
+
+    if not Path(name).exists() and is_repo_id(name):
+        return  # a hub name: prefetch_assets fetches it, or says it cannot
+    if not Path(name).exists():
+        raise ConfigError(
+            f"{key}: {name!r} is neither an existing local folder nor a hub name (org/name: letters, digits, "
+            "'-', '_', '.')"
+        )
+    problem = model_folder_problem(name, weights=weights, tokenizer=tokenizer)
+    if problem:
+        raise ConfigError(f"{key}: local folder {name}: {problem}")
+
+
+def _check_inputs(config: dict) -> None:
+    """What the config names outside itself: model and tokenizer folders, the prompt template,
+    the COMET checkpoint, top_k against a local teacher's vocabulary."""
+    from .assets import is_repo_id
+
+    for prefix, block in family_blocks(config).items():
+        tasks = [translation_task(config)] if prefix else config["glue"]["tasks"]
+        for role in ("teacher", "student"):
+            model, tok = block[role]["model"], block[role].get("tokenizer")
+            for task in tasks:
+                if isinstance(model, str):
+                    name = model.replace("{task}", task)
+                    _check_model_name(f"{prefix}{role}.model", name, weights=True, tokenizer=tok is None)
+                if isinstance(tok, str):
+                    _check_model_name(f"{prefix}{role}.tokenizer", tok.replace("{task}", task), weights=False,
+                                      tokenizer=True)  # fmt: skip
+    tr = config.get("translation")
+    if not tr:
+        return
+    if tr["prompt"]["template"] is not None:
+        from .prompt import Prompt, PromptError
+
+        try:
+            Prompt(template=tr["prompt"]["template"])
+        except PromptError as e:
+            raise ConfigError(f"translation.{e}") from None
+    teacher, top_k = tr["teacher"]["model"], tr["teacher"]["cache"]["top_k"]
+    if isinstance(teacher, str) and (Path(teacher) / "config.json").is_file():
+        vocab = json.loads((Path(teacher) / "config.json").read_text()).get("vocab_size")
+        if vocab and top_k > vocab:
+            raise ConfigError(
+                f"translation.teacher.cache.top_k: {top_k} is larger than the teacher's vocabulary ({vocab} tokens, "
+                f"{teacher}/config.json); top_k = {vocab} caches every token"
+            )
+    comet = tr["evaluate"]["comet"]
+    name = comet["model"]
+    if comet["enabled"] and not Path(name).exists() and (name.endswith(".ckpt") or not is_repo_id(name)):
+        raise ConfigError(
+            f"translation.evaluate.comet.model: {name!r} is neither an existing local checkpoint nor a hub name"
+        )
+
+
 def _check_consistency(config: dict) -> None:
+    _check_inputs(config)
     for prefix, block in family_blocks(config).items():
         teacher = block["teacher"]
         if isinstance(teacher["model"], dict) and not teacher["finetune"]["enabled"]:

@@ -19,11 +19,9 @@ def device() -> torch.device:
 def load_lm_tokenizer(name_or_path: str):
     """A tokenizer for generation and LM training; Llama-3 has no pad token: use its
     <|finetune_right_pad_id|> (or eos). Padding never reaches a loss or an output."""
-    from transformers import AutoTokenizer
+    from .models import load_tokenizer
 
-    from .assets import hub_path
-
-    tokenizer = AutoTokenizer.from_pretrained(hub_path(name_or_path))
+    tokenizer = load_tokenizer(name_or_path)
     if tokenizer.pad_token is None:
         pad = "<|finetune_right_pad_id|>"
         tokenizer.pad_token = pad if pad in tokenizer.get_vocab() else tokenizer.eos_token

@@ -23,7 +23,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from .assets import WEIGHT_PATTERNS, hub_path
+from .assets import WEIGHT_PATTERNS, hub_path, is_repo_id
+from .integrity import check_model_folder
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +38,27 @@ def model_name(spec: str, task: str) -> str:
     return spec.replace("{task}", task)
 
 
+def resolve(name_or_path: str, *, weights: bool) -> str:
+    """Where to load a model (weights=True) or a tokenizer from: a local folder, checked whole
+    first (kdflow.integrity: missing, empty, truncated weights, no tokenizer files), or a hub
+    name from the local cache when offline (assets.hub_path)."""
+    what = "model" if weights else "tokenizer"
+    if Path(name_or_path).exists() or not is_repo_id(name_or_path):
+        check_model_folder(name_or_path, what, weights=weights, tokenizer=not weights)
+        return name_or_path
+    return hub_path(name_or_path, needs=WEIGHT_PATTERNS if weights else ())
+
+
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
-    """A tokenizer from a local directory, or a hub name from the local cache when offline (assets.hub_path)."""
-    return AutoTokenizer.from_pretrained(hub_path(name_or_path))
+    """A tokenizer from a local directory or the hub (resolve)."""
+    return AutoTokenizer.from_pretrained(resolve(name_or_path, weights=False))
 
 
 def load_classifier(name_or_path: str, num_labels: int) -> PreTrainedModel:
-    """A classifier from a local directory, or a hub name from the local cache when offline (assets.hub_path)."""
-    path = hub_path(name_or_path, needs=WEIGHT_PATTERNS)
-    return AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+    """A classifier from a local directory or the hub (resolve)."""
+    return AutoModelForSequenceClassification.from_pretrained(
+        resolve(name_or_path, weights=True), num_labels=num_labels
+    )
 
 
 def classifier_from_config(
@@ -67,7 +80,7 @@ def load_causal_lm(name_or_path: str, dtype: torch.dtype | None = None) -> PreTr
         from .precision import inference_dtype
 
         dtype = inference_dtype()
-    return AutoModelForCausalLM.from_pretrained(hub_path(name_or_path, needs=WEIGHT_PATTERNS), dtype=dtype)
+    return AutoModelForCausalLM.from_pretrained(resolve(name_or_path, weights=True), dtype=dtype)
 
 
 def causal_lm_from_config(spec: dict, tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:

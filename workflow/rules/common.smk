@@ -58,8 +58,13 @@ def assets_input():
 def prefetch_env():
     """prefetch_assets goes online unless the user started Snakemake with HF_HUB_OFFLINE=1."""
     if not PREFETCH_ONLINE:
-        return ""
-    return "HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 TRANSFORMERS_OFFLINE=0"
+        return []
+    return [
+        "env",
+        "HF_HUB_OFFLINE=0",
+        "HF_DATASETS_OFFLINE=0",
+        "TRANSFORMERS_OFFLINE=0",
+    ]
 
 
 def prefetch_spec():
@@ -77,9 +82,13 @@ def glue_tsv_input(wildcards):
     return []
 
 
+# Arguments built here are lists: a rule's shell line quotes each word ({params.x:q}), so no
+# config value (a path with spaces, quotes or $(...)) is ever read by the shell.
+
+
 def glue_tsv_arg(wildcards):
     tsv_dir = plan.glue_tsv_dir(config, wildcards.task, P)
-    return f"--tsv-dir {tsv_dir}" if tsv_dir else ""
+    return ["--tsv-dir", tsv_dir] if tsv_dir else []
 
 
 def tokenizer_inputs(block, task):
@@ -102,12 +111,19 @@ def deepspeed_config_input(dist):
 
 
 def deepspeed_arg(input):
-    return f"--deepspeed {input.deepspeed}" if input.deepspeed else ""
+    return ["--deepspeed", *input.deepspeed]
 
 
 def launch(dist):
     """How a distillation job starts: one process per GPU the job holds (kdflow/launch.py)."""
-    return f"python -m kdflow.launch --cpu-processes {dist['cpu_processes']} --"
+    return [
+        "python",
+        "-m",
+        "kdflow.launch",
+        "--cpu-processes",
+        dist["cpu_processes"],
+        "--",
+    ]
 
 
 def translation_local_dir():

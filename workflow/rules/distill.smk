@@ -45,12 +45,12 @@ if GLUE:
                 }
             ),
         shell:
-            "KDFLOW_THREADS={threads} {params.launch} "
-            "distill --task {wildcards.task} {params.deepspeed} "
-            "--teacher {params.teacher} --teacher-tokenizer {params.teacher_tokenizer} "
-            "--student-tokenizer {params.student_tokenizer} --data-dir {input.data} --cache {input.cache} "
-            "--model-out {output.model} --log-out {output.log} --checkpoints {params.checkpoints} "
-            "--spec {params.spec:q} > {log} 2>&1"
+            "KDFLOW_THREADS={threads} {params.launch:q} "
+            "distill --task {wildcards.task:q} {params.deepspeed:q} "
+            "--teacher {params.teacher:q} --teacher-tokenizer {params.teacher_tokenizer:q} "
+            "--student-tokenizer {params.student_tokenizer:q} --data-dir {input.data:q} --cache {input.cache:q} "
+            "--model-out {output.model:q} --log-out {output.log:q} --checkpoints {params.checkpoints:q} "
+            "--spec {params.spec:q} > {log:q} 2>&1"
 
 
 if TR:
@@ -78,8 +78,8 @@ if TR:
                 }
             ),
         shell:
-            "python -m kdflow init-student-lm --teacher {params.teacher} --tokenizer {params.tokenizer} "
-            "--out {output} --spec {params.spec:q} > {log} 2>&1"
+            "python -m kdflow init-student-lm --teacher {params.teacher:q} --tokenizer {params.tokenizer:q} "
+            "--out {output:q} --spec {params.spec:q} > {log:q} 2>&1"
 
     rule distill_lm:
         input:
@@ -117,7 +117,7 @@ if TR:
                 }
             ),
         shell:
-            "KDFLOW_THREADS={threads} {params.launch} distill-lm {params.deepspeed} "
-            "--student {params.student} --teacher-tokenizer {params.teacher_tokenizer} "
-            "--data-dir {input.data} --cache {input.cache} --model-out {output.model} "
-            "--log-out {output.log} --checkpoints {params.checkpoints} --spec {params.spec:q} > {log} 2>&1"
+            "KDFLOW_THREADS={threads} {params.launch:q} distill-lm {params.deepspeed:q} "
+            "--student {params.student:q} --teacher-tokenizer {params.teacher_tokenizer:q} "
+            "--data-dir {input.data:q} --cache {input.cache:q} --model-out {output.model:q} "
+            "--log-out {output.log:q} --checkpoints {params.checkpoints:q} --spec {params.spec:q} > {log:q} 2>&1"

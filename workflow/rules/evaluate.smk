@@ -25,8 +25,8 @@ if GLUE:
                 }
             ),
         shell:
-            "KDFLOW_THREADS={threads} python -m kdflow evaluate --task {wildcards.task} --model {input.model} "
-            "--data-dir {input.data} --out {output} --name {wildcards.point} --spec {params.spec:q} > {log} 2>&1"
+            "KDFLOW_THREADS={threads} python -m kdflow evaluate --task {wildcards.task:q} --model {input.model:q} "
+            "--data-dir {input.data:q} --out {output:q} --name {wildcards.point:q} --spec {params.spec:q} > {log:q} 2>&1"
 
     rule evaluate_teacher:
         input:
@@ -49,8 +49,8 @@ if GLUE:
                 }
             ),
         shell:
-            "KDFLOW_THREADS={threads} python -m kdflow evaluate --task {wildcards.task} --model {params.model} "
-            "--data-dir {input.data} --out {output} --name teacher --spec {params.spec:q} > {log} 2>&1"
+            "KDFLOW_THREADS={threads} python -m kdflow evaluate --task {wildcards.task:q} --model {params.model:q} "
+            "--data-dir {input.data:q} --out {output:q} --name teacher --spec {params.spec:q} > {log:q} 2>&1"
 
 
 if TR:
@@ -83,6 +83,6 @@ if TR:
                 }
             ),
         shell:
-            "KDFLOW_THREADS={threads} python -m kdflow evaluate-translation --model {params.model} "
-            "--data-dir {input.data} --out {output.metrics} --translations {output.translations} "
-            "--name {wildcards.name} --spec {params.spec:q} > {log} 2>&1"
+            "KDFLOW_THREADS={threads} python -m kdflow evaluate-translation --model {params.model:q} "
+            "--data-dir {input.data:q} --out {output.metrics:q} --translations {output.translations:q} "
+            "--name {wildcards.name:q} --spec {params.spec:q} > {log:q} 2>&1"

@@ -19,7 +19,7 @@ if ASSETS:
             env=prefetch_env(),
             spec=prefetch_spec(),
         shell:
-            "{params.env} python -m kdflow prefetch --out {output} --spec {params.spec:q} > {log} 2>&1"
+            "{params.env:q} python -m kdflow prefetch --out {output:q} --spec {params.spec:q} > {log:q} 2>&1"
 
 
 if GLUE:
@@ -36,8 +36,8 @@ if GLUE:
         params:
             spec=as_json(config["glue"]["synthetic"]),
         shell:
-            "python -m kdflow synthesize-glue --task {wildcards.task} --out {output} "
-            "--spec {params.spec:q} > {log} 2>&1"
+            "python -m kdflow synthesize-glue --task {wildcards.task:q} --out {output:q} "
+            "--spec {params.spec:q} > {log:q} 2>&1"
 
     rule prepare_glue:
         input:
@@ -65,8 +65,8 @@ if GLUE:
                 }
             ),
         shell:
-            "python -m kdflow prepare-glue --task {wildcards.task} {params.tsv} --out {output} "
-            "--spec {params.spec:q} > {log} 2>&1"
+            "python -m kdflow prepare-glue --task {wildcards.task:q} {params.tsv:q} --out {output:q} "
+            "--spec {params.spec:q} > {log:q} 2>&1"
 
     rule train_tokenizer:
         input:
@@ -82,8 +82,8 @@ if GLUE:
         params:
             spec=as_json(config["glue"]["tokenizer_training"]),
         shell:
-            "python -m kdflow train-tokenizer --train {input}/train.jsonl --out {output} "
-            "--spec {params.spec:q} > {log} 2>&1"
+            "python -m kdflow train-tokenizer --train {input:q}/train.jsonl --out {output:q} "
+            "--spec {params.spec:q} > {log:q} 2>&1"
 
 
 if TR:
@@ -100,7 +100,7 @@ if TR:
         params:
             spec=as_json({**TR["synthetic"], "file_stem": TR["file_stem"]}),
         shell:
-            "python -m kdflow synthesize-europarl --out {output} --spec {params.spec:q} > {log} 2>&1"
+            "python -m kdflow synthesize-europarl --out {output:q} --spec {params.spec:q} > {log:q} 2>&1"
 
     rule prepare_translation:
         input:
@@ -116,9 +116,9 @@ if TR:
             "../../envs/kdflow.yaml"
         params:
             local_dir=(
-                f"--local-dir {translation_local_dir()}"
+                ["--local-dir", translation_local_dir()]
                 if translation_local_dir()
-                else ""
+                else []
             ),
             spec=as_json(
                 {
@@ -143,8 +143,8 @@ if TR:
                 }
             ),
         shell:
-            "python -m kdflow prepare-translation {params.local_dir} --out {output} "
-            "--spec {params.spec:q} > {log} 2>&1"
+            "python -m kdflow prepare-translation {params.local_dir:q} --out {output:q} "
+            "--spec {params.spec:q} > {log:q} 2>&1"
 
     rule train_tokenizer_lm:
         input:
@@ -160,5 +160,5 @@ if TR:
         params:
             spec=as_json({"kind": "bpe", **TR["tokenizer_training"]}),
         shell:
-            "python -m kdflow train-tokenizer --train {input}/train.jsonl --out {output} "
-            "--spec {params.spec:q} > {log} 2>&1"
+            "python -m kdflow train-tokenizer --train {input:q}/train.jsonl --out {output:q} "
+            "--spec {params.spec:q} > {log:q} 2>&1"

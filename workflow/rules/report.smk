@@ -55,4 +55,4 @@ rule report:
         root=lambda w, output: os.path.dirname(output.md),
         spec=as_json(report_spec()),
     shell:
-        "python -m kdflow report --root {params.root} --spec {params.spec:q} > {log} 2>&1"
+        "python -m kdflow report --root {params.root:q} --spec {params.spec:q} > {log:q} 2>&1"

@@ -31,9 +31,9 @@ if GLUE:
                 }
             ),
         shell:
-            "KDFLOW_THREADS={threads} python -m kdflow finetune-teacher --task {wildcards.task} "
-            "--tokenizer {params.tokenizer} --data-dir {input.data} --model-out {output.model} "
-            "--log-out {output.log} --checkpoints {params.checkpoints} --spec {params.spec:q} > {log} 2>&1"
+            "KDFLOW_THREADS={threads} python -m kdflow finetune-teacher --task {wildcards.task:q} "
+            "--tokenizer {params.tokenizer:q} --data-dir {input.data:q} --model-out {output.model:q} "
+            "--log-out {output.log:q} --checkpoints {params.checkpoints:q} --spec {params.spec:q} > {log:q} 2>&1"
 
     rule cache_teacher:
         input:
@@ -60,9 +60,9 @@ if GLUE:
                 }
             ),
         shell:
-            "KDFLOW_THREADS={threads} python -m kdflow cache-teacher --task {wildcards.task} "
-            "--teacher {params.teacher} --tokenizer {params.tokenizer} --data-dir {input.data} "
-            "--store {params.store} --out {output} --spec {params.spec:q} > {log} 2>&1"
+            "KDFLOW_THREADS={threads} python -m kdflow cache-teacher --task {wildcards.task:q} "
+            "--teacher {params.teacher:q} --tokenizer {params.tokenizer:q} --data-dir {input.data:q} "
+            "--store {params.store:q} --out {output:q} --spec {params.spec:q} > {log:q} 2>&1"
 
 
 if TR:
@@ -96,9 +96,9 @@ if TR:
                 }
             ),
         shell:
-            "KDFLOW_THREADS={threads} python -m kdflow train-teacher-lm --tokenizer {params.tokenizer} "
-            "--data-dir {input.data} --model-out {output.model} --log-out {output.log} "
-            "--checkpoints {params.checkpoints} --spec {params.spec:q} > {log} 2>&1"
+            "KDFLOW_THREADS={threads} python -m kdflow train-teacher-lm --tokenizer {params.tokenizer:q} "
+            "--data-dir {input.data:q} --model-out {output.model:q} --log-out {output.log:q} "
+            "--checkpoints {params.checkpoints:q} --spec {params.spec:q} > {log:q} 2>&1"
 
     rule cache_teacher_lm:
         input:
@@ -127,6 +127,6 @@ if TR:
                 }
             ),
         shell:
-            "KDFLOW_THREADS={threads} python -m kdflow cache-teacher-lm --teacher {params.teacher} "
-            "--tokenizer {params.tokenizer} --data-dir {input.data} --store {params.store} --out {output} "
-            "--spec {params.spec:q} > {log} 2>&1"
+            "KDFLOW_THREADS={threads} python -m kdflow cache-teacher-lm --teacher {params.teacher:q} "
+            "--tokenizer {params.tokenizer:q} --data-dir {input.data:q} --store {params.store:q} --out {output:q} "
+            "--spec {params.spec:q} > {log:q} 2>&1"
