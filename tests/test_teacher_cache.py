@@ -6,8 +6,8 @@ import torch
 
 from kdflow.fileio import read_json, read_jsonl
 from kdflow.models import load_classifier, load_tokenizer
-from kdflow.teacher import cache_teacher_logits
-from kdflow.teacher_cache import CacheEntry, open_pointer
+from kdflow.teacher import cache_teacher_logits, class_logits_problem
+from kdflow.teacher_cache import CacheDamaged, CacheEntry, open_pointer
 from kdflow.training import PairClassificationDataset, PairCollator, predict_logits
 
 
@@ -20,7 +20,7 @@ def run_cache(teacher_dir, data_dir, store, pointer, max_length=32):
 def test_round_trip_matches_the_teacher(teacher_dir, glue_data, tmp_path):
     manifest = run_cache(teacher_dir, glue_data["data"], tmp_path / "store", tmp_path / "mnli.json")
     entry = open_pointer(tmp_path / "mnli.json")
-    cached = entry.read_all()
+    cached = entry.read_all(class_logits_problem(3))
     rows = read_jsonl(glue_data["data"] / "train.jsonl")
     assert cached["logits"].shape == (len(rows), 3) and manifest["rows"] == len(rows)
     tok = load_tokenizer(str(teacher_dir))
@@ -87,7 +87,7 @@ def test_incomplete_entry_is_not_trusted(tmp_path):
         open_pointer(pointer)
     entry.write_shard(1, {"x": torch.arange(3, 5)})
     entry.finish(2, {})
-    assert torch.equal(open_pointer(pointer).read_all()["x"], torch.arange(5))
+    assert torch.equal(open_pointer(pointer).read_all(lambda shard: None)["x"], torch.arange(5))
     assert not list(tmp_path.rglob(".*tmp*"))  # atomic writes leave no temporaries
 
 
@@ -99,3 +99,19 @@ def test_pointer_refuses_other_training_data(teacher_dir, glue_data, tmp_path):
     other.write_text(train.read_text().replace("a", "b", 1))
     with pytest.raises(RuntimeError, match=f"built from other training data than {other}"):
         open_pointer(tmp_path / "mnli.json", other)
+
+
+def test_nan_logits_are_refused_and_the_cache_rule_rebuilds_them(teacher_dir, glue_data, tmp_path):
+    """A shard whose checksums are right but whose logits are NaN (a writer's bug) is refused
+    before training, naming the file; rerunning the cache rule recomputes it, as built first."""
+    run_cache(teacher_dir, glue_data["data"], tmp_path / "store", tmp_path / "a.json")
+    entry = open_pointer(tmp_path / "a.json")
+    good = entry.read_shard(0)
+    entry.write_shard(0, {**good, "logits": good["logits"].index_fill(0, torch.tensor([7]), float("nan"))})
+    with pytest.raises(CacheDamaged, match=r"shard-00000.safetensors: non-finite teacher logits for 1 examples "
+                       r"\(the first: training example 7\).*--forcerun cache_teacher "):  # fmt: skip
+        open_pointer(tmp_path / "a.json").read_all(class_logits_problem(3))
+    run_cache(teacher_dir, glue_data["data"], tmp_path / "store", tmp_path / "b.json")
+    assert read_json(tmp_path / "b.json")["reused"] is False and read_json(tmp_path / "b.json")["key"] == entry.key
+    rebuilt = open_pointer(tmp_path / "b.json").read_all(class_logits_problem(3))
+    assert all(torch.equal(rebuilt[k], good[k]) for k in good)

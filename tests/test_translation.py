@@ -331,3 +331,68 @@ def test_a_teacher_giving_non_finite_values_is_not_cached(lm, tmp_path):
             tmp_path / "store", tmp_path / "ptr.json",
         )  # fmt: skip
     assert not list((tmp_path / "store").glob("*/shard-*")) and not (tmp_path / "ptr.json").exists()
+
+
+def _truncate(path, entry, index):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+
+
+def _flip_a_byte(path, entry, index):
+    data = bytearray(path.read_bytes())
+    data[len(data) - 1000] ^= 0x40  # inside the tensors' data, past the header
+    path.write_bytes(bytes(data))
+
+
+def _nan_logprob(path, entry, index):  # a writer's bug: the checksums match the NaN
+    shard = entry.read_shard(index)
+    shard["topk_logprobs"][5, 0] = float("nan")
+    entry.write_shard(index, shard)
+
+
+def _index_outside_the_vocabulary(path, entry, index):
+    shard = entry.read_shard(index)
+    shard["topk_indices"][3, 2] = entry.manifest()["teacher_vocab_size"] + 5
+    entry.write_shard(index, shard)
+
+
+DAMAGE = {
+    "truncated": (_truncate, "unreadable"),
+    "flipped byte": (_flip_a_byte, r"tensor '\w+' fails its checksum"),
+    "NaN": (_nan_logprob, r"non-finite top-k log-probabilities in 1 of \d+ token rows \(the first: row 5\)"),
+    "index out of range": (_index_outside_the_vocabulary, r"topk_indices holds \d+, outside the teacher's vocabulary"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_cache_is_refused_before_training_and_rebuilt_by_its_rule(lm, tmp_path, damage):
+    from kdflow.distill_translation import distill_student_lm
+    from kdflow.teacher_cache import CacheDamaged
+
+    run_cache(lm, lm / "data", tmp_path / "store", tmp_path / "ptr.json")
+    entry = open_pointer(tmp_path / "ptr.json")
+    good = {i: entry.shard_path(i).read_bytes() for i in range(4)}
+    damage_shard, message = DAMAGE[damage]
+    damage_shard(entry.shard_path(1), entry, 1)
+    spec = {
+        "point": {"learning_rate": 1e-3, "alpha": 0.5, "temperature": 1.0},
+        "distill": {"loss": "forward_kl", "tail": "ignore", "chunk_size": 64, "ce_only_tokens": [],
+                    "training": lm_training()},
+        "prompt": DEMO_PROMPT, "max_length": MAX_LENGTH, "packing": True, "eval_batch_size": 8,
+    }  # fmt: skip
+    expected = rf"{entry.shard_path(1)}: {message}.*snakemake --forcerun cache_teacher_lm"
+    with pytest.raises(CacheDamaged, match=expected):
+        distill_student_lm(
+            spec["point"], spec, str(lm / "teacher"), str(lm / "teacher"), lm / "data", tmp_path / "ptr.json",
+            tmp_path / "out", tmp_path / "log.jsonl", tmp_path / "ckpt",
+        )  # fmt: skip
+    assert not (tmp_path / "out").exists() and not (tmp_path / "ckpt").exists()  # refused before training
+
+    # Forcing the cache rule (Snakemake deletes its pointer and reruns it): only shard 1 is
+    # recomputed, and the entry is again what was first built.
+    (tmp_path / "ptr.json").unlink()
+    mtimes = {i: entry.shard_path(i).stat().st_mtime_ns for i in (0, 2, 3)}
+    again = run_cache(lm, lm / "data", tmp_path / "store", tmp_path / "ptr.json")
+    assert again["key"] == entry.key and open_pointer(tmp_path / "ptr.json").key == entry.key
+    assert {i: entry.shard_path(i).stat().st_mtime_ns for i in (0, 2, 3)} == mtimes
+    assert {i: entry.shard_path(i).read_bytes() for i in range(4)} == good

@@ -13,6 +13,7 @@ from transformers import AutoModelForSequenceClassification
 from .fileio import read_jsonl
 from .models import classifier_from_config, load_classifier, load_tokenizer, student_from_teacher
 from .prepare_glue import GLUE_TASKS
+from .teacher import class_logits_problem
 from .teacher_cache import open_pointer
 from .training import KDTrainer, PairClassificationDataset, PairCollator, train_and_save, training_arguments
 
@@ -64,7 +65,7 @@ def distill_student(
     data_dir = Path(data_dir)
     train_file = data_dir / "train.jsonl"
     entry = open_pointer(cache_pointer, train_file)
-    cached = entry.read_all()
+    cached = entry.read_all(class_logits_problem(len(labels)))  # checksums and values, before training
 
     tokenizer = load_tokenizer(student_tokenizer)
     student_spec = spec["student"]["model"]

@@ -91,7 +91,7 @@ def cache_teacher_logits(
         "max_length": max_length,
     }
     entry = CacheEntry(store, key_parts)
-    reused = entry.is_complete()
+    reused = entry.reuse(class_logits_problem(len(labels)))
     if reused:
         log.info("teacher cache %s is up to date, not recomputed", entry.dir)
     else:
@@ -113,3 +113,21 @@ def cache_teacher_logits(
         )
     write_pointer(pointer_out, entry, reused)
     return read_json(entry.manifest_path)
+
+
+def class_logits_problem(num_labels: int):
+    """The value check of a GLUE cache shard: finite logits, one row of num_labels per example,
+    pseudo-labels that are the logits' argmax."""
+
+    def check(shard: dict[str, torch.Tensor]) -> str | None:
+        logits, pseudo = shard["logits"], shard["pseudo_labels"]
+        if logits.ndim != 2 or logits.shape[1] != num_labels or len(pseudo) != len(logits):
+            return f"logits of shape {tuple(logits.shape)} and {len(pseudo)} pseudo-labels for {num_labels} classes"
+        bad = (~torch.isfinite(logits)).any(-1).nonzero()
+        if len(bad):
+            return f"non-finite teacher logits for {len(bad)} examples (the first: training example {int(bad[0])})"
+        if not torch.equal(pseudo, logits.argmax(-1)):
+            return "pseudo-labels that are not the logits' argmax"
+        return None
+
+    return check

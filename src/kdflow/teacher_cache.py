@@ -6,16 +6,24 @@ killed job resumes at the first missing shard; `manifest.json` is written last a
 entry complete. The Snakemake rule's output is only a small pointer file naming the entry:
 Snakemake deletes a rerun job's outputs, but never the store, so an unchanged input is never
 recomputed and a changed one gets a new key (a rebuild).
+
+Every tensor of a shard carries its SHA-256 in the shard's own metadata, written with it and
+checked whenever it is read: a truncated, garbled or edited shard raises CacheDamaged, naming the
+file and the command that rebuilds it. A complete entry is verified before it is reused, so
+forcing the cache rule (`snakemake --forcerun cache_teacher_lm`) rebuilds a damaged entry's shards.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .fileio import atomic_path, read_json, sha256_file, sha256_json, write_json
 
@@ -24,6 +32,26 @@ log = logging.getLogger(__name__)
 
 def cache_key(key_parts: dict) -> str:
     return sha256_json(key_parts)[:20]
+
+
+# The rule that writes an entry of each kind: what a damaged entry's message tells the user to force.
+REBUILD_RULE = {"class_logits": "cache_teacher", "lm_topk": "cache_teacher_lm"}
+# The shard's metadata key holding {tensor name: SHA-256 of its bytes}, as one sorted JSON
+# string: safetensors writes metadata keys in no fixed order, and a rebuilt shard must be the
+# same file byte for byte.
+CHECKSUMS_KEY = "sha256"
+# A family's check of a shard's values (NaN, ranges, consistency): what is wrong, or None.
+ShardCheck = Callable[[dict[str, torch.Tensor]], str | None]
+
+
+class CacheDamaged(RuntimeError):
+    """A cache shard that cannot be trusted: missing, unreadable, failing its checksum or holding
+    values out of their range."""
+
+
+def tensor_sha256(t: torch.Tensor) -> str:
+    """SHA-256 of a tensor's bytes (its dtype and shape are checked by safetensors itself)."""
+    return hashlib.sha256(t.contiguous().reshape(-1).view(torch.uint8).numpy()).hexdigest()
 
 
 class CacheEntry:
@@ -42,16 +70,67 @@ class CacheEntry:
     def has_shard(self, index: int) -> bool:
         return self.shard_path(index).is_file()
 
+    def damaged(self, index: int, what: str) -> CacheDamaged:
+        rule = REBUILD_RULE.get(self.key_parts.get("kind"), "the teacher cache rule")
+        return CacheDamaged(
+            f"{self.shard_path(index)}: {what}. The teacher cache entry {self.dir} cannot be trusted; rebuild it "
+            f"(only its damaged shards are recomputed) with: snakemake --forcerun {rule} <your usual options>"
+        )
+
     def write_shard(self, index: int, tensors: dict[str, torch.Tensor]) -> None:
+        tensors = {k: v.contiguous() for k, v in tensors.items()}
+        checksums = json.dumps({k: tensor_sha256(v) for k, v in tensors.items()}, sort_keys=True)
         with atomic_path(self.shard_path(index)) as tmp:
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+            save_file(tensors, str(tmp), metadata={CHECKSUMS_KEY: checksums})
 
     def read_shard(self, index: int, names: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
-        """A shard's tensors; with `names`, only those are read from the file."""
-        if names is None:
-            return load_file(str(self.shard_path(index)))
-        with safe_open(str(self.shard_path(index)), framework="pt") as f:
-            return {name: f.get_tensor(name) for name in names if name in f.keys()}
+        """A shard's tensors, each checked against the checksum written with it; with `names`,
+        only those are read from the file. Raises CacheDamaged."""
+        path = self.shard_path(index)
+        if not path.is_file():
+            raise self.damaged(index, "missing")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                checksums = json.loads((f.metadata() or {}).get(CHECKSUMS_KEY, "{}"))
+                keys = list(f.keys()) if names is None else [n for n in names if n in f.keys()]
+                tensors = {name: f.get_tensor(name) for name in keys}
+        except Exception as e:  # safetensors' errors for a truncated file or a garbled header vary
+            raise self.damaged(index, f"unreadable ({type(e).__name__}: {e})") from e
+        for name, t in tensors.items():
+            expected = checksums.get(name)
+            if expected is None:
+                raise self.damaged(index, f"tensor {name!r} has no checksum (written by an older kdflow)")
+            if tensor_sha256(t) != expected:
+                raise self.damaged(
+                    index, f"tensor {name!r} fails its checksum (the file was changed after it was written)"
+                )
+        return tensors
+
+    def shard_problem(self, index: int, check: ShardCheck | None = None) -> str | None:
+        """What is wrong with a shard (missing, unreadable, checksum, or `check`'s verdict on its
+        values), or None when it is sound."""
+        try:
+            shard = self.read_shard(index)
+        except CacheDamaged as e:
+            return str(e)
+        problem = check(shard) if check else None
+        return str(self.damaged(index, problem)) if problem else None
+
+    def verify(self, check: ShardCheck | None = None) -> list[int]:
+        """Indices of the complete entry's damaged shards; [] when every shard is sound."""
+        damaged = []
+        for index in range(self.manifest()["num_shards"]):
+            problem = self.shard_problem(index, check)
+            if problem:
+                log.warning("%s", problem)
+                damaged.append(index)
+        return damaged
+
+    def discard(self, shards: list[int]) -> None:
+        """Forget the given shards and the manifest: the entry is rebuilt from its first missing shard."""
+        self.manifest_path.unlink(missing_ok=True)
+        for index in shards:
+            self.shard_path(index).unlink(missing_ok=True)
 
     def finish(self, num_shards: int, info: dict) -> dict:
         missing = [i for i in range(num_shards) if not self.has_shard(i)]
@@ -64,10 +143,30 @@ class CacheEntry:
     def manifest(self) -> dict:
         return read_json(self.manifest_path)
 
-    def read_all(self) -> dict[str, torch.Tensor]:
-        """Concatenate every shard along dim 0."""
-        shards = [self.read_shard(i) for i in range(self.manifest()["num_shards"])]
+    def read_checked(self, index: int, check: ShardCheck) -> dict[str, torch.Tensor]:
+        """A shard whose checksums and values (`check`) are sound; else CacheDamaged."""
+        shard = self.read_shard(index)
+        problem = check(shard)
+        if problem:
+            raise self.damaged(index, problem)
+        return shard
+
+    def read_all(self, check: ShardCheck) -> dict[str, torch.Tensor]:
+        """Every shard, checked, concatenated along dim 0."""
+        shards = [self.read_checked(i, check) for i in range(self.manifest()["num_shards"])]
         return {k: torch.cat([s[k] for s in shards]) for k in shards[0]}
+
+    def reuse(self, check: ShardCheck | None = None) -> bool:
+        """Whether the entry is complete and sound, so the cache rule can reuse it. A complete
+        entry with damaged shards loses them and its manifest (so the rule recomputes them)."""
+        if not self.is_complete():
+            return False
+        damaged = self.verify(check)
+        if not damaged:
+            return True
+        log.warning("teacher cache %s: rebuilding damaged shards %s", self.dir, damaged)
+        self.discard(damaged)
+        return False
 
 
 def write_pointer(pointer_path: str | Path, entry: CacheEntry, reused: bool) -> None:

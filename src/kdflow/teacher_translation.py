@@ -247,6 +247,11 @@ def cache_teacher_topk(
     prompt = make_prompt(tokenizer, prompt_cfg)
     model = load_causal_lm(teacher_path).to(device()).eval()
     settings = {"max_length": max_length, "packing": packing, **cache_cfg}
+    if settings["top_k"] > model.config.vocab_size:  # a hub or kdflow-trained teacher (local ones: config.py)
+        raise ValueError(
+            f"translation.teacher.cache.top_k: {settings['top_k']} is larger than the vocabulary of the teacher "
+            f"{teacher_path} ({model.config.vocab_size} tokens); top_k = {model.config.vocab_size} caches every token"
+        )
     key_parts = {
         "kind": "lm_topk",
         "values": "logprob",  # top-k log-probabilities (teacher logits minus the row's log-sum-exp)
@@ -259,7 +264,8 @@ def cache_teacher_topk(
         **({"max_new_tokens": settings["max_new_tokens"]} if settings["targets"] == "teacher" else {}),
     }
     entry = CacheEntry(store, key_parts)
-    reused = entry.is_complete()
+    check = topk_shard_problem(model.config.vocab_size)
+    reused = entry.reuse(check)  # a complete entry is verified first: damaged shards are rebuilt
     if reused:
         log.info("teacher cache %s is up to date, not recomputed", entry.dir)
     else:
@@ -268,8 +274,11 @@ def cache_teacher_topk(
         num_shards = max(1, math.ceil(len(rows) / size))
         for index in range(num_shards):
             if entry.has_shard(index):
-                log.info("shard %d/%d already cached", index + 1, num_shards)
-                continue
+                problem = entry.shard_problem(index, check)
+                if not problem:
+                    log.info("shard %d/%d already cached", index + 1, num_shards)
+                    continue
+                log.warning("%s", problem)  # recomputed below, replacing the file
             shard_rows = rows[index * size : (index + 1) * size]
             desc = f"cache shard {index + 1}/{num_shards}"
             entry.write_shard(index, _cache_shard(model, tokenizer, prompt, shard_rows, index * size, settings, desc))
@@ -301,12 +310,47 @@ def topk_summary(entry: CacheEntry, num_shards: int) -> dict:
     }
 
 
+def topk_shard_problem(vocab_size: int):
+    """The value check of a top-k cache shard, run before a shard is reused or trained on: the
+    examples' lengths account for every token id and top-k row, log-probabilities are finite and
+    <= 0, the tail's log-mass is <= 0 or -inf (top-k covers the vocabulary), the log-sum-exp is
+    finite, and every token id and top-k index lies in the teacher's vocabulary."""
+
+    def check(shard: dict[str, torch.Tensor]) -> str | None:
+        lengths, starts = shard["lengths"], shard["response_start"]
+        rows = int((lengths - starts).sum())
+        if int(lengths.sum()) != len(shard["input_ids"]) or any(len(shard[n]) != rows for n in TOKEN_ROWS):
+            return (
+                f"{len(shard['input_ids'])} token ids and {len(shard['topk_logprobs'])} top-k rows do not match "
+                f"the examples' lengths ({int(lengths.sum())} ids, {rows} response tokens)"
+            )
+        logprobs = shard["topk_logprobs"].float()
+        problems = {
+            "non-finite top-k log-probabilities": ~torch.isfinite(logprobs).all(-1),
+            "positive top-k log-probabilities": (logprobs > 0).any(-1),
+            "a NaN or positive tail log-mass": shard["tail_logmass"].isnan() | (shard["tail_logmass"] > 0),
+            "a non-finite log-sum-exp": ~torch.isfinite(shard["lse"]),
+        }
+        for what, bad in problems.items():
+            if bad.any():
+                return f"{what} in {int(bad.sum())} of {rows} token rows (the first: row {int(bad.nonzero()[0])})"
+        for name in ("topk_indices", "input_ids"):
+            t = shard[name]
+            if len(t) and (int(t.min()) < 0 or int(t.max()) >= vocab_size):
+                bad = int(t.min()) if int(t.min()) < 0 else int(t.max())
+                return f"{name} holds {bad}, outside the teacher's vocabulary [0, {vocab_size})"
+        return None
+
+    return check
+
+
 def read_topk_cache(entry: CacheEntry) -> tuple[list[list[int]], list[int], list[tuple], list[int]]:
     """Every cached example: (input_ids, response_starts, [(topk_logprobs, topk_indices, tail_logmass)],
-    example_index)."""
+    example_index). Each shard's checksums and values are checked first (CacheDamaged)."""
     ids, starts, topk, index = [], [], [], []
+    check = topk_shard_problem(entry.manifest()["teacher_vocab_size"])
     for shard_index in range(entry.manifest()["num_shards"]):
-        shard = entry.read_shard(shard_index)
+        shard = entry.read_checked(shard_index, check)
         flat, row = shard["input_ids"].tolist(), 0
         offset = 0
         for length, start in zip(shard["lengths"].tolist(), shard["response_start"].tolist(), strict=True):
@@ -315,11 +359,6 @@ def read_topk_cache(entry: CacheEntry) -> tuple[list[list[int]], list[int], list
             n = length - start
             topk.append(tuple(shard[name][row : row + n] for name in TOKEN_ROWS[:3]))
             offset, row = offset + length, row + n
-        if offset != len(flat) or row != len(shard["topk_logprobs"]):
-            raise RuntimeError(
-                f"{entry.shard_path(shard_index)}: {len(flat)} token ids and {len(shard['topk_logprobs'])} top-k rows "
-                f"do not match the examples' lengths ({offset} ids, {row} response tokens); rebuild the cache"
-            )
         index += shard["example_index"].tolist()
     return ids, starts, topk, index
 
