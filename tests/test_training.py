@@ -18,6 +18,8 @@ from kdflow.training import (
     PairClassificationDataset,
     PairCollator,
     Preempted,
+    TrainingDiverged,
+    health_problem,
     last_complete_checkpoint,
     per_device_batch,
     train_and_save,
@@ -473,3 +475,42 @@ def test_resume_safe_settings_are_matched_by_their_own_name():
         "distill.distributed.deepspeed_config"
     ]
     assert changed(("distill", "training", "seed"), 2) == ["distill.training.seed"]
+
+
+class BreakWeightsAt(TrainerCallback):
+    """What a diverging run does to the weights: one becomes inf after `step` optimizer steps."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == self.step:
+            with torch.no_grad():
+                next(model.parameters()).view(-1)[0] = float("inf")
+        return control
+
+
+def test_a_diverged_training_fails_instead_of_writing_a_model(teacher_dir, glue_data, tmp_path):
+    trainer = make_trainer(teacher_dir, glue_data["data"], tmp_path, callbacks=[BreakWeightsAt(4)])
+    with pytest.raises(TrainingDiverged, match=r"the loss of the last step is non-finite"):
+        train_and_save(trainer, job(), tmp_path / "model", tmp_path / "log.jsonl")
+    assert not (tmp_path / "model").exists() and not (tmp_path / "log.jsonl").exists()
+    # The same run, healthy, writes its model: the check is not what fails.
+    train_and_save(make_trainer(teacher_dir, glue_data["data"], tmp_path / "ok"), job(), tmp_path / "ok" / "model",
+                   tmp_path / "ok" / "log.jsonl")  # fmt: skip
+    assert (tmp_path / "ok" / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    "counts, problem",
+    [
+        ((40, 0, False, 10, 0), None),
+        ((40, 3, False, 10, 3), None),  # a few overflow steps while fp16 loss scaling settles
+        ((40, 21, False, 10, 0), "the loss was non-finite on 21 of 40 micro-batches"),
+        ((40, 0, False, 10, 6), "6 of 10 optimizer steps were skipped"),
+        ((40, 1, True, 10, 1), "the loss of the last step is non-finite"),
+    ],
+)
+def test_health_verdict_from_the_counts(counts, problem):
+    got = health_problem(*counts)
+    assert got == problem if problem is None else problem in got

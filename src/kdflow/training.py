@@ -153,6 +153,8 @@ class KDTrainer(Trainer):
             teacher.to(self.args.device)
         self._part_sums: dict[str, torch.Tensor] = {}
         self._part_steps: set[int] = set()  # the optimizer steps (global_step values) summed in _part_sums
+        self.health = TrainingHealth(self)
+        self.add_callback(self.health)
 
     def evaluate(self, *args, **kwargs):
         """Evaluation draws no random numbers from the training's generators (a DataLoader iterator
@@ -197,6 +199,7 @@ class KDTrainer(Trainer):
             denominator, scale = max(count, 1), 1
         loss = total * scale / denominator
         if model.training:
+            self.health.record(loss)
             for k, v in parts.items():  # tensors: no host sync per micro-batch
                 self._part_sums[k] = self._part_sums.get(k, 0.0) + v.detach().double() / denominator
             self._part_steps.add(self.state.global_step)
@@ -215,6 +218,71 @@ class KDTrainer(Trainer):
             logs.update({f"loss_{k}": v / steps for k, v in zip(names, sums.tolist(), strict=True)})
             self._part_sums, self._part_steps = {}, set()
         super().log(logs, *args, **kwargs)
+
+
+MAX_SKIPPED_FRACTION = 0.5  # of this run's optimizer steps (fp16 loss scaling skips a few at the start)
+
+
+class TrainingDiverged(RuntimeError):
+    """The training's loss went non-finite, or most of its optimizer steps were skipped: the
+    model is not written (a rerun with the same settings would diverge the same way)."""
+
+
+def health_problem(micro_batches: int, nonfinite: int, last_nonfinite: bool, steps: int, skipped: int) -> str | None:
+    """Why a finished training must not be called done, from its counts over every process: the
+    loss of its last micro-batch is non-finite (the weights are broken), or more than
+    MAX_SKIPPED_FRACTION of its micro-batches had a non-finite loss or of its optimizer steps were
+    skipped (fp16 overflow: DeepSpeed or AMP's loss scaler); None when it is healthy."""
+    problems = []
+    if last_nonfinite:
+        problems.append("the loss of the last step is non-finite")
+    if micro_batches and nonfinite > MAX_SKIPPED_FRACTION * micro_batches:
+        problems.append(f"the loss was non-finite on {nonfinite} of {micro_batches} micro-batches")
+    if steps and skipped > MAX_SKIPPED_FRACTION * steps:
+        problems.append(f"{skipped} of {steps} optimizer steps were skipped (non-finite gradients, fp16 overflow)")
+    return "; ".join(problems) or None
+
+
+class TrainingHealth(TrainerCallback):
+    """Counts, during one run of train(), the micro-batches whose training loss is not finite
+    (without a host sync per micro-batch) and the optimizer steps skipped by fp16 loss scaling;
+    `problem()` sums them over the processes (every process gets the same verdict)."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+        self.nonfinite: torch.Tensor | None = None
+        self.last_nonfinite: torch.Tensor | None = None
+        self.micro_batches = self.steps = self.skipped = 0
+
+    def record(self, loss: torch.Tensor) -> None:
+        bad = (~torch.isfinite(loss.detach())).sum()
+        self.nonfinite = bad if self.nonfinite is None else self.nonfinite + bad
+        self.last_nonfinite = bad
+        self.micro_batches += 1
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps += 1
+        if self.trainer.accelerator.optimizer_step_was_skipped:
+            self.skipped += 1
+        return control
+
+    def problem(self) -> str | None:
+        device = self.trainer.args.device
+        zero = torch.zeros((), device=device, dtype=torch.long)
+        counts = torch.stack(
+            [
+                torch.tensor(self.micro_batches, device=device),
+                (self.nonfinite if self.nonfinite is not None else zero).to(device).long(),
+                (self.last_nonfinite if self.last_nonfinite is not None else zero).to(device).long(),
+                torch.tensor(self.steps, device=device),
+                torch.tensor(self.skipped, device=device),
+            ]
+        )
+        if self.trainer.accelerator.num_processes > 1:
+            counts = self.trainer.accelerator.reduce(counts, reduction="sum")
+        micro, bad, last, steps, skipped = counts.tolist()
+        procs = self.trainer.accelerator.num_processes
+        return health_problem(micro, bad, last > 0, steps // procs, skipped // procs)
 
 
 def world_size() -> int:
@@ -248,6 +316,7 @@ def training_arguments(
     precision = training_precision(train_cfg.get("precision", "auto"))
     args = TrainingArguments(
         output_dir=str(output_dir),
+        logging_nan_inf_filter=False,  # a non-finite loss shows in the log (and fails the job: TrainingHealth)
         learning_rate=learning_rate,
         num_train_epochs=train_cfg["epochs"],
         max_steps=train_cfg["max_steps"],
@@ -539,6 +608,13 @@ def train_and_save(
     trainer.train(resume_from_checkpoint=last)
     if guard.signum is not None:
         raise Preempted(guard.signum, last_complete_checkpoint(checkpoints))
+    problem = trainer.health.problem()
+    if problem:
+        raise TrainingDiverged(
+            f"training for {model_out} diverged: {problem}. The model is not written. Lower the learning rate, "
+            "use bf16 or fp32 (training.precision), or check the data; checkpoints are in "
+            f"{checkpoints} (a rerun with other settings starts over)"
+        )
     trainer.evaluate()
     # Every process takes part in saving (ZeRO-3 gathers the weights); the main one renames.
     model_out = Path(model_out)
