@@ -57,6 +57,23 @@ def test_mnli_tricky_rows(tmp_path):
     assert f"{path}:10: invalid UTF-8" in examples
 
 
+def test_a_byte_order_mark_stays_out_of_the_header_and_rows(tmp_path):
+    # QQP's first column is its id: with the mark glued to it, "id" would be missing from the header.
+    lines = ["\t".join(QQP_HEADER), "17\t1\t2\tHow do I cook rice?\tHow is rice cooked?\t1"]
+    path = write(tmp_path / "train.tsv", lines)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    rows, stats = parse_glue_tsv(path, QQP)
+    assert rows == [{"id": "17", "text_a": "How do I cook rice?", "text_b": "How is rice cooked?", "label": 1}]
+    assert stats.rows_read == 1 and not stats.dropped
+
+
+def test_a_header_that_is_not_utf8_fails_naming_the_file(tmp_path):
+    path = tmp_path / "train.tsv"
+    path.write_bytes("\t".join(MNLI_TRAIN_HEADER).encode("utf-16") + b"\n")  # UTF-16: BOM ff fe, NULs
+    with pytest.raises(PrepareError, match=f"{path}:1: the header is not UTF-8"):
+        parse_glue_tsv(path, MNLI)
+
+
 def test_qqp_rows_and_missing_column(tmp_path):
     path = write(
         tmp_path / "QQP" / "train.tsv",

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from kdflow.prepare_glue import PrepareError
-from kdflow.prepare_translation import prepare_translation, read_europarl
+from kdflow.prepare_translation import filter_pairs, prepare_translation, read_europarl
 from kdflow.synthetic_translation import (
     ADJECTIVES,
     NOUNS,
@@ -57,6 +57,27 @@ def test_invalid_utf8_and_empty_sides_are_dropped_and_counted(tmp_path):
     assert f"{en}:2: empty_source" in examples
     assert f"{fr}:3: empty_target" in examples
     assert f"{en}:4: invalid_utf8" in examples
+
+
+def test_a_utf8_byte_order_mark_is_not_part_of_the_first_pair(tmp_path):
+    pairs = [("The debate is closed.", "Le débat est clos."), ("Thank you.", "Merci."), *numbered_pairs(1)]
+    pairs.append(pairs[0])  # line 4 repeats line 1: a duplicate only if the mark is gone from line 1
+    en, fr = write_europarl(tmp_path, pairs)
+    for path in (en, fr):
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    read, stats = read_europarl(en, fr)
+    assert read[0] == {"id": 1, "source": "The debate is closed.", "target": "Le débat est clos."}
+    assert not any("\ufeff" in p["source"] + p["target"] for p in read)
+    assert len(read) == 4 and not stats.dropped
+    kept = filter_pairs(read, stats, max_source_words=100, overlong="drop", max_length_ratio=3.0)
+    assert [p["id"] for p in kept] == [1, 2, 3] and dict(stats.dropped) == {"duplicate_pair": 1}
+
+
+def test_a_utf16_file_fails_naming_it(tmp_path):
+    en, fr = write_europarl(tmp_path, numbered_pairs(3))
+    fr.write_bytes("".join(f"La phrase {i}.\n" for i in range(3)).encode("utf-16"))  # BOM + UTF-16LE
+    with pytest.raises(PrepareError, match=f"{fr}:1: starts with a UTF-16 byte-order mark"):
+        read_europarl(en, fr)
 
 
 def test_no_trailing_newline_keeps_the_last_row(tmp_path):

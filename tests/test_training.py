@@ -128,6 +128,25 @@ def test_distillation_loss_is_the_hinton_loss_of_the_batch_and_the_saved_model_i
     assert not (tmp_path / "checkpoints").exists()  # finished: nothing left to resume
 
 
+def test_the_saved_model_is_readable_as_the_umask_says(teacher_dir, glue_data, tmp_path):
+    """save_model writes its safetensors weights 0600; under umask 027 every file of the model
+    folder is 0640 and every folder 0750, as a plain open() and mkdir() give."""
+    import stat
+
+    trainer = make_trainer(teacher_dir, glue_data["data"], tmp_path, max_steps=1, eval_steps=1, save_steps=1)
+    saved = os.umask(0o027)
+    try:
+        train_and_save(
+            trainer, {"job": 1}, tmp_path / "model", tmp_path / "log.jsonl", tokenizer=trainer.data_collator.tokenizer
+        )
+    finally:
+        os.umask(saved)
+    tree = [tmp_path / "model", *(tmp_path / "model").rglob("*")]
+    assert any(p.name == "model.safetensors" for p in tree)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tree}
+    assert modes == {p.name: 0o750 if p.is_dir() else 0o640 for p in tree}
+
+
 def no_dropout(model):
     """Dropout off (the modules, and the probability BERT's sdpa attention reads directly)."""
     for module in model.modules():

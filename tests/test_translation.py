@@ -181,6 +181,98 @@ def test_batched_left_padded_generation_equals_one_by_one(lm):
     assert len({len(tok(prompt.prefix(s))["input_ids"]) for s in sources}) > 1  # padding was needed
 
 
+HOSTILE = "The council adopts the report. " * 1500  # a source of many thousand tokens
+
+
+def prompt_length(tok, prompt, source: str) -> int:
+    return len(tok(prompt.prefix(source), add_special_tokens=False)["input_ids"])
+
+
+@pytest.fixture
+def generate_widths(monkeypatch):
+    """The prompt widths (tokens, padding included) of every model.generate call of the test."""
+    from transformers import LlamaForCausalLM
+
+    widths, original = [], LlamaForCausalLM.generate
+
+    def spy(self, *args, **kwargs):
+        widths.append(kwargs["input_ids"].shape[1])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(LlamaForCausalLM, "generate", spy)
+    return widths
+
+
+def test_generation_never_sees_a_prompt_over_the_limit(lm, generate_widths):
+    tok = load_lm_tokenizer(str(lm / "teacher"))
+    model = load_causal_lm(str(lm / "teacher"))
+    prompt = make_prompt(tok, DEMO_PROMPT)
+    normal = [r["source"] for r in read_jsonl(lm / "data" / "test.jsonl")[:4]]
+    limit = max(prompt_length(tok, prompt, s) for s in normal)  # the longest normal prompt is kept
+    hostile_length = prompt_length(tok, prompt, HOSTILE)
+    assert hostile_length > 5000
+    sources = [normal[0], HOSTILE, normal[1], normal[2], HOSTILE, normal[3]]
+    out = generate_translations(model, tok, prompt, sources, batch_size=3, max_new_tokens=6, max_prompt_tokens=limit)
+    dropped = {"hypothesis": None, "stop": "prompt_too_long", "new_tokens": 0, "prompt_tokens": hostile_length}
+    assert out[1] == out[4] == dropped
+    assert generate_widths and max(generate_widths) == limit
+    generate_widths.clear()
+    alone = generate_translations(model, tok, prompt, normal, batch_size=3, max_new_tokens=6)
+    assert [out[i] for i in (0, 2, 3, 5)] == alone  # the others are translated as without the hostile rows
+
+
+@pytest.mark.parametrize("max_length", [192, 64])
+def test_evaluation_counts_prompts_over_max_length_or_the_context_and_scores_the_rest(
+    lm, tmp_path, generate_widths, max_length
+):
+    """The tiny Llama's context is 128 positions: with 8 new tokens a prompt may hold 120 tokens
+    (max_length 192 is not the bound), with max_length 64 only 64. A 5000+-token source is never
+    generated from, a ~90-token one only under the larger limit; BLEU is sacrebleu's on the rest."""
+    import sacrebleu
+
+    from kdflow.evaluate_translation import evaluate_translation
+    from kdflow.report import translation_row
+
+    tok = load_lm_tokenizer(str(lm / "teacher"))
+    prompt = make_prompt(tok, DEMO_PROMPT)
+    rows = read_jsonl(lm / "data" / "test.jsonl")[:6]
+    assert max(prompt_length(tok, prompt, r["source"]) for r in rows) <= 64
+    medium = "The council adopts the report."
+    while prompt_length(tok, prompt, medium) <= 80:  # a source between the two limits
+        medium += " The council adopts the report."
+    assert 80 < prompt_length(tok, prompt, medium) <= 120
+    rows[1:1] = [{"id": 900, "source": HOSTILE, "target": "Le conseil adopte le rapport."}]
+    rows[4:4] = [{"id": 901, "source": medium, "target": "Le conseil adopte le rapport."}]
+    write_jsonl(tmp_path / "data" / "test.jsonl", rows)
+    limit, not_scored = (120, {900}) if max_length == 192 else (64, {900, 901})
+    eval_cfg = {"batch_size": 3, "max_new_tokens": 8, "num_beams": 1, "comet": {"enabled": False}}
+    result = evaluate_translation(
+        str(lm / "teacher"),
+        tmp_path / "data",
+        DEMO_PROMPT,
+        eval_cfg,
+        tmp_path / "metrics.json",
+        tmp_path / "translations.jsonl",
+        "teacher",
+        max_length=max_length,
+    )
+    assert max(generate_widths) <= limit
+    outputs = read_jsonl(tmp_path / "translations.jsonl")
+    assert [o["id"] for o in outputs] == [r["id"] for r in rows]  # every row kept, in order
+    assert {o["id"] for o in outputs if o["stop"] == "prompt_too_long" and o["hypothesis"] is None} == not_scored
+    assert (result["examples"], result["scored"], result["dropped_prompt_too_long"]) == (
+        8,
+        8 - len(not_scored),
+        len(not_scored),
+    )
+    assert result["max_prompt_tokens"] == limit
+    scored = [o for o in outputs if o["id"] not in not_scored]
+    hyps, refs = [o["hypothesis"] for o in scored], [o["reference"] for o in scored]
+    assert result["bleu"] == sacrebleu.corpus_bleu(hyps, [refs]).score
+    assert sum(result["stop_rates"].values()) == pytest.approx(1.0)  # shares of the scored outputs
+    assert translation_row(result)["Prompt too long (not scored)"] == len(not_scored)
+
+
 def test_distillation_refuses_a_student_with_another_vocabulary(lm, tmp_path):
     from kdflow.distill_translation import distill_student_lm
 

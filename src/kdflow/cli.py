@@ -214,7 +214,15 @@ def cmd_evaluate_translation(a) -> None:
 
     s = a.spec
     evaluate_translation(
-        a.model, a.data_dir, s["prompt"], s["evaluate"], a.out, a.translations, a.name, s.get("params")
+        a.model,
+        a.data_dir,
+        s["prompt"],
+        s["evaluate"],
+        a.out,
+        a.translations,
+        a.name,
+        s.get("params"),
+        max_length=s["max_length"],
     )
 
 

@@ -40,6 +40,23 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
 
 
 STOP_REASONS = ("marker", "eos", "max_new_tokens")
+PROMPT_TOO_LONG = "prompt_too_long"  # not generated at all: the prompt is over max_prompt_tokens
+
+
+def prompt_token_limit(model, max_length: int, max_new_tokens: int) -> int:
+    """The longest prompt (in tokens) evaluation generates from: the pipeline's max_length (the
+    pairs trained on and cached hold at most that many tokens, prompt and response), and no more than
+    leaves room for max_new_tokens within the model's context (config.max_position_embeddings,
+    where the model states it)."""
+    limit = max_length
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context:
+        limit = min(limit, context - max_new_tokens)
+    if limit < 1:
+        raise ValueError(
+            f"max_new_tokens {max_new_tokens} leaves no room for a prompt in the model's context of {context} tokens"
+        )
+    return limit
 
 
 def cut_at_stop(tokens: list[int], stop_ids: list[int], marker: int) -> tuple[list[int], str]:
@@ -62,16 +79,23 @@ def generate_translations(
     max_new_tokens: int = 256,
     num_beams: int = 1,
     desc: str = "generate",
+    max_prompt_tokens: int | None = None,
 ) -> list[dict]:
     """[{"hypothesis": str, "stop": one of STOP_REASONS, "new_tokens": int}] in the order of `sources`.
+    With `max_prompt_tokens`, a source whose prompt is longer is never given to the model (a hostile
+    row of 100k tokens would otherwise run attention over all of them): its entry is
+    {"hypothesis": None, "stop": PROMPT_TOO_LONG, "new_tokens": 0, "prompt_tokens": int}.
     Progress (in sentences) is shown under `desc` (progress.py)."""
     dev = device()
     model.eval().to(dev)
     stops, marker = stop_token_ids(tokenizer, prompt), marker_id(tokenizer, prompt)
     prefixes = [encode_prefix(tokenizer, prompt, s) for s in sources]
-    # Longest first: batches of similar length waste less padding; results go back in order.
-    order = sorted(range(len(sources)), key=lambda i: -len(prefixes[i]))
     results: list[dict | None] = [None] * len(sources)
+    for i, prefix in enumerate(prefixes):
+        if max_prompt_tokens is not None and len(prefix) > max_prompt_tokens:
+            results[i] = {"hypothesis": None, "stop": PROMPT_TOO_LONG, "new_tokens": 0, "prompt_tokens": len(prefix)}
+    # Longest first: batches of similar length waste less padding; results go back in order.
+    order = sorted((i for i in range(len(sources)) if results[i] is None), key=lambda i: -len(prefixes[i]))
     batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     for idx in progress(batches, total=len(order), desc=desc, unit="sentences", weight=len):
         ids, mask = left_pad([prefixes[i] for i in idx], tokenizer.pad_token_id)

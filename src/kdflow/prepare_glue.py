@@ -103,7 +103,10 @@ def parse_glue_tsv(path: str | Path, task: GlueTask) -> tuple[list[dict], SplitS
         raw_lines = f.read().split(b"\n")
     if not raw_lines or not raw_lines[0].strip():
         raise PrepareError(f"{path}: empty file, expected a GLUE TSV header")
-    header = raw_lines[0].decode("utf-8-sig").rstrip("\r").split("\t")
+    try:  # utf-8-sig: a byte-order mark opening the file is not part of the first column's name
+        header = raw_lines[0].decode("utf-8-sig").rstrip("\r").split("\t")
+    except UnicodeDecodeError as e:
+        raise PrepareError(f"{path}:1: the header is not UTF-8 ({e}); GLUE TSVs are UTF-8") from None
     needed = [task.label_column, *task.text_columns]
     missing = [c for c in needed if c not in header]
     if missing:

@@ -5,9 +5,10 @@ into train/dev/test JSONL rows {id, source, target} and write a manifest.
 Europarl is distributed as two line-aligned plain-text files, <stem>.<lang> (europarl-v7.fr-en.en
 and europarl-v7.fr-en.fr). Files whose line counts differ are not aligned: that fails. Pairs that
 cannot be used are dropped and counted per reason, with the first few file:line locations, never
-silently: invalid UTF-8, an empty side, a character-length ratio outlier, a source longer than
-max_source_words words (a cut source would no longer match its whole target, so overlong pairs are
-dropped, not truncated), and repeats: Europarl repeats many sentences ("The debate is closed."),
+silently: invalid UTF-8 (a UTF-8 byte-order mark opening a file is stripped, not read as text), an
+empty side, a character-length ratio outlier, a source longer than max_source_words words (a cut
+source would no longer match its whole target, so overlong pairs are dropped, not truncated), and
+repeats: Europarl repeats many sentences ("The debate is closed."),
 so pairs are deduplicated on the source sentence (whitespace-normalized) before splitting, keeping
 the first (`duplicate_pair`: the same pair again; `duplicate_source`: the same source with another
 target). Train, dev and test therefore share no source sentence.
@@ -19,6 +20,7 @@ train), so every split entry of the manifest repeats the pool's rows_read and dr
 
 from __future__ import annotations
 
+import codecs
 import logging
 import random
 from pathlib import Path
@@ -43,7 +45,12 @@ def _pair_or_drop(stats: SplitStats, where: str, row_id: int, source: str, targe
 
 
 def _split_lines(path: Path) -> list[bytes]:
-    lines = path.read_bytes().split(b"\n")
+    data = path.read_bytes()
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        # UTF-16 ASCII lines split on b"\n" would decode as "valid" UTF-8 full of NULs: refuse the file.
+        raise PrepareError(f"{path}:1: starts with a UTF-16 byte-order mark; Europarl files are UTF-8")
+    # A UTF-8 byte-order mark (editors on Windows write one) is not part of the first sentence.
+    lines = data.removeprefix(codecs.BOM_UTF8).split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()  # the trailing newline ends the last row, it does not start one
     return [line.rstrip(b"\r") for line in lines]

@@ -284,8 +284,9 @@ def glue_section(
 
 
 def translation_row(result: dict) -> dict:
-    """SacreBLEU and chrF as sacrebleu prints them, COMET x 1 (the study's 0.80), and why the
-    outputs stopped, in %: at the end marker, at an end token (eos/eot), or at max_new_tokens (runaway)."""
+    """SacreBLEU and chrF as sacrebleu prints them, COMET x 1 (the study's 0.80), why the outputs
+    stopped, in % of the scored sentences: at the end marker, at an end token (eos/eot), or at
+    max_new_tokens (runaway), and how many test sentences were not translated (prompt too long)."""
     comet = result.get("comet")
     return {
         "SacreBLEU": round(result["bleu"], 2),
@@ -295,6 +296,8 @@ def translation_row(result: dict) -> dict:
         "Ended with eos (%)": round(100 * result["stop_rates"]["eos"], 1),
         "Runaway (%)": round(100 * result["stop_rates"]["max_new_tokens"], 1),
         "Length ratio": round(result["length_ratio"], 3),
+        # metrics written before the count existed say so rather than claim 0
+        "Prompt too long (not scored)": result.get("dropped_prompt_too_long", "not recorded"),
     }
 
 
@@ -313,6 +316,7 @@ STOP_NOTES = {
     "marker": "",
     "eos": " *(stopped at eos, no end marker)*",
     "max_new_tokens": " *(runaway: max_new_tokens)*",
+    "prompt_too_long": " *(not translated: prompt too long)*",  # generation.PROMPT_TOO_LONG
 }
 
 
@@ -325,7 +329,7 @@ def write_samples(paths: RunPaths, task: str, names: dict[str, str], count: int)
         md += [f"## {i + 1}. (test id {row['id']})", "", f"- **Source**: {row['source']}"]
         md += [f"- **Reference**: {row['reference']}"]
         for label, rows in outputs.items():
-            md.append(f"- **{label}**: {rows[i]['hypothesis']}{STOP_NOTES[rows[i]['stop']]}")
+            md.append(f"- **{label}**: {rows[i]['hypothesis'] or ''}{STOP_NOTES[rows[i]['stop']]}")
         md.append("")
     out = Path(paths.report_samples(task))
     with atomic_path(out) as tmp:
@@ -341,7 +345,7 @@ def _samples_html(task: str, outputs: dict[str, list[dict]], count: int) -> str:
     for i, row in enumerate(first[:count]):
         items = [("Source", row["source"]), ("Reference", row["reference"])]
         for label, rows in outputs.items():
-            items.append((label, rows[i]["hypothesis"] + STOP_NOTES[rows[i]["stop"]].replace("*", "")))
+            items.append((label, (rows[i]["hypothesis"] or "") + STOP_NOTES[rows[i]["stop"]].replace("*", "")))
         lis = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in items)
         body.append(f"<h3>{i + 1}. (test id {html.escape(str(row['id']))})</h3><ul>{lis}</ul>")
     return html_page(f"{task}: sample translations", "\n".join(body))
@@ -371,6 +375,11 @@ def translation_section(
     gen = base["generation"]
     decoding = "greedy" if gen["num_beams"] == 1 else f"beam search ({gen['num_beams']} beams)"
     md += [f"Test sentences: {base['examples']}; decoding: {decoding}, at most {gen['max_new_tokens']} new tokens."]
+    if "max_prompt_tokens" in base:
+        md[-1] += (
+            f" Prompts longer than {base['max_prompt_tokens']} tokens (translation.max_length, within the model's "
+            "context) are not translated and not scored: column Prompt too long."
+        )
     md += ["", f"- BLEU signature: `{base['bleu_signature']}`", f"- chrF signature: `{base['chrf_signature']}`"]
     md.append(f"- COMET: {base['comet_model']}" if base.get("comet") is not None else f"- COMET {base['comet_note']}")
     md += [

@@ -19,7 +19,7 @@ from accelerate.utils import broadcast_object_list
 from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 
-from .fileio import read_json, sha256_file, sha256_json, write_json, write_jsonl
+from .fileio import apply_umask, read_json, sha256_file, sha256_json, write_json, write_jsonl
 from .losses import cosine_hidden_loss, distillation_loss
 from .precision import training_precision
 from .progress import ProgressLines, progress
@@ -626,6 +626,7 @@ def train_and_save(
     if main:
         if tokenizer is not None:
             tokenizer.save_pretrained(str(partial))
+        apply_umask(partial)  # save_model's safetensors weights are 0600: readable as the umask says
         shutil.rmtree(model_out, ignore_errors=True)
         os.replace(partial, model_out)
         write_jsonl(log_out, trainer.state.log_history)

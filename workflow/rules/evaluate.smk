@@ -76,6 +76,7 @@ if TR:
             spec=lambda w: as_json(
                 {
                     "prompt": TR["prompt"],
+                    "max_length": TR["max_length"],
                     "evaluate": {
                         k: v for k, v in TR["evaluate"].items() if k != "samples"
                     },
