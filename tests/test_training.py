@@ -274,7 +274,7 @@ class SignalAt(TrainerCallback):
             os.kill(os.getpid(), self.signum)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM, signal.SIGINT])
 def test_signal_saves_a_checkpoint_and_stops_then_rerun_resumes(teacher_dir, glue_data, tmp_path, signum):
     previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
     try:

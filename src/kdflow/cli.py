@@ -93,8 +93,8 @@ def cmd_prepare_translation(a) -> None:
 
 
 def exits_when_preempted(command):
-    """Training commands: a SIGTERM/SIGUSR1 saves a checkpoint, then the job exits 128 + signal
-    (non-zero, so Slurm and Snakemake see a failure; the rerun resumes from the checkpoint)."""
+    """Training commands: a SIGTERM/SIGUSR1/SIGINT saves a checkpoint, then the job exits 128 +
+    signal (non-zero, so Slurm and Snakemake see a failure; the rerun resumes from the checkpoint)."""
 
     def run(a) -> None:
         from .training import Preempted

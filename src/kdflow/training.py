@@ -286,7 +286,8 @@ def training_arguments(
 
 
 COMPLETE_MARKER = "kdflow-complete"
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # Slurm: preemption / time limit (--signal=USR1@<s>)
+# Slurm: preemption / time limit (--signal=USR1@<s>); a terminal's Ctrl-C (forwarded by kdflow.launch)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class Preempted(RuntimeError):
@@ -299,7 +300,9 @@ class Preempted(RuntimeError):
 
 class CheckpointGuard(TrainerCallback):
     """Marks each checkpoint complete once the Trainer has fully written it (a checkpoint killed
-    mid-write is never resumed), and turns SIGTERM/SIGUSR1 into "save a checkpoint now and stop"."""
+    mid-write is never resumed), and turns SIGTERM/SIGUSR1/SIGINT into "save a checkpoint at the end
+    of this step and stop". A repeated signal changes nothing (kdflow.launch and torchrun may both
+    forward one Ctrl-C); kdflow.launch kills the job on a second Ctrl-C."""
 
     def __init__(self):
         self.signum: int | None = None
@@ -504,8 +507,8 @@ def train_and_save(
     tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> dict:
     """Train (resuming from this job's newest checkpoint in args.output_dir, if any), then write
-    the final model and the log history atomically and drop the checkpoints. On SIGTERM/SIGUSR1
-    save a checkpoint and raise Preempted instead: no output is written."""
+    the final model and the log history atomically and drop the checkpoints. On SIGTERM/SIGUSR1/
+    SIGINT save a checkpoint and raise Preempted instead: no output is written."""
     guard = CheckpointGuard()
     trainer.add_callback(guard)
     if trainer.args.disable_tqdm:  # no bar (not a terminal): periodic progress lines in the log instead
