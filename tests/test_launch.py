@@ -1,5 +1,6 @@
 """The launcher's commands, its signal forwarding, and the Slurm profile's variables."""
 
+import json
 import os
 import signal
 import subprocess
@@ -7,11 +8,16 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
+import kdflow
 from kdflow.cluster import ClusterSettingError, apply_profile_defaults
+from kdflow.config import validate_config
+from kdflow.fileio import read_jsonl
 from kdflow.launch import launch_command, launch_env, run_process_group
+from kdflow.training import COMPLETE_MARKER, last_complete_checkpoint
 
 
 def test_single_node_runs_torchrun_standalone():
@@ -123,3 +129,110 @@ def test_profile_plans_every_rule_with_its_partition(tmp_path):
     assert "slurm_account=mylab" in distill and "runtime=1440" in distill
     prepare = text[text.index("rule prepare_glue:") :][:1500]
     assert "slurm_partition=short" in prepare and "gpus-per-node" not in prepare
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def distill_command(teacher: Path, data: Path, cache: Path, out: Path, max_steps: int) -> list[str]:
+    """`python -m kdflow.launch --cpu-processes 2 -- distill ...` as the distill rule runs it (ZeRO-2)."""
+    distill = validate_config(
+        {
+            "run_name": "sig",
+            "glue": {"tasks": ["mnli"], "source": "synthetic", "max_length": 32},
+            "teacher": {"model": "unused"},
+            "student": {"model": {"from_teacher": {"layers": [0]}}},
+            "distill": {
+                "sweep": {"learning_rate": [1e-3]},
+                "training": {
+                    "max_steps": max_steps,
+                    "batch_size": 8,
+                    "logging_steps": 1,
+                    "eval_steps": 1000,
+                    "save_steps": 10,
+                },
+            },
+        }
+    )["distill"]
+    spec = {
+        "point": {"learning_rate": 1e-3, "alpha": 0.5, "temperature": 2.0},
+        "student": {"model": {"from_teacher": {"layers": [0]}}},
+        "distill": {k: v for k, v in distill.items() if k != "sweep"},
+        "max_length": 32,
+        "eval_batch_size": 64,
+    }
+    stage = ["distill", "--deepspeed", str(REPO / "workflow" / "deepspeed" / "zero2.json"), "--task", "mnli"]
+    stage += ["--teacher", str(teacher), "--teacher-tokenizer", str(teacher)]
+    stage += ["--student-tokenizer", str(teacher), "--data-dir", str(data), "--cache", str(cache)]
+    stage += [
+        "--model-out",
+        str(out / "model"),
+        "--log-out",
+        str(out / "log.jsonl"),
+        "--checkpoints",
+        str(out / "ckpt"),
+    ]
+    return [sys.executable, "-m", "kdflow.launch", "--cpu-processes", "2", "--", *stage, "--spec", json.dumps(spec)]
+
+
+def job_env() -> dict[str, str]:
+    env = dict(os.environ, KDFLOW_THREADS="2", PYTHONPATH=str(Path(kdflow.__file__).parents[1]))
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
+    return env
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """The command lines of living processes (not zombies) that contain `text`."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state != "Z":
+            found.append(f"{pid}: {cmdline[:200]}")
+    return found
+
+
+@pytest.mark.integration
+def test_ctrl_c_stops_every_process_of_a_distillation_and_a_rerun_resumes(teacher_dir, glue_data, tmp_path):
+    """Ctrl-C as a terminal sends it: SIGINT to the whole process group of the launch (the job's
+    shell starts it in the foreground group; torchrun and its workers run in sessions of their
+    own). The workers save a checkpoint and stop, no process of the job outlives the launcher, which
+    exits 130 within a bounded time; the rerun resumes from the newest complete checkpoint."""
+    from kdflow.teacher import cache_teacher_logits
+
+    cache = tmp_path / "cache.json"
+    cache_teacher_logits("mnli", str(teacher_dir), str(teacher_dir), glue_data["data"], 32, tmp_path / "store", cache)
+    out, max_steps = tmp_path / "job", 150  # ~20 steps/s here: the Ctrl-C comes mid-training
+    cmd = distill_command(teacher_dir, glue_data["data"], cache, out, max_steps)
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(cmd, env=job_env(), stdout=log, stderr=subprocess.STDOUT, process_group=0)
+        try:
+            deadline = time.monotonic() + 300
+            while not list((out / "ckpt").glob(f"checkpoint-*/{COMPLETE_MARKER}")):  # training runs
+                assert first.poll() is None and time.monotonic() < deadline, (tmp_path / "first.log").read_text()
+                time.sleep(0.05)
+            os.killpg(first.pid, signal.SIGINT)
+            interrupted = time.monotonic()
+            code = first.wait(timeout=120)
+            stopped_after = time.monotonic() - interrupted
+        finally:
+            if first.poll() is None:
+                os.killpg(first.pid, signal.SIGKILL)
+    text = (tmp_path / "first.log").read_text()
+    assert code == 128 + signal.SIGINT, text[-4000:]
+    assert processes_mentioning(str(out)) == []  # nothing of the job outlives the launcher
+    assert stopped_after < 60, stopped_after
+    assert "stopped by SIGINT; saved" in text, text[-4000:]  # the workers checkpointed, not just died
+    last = last_complete_checkpoint(out / "ckpt")
+    step = int(last.rsplit("-", 1)[-1])
+    assert 0 < step < max_steps and not (out / "model").exists()
+
+    rerun = subprocess.run(cmd, env=job_env(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    assert f"resuming from {last} (step {step})" in rerun.stderr
+    history = read_jsonl(out / "log.jsonl")
+    assert [h["step"] for h in history if "loss" in h] == list(range(1, max_steps + 1))
+    assert (out / "model").is_dir() and not (out / "ckpt").exists()

@@ -2,17 +2,23 @@
 resume after a crash from the newest checkpoint (the same weights as an uninterrupted run)."""
 
 import os
+import re
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import TrainerCallback
 
+import kdflow
 from kdflow.config import validate_config
 from kdflow.fileio import read_jsonl
 from kdflow.models import load_classifier, load_tokenizer, student_from_teacher
 from kdflow.training import (
     COMPLETE_MARKER,
+    LOCK_FILE,
     STOP_SIGNALS,
     KDTrainer,
     PairClassificationDataset,
@@ -295,7 +301,7 @@ class SignalAt(TrainerCallback):
             os.kill(os.getpid(), self.signum)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM, signal.SIGINT])
 def test_signal_saves_a_checkpoint_and_stops_then_rerun_resumes(teacher_dir, glue_data, tmp_path, signum):
     previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
     try:
@@ -533,3 +539,33 @@ def test_a_diverged_training_fails_instead_of_writing_a_model(teacher_dir, glue_
 def test_health_verdict_from_the_counts(counts, problem):
     got = health_problem(*counts)
     assert got == problem if problem is None else problem in got
+
+
+def test_a_checkpoint_folder_in_use_is_refused_until_its_holder_dies(teacher_dir, glue_data, tmp_path):
+    """A rerun while a process of an earlier run still holds the folder fails before it touches
+    the checkpoints, naming the folder and the holder; once the holder is gone (SIGKILL: no
+    cleanup of its own) the rerun resumes. The lock file is not taken for a checkpoint."""
+    killed_after(4, make_trainer(teacher_dir, glue_data["data"], tmp_path), job(), tmp_path)
+    folder = tmp_path / "checkpoints"
+    hold = "import sys, time; from kdflow.training import lock_checkpoint_dir as h; lock = h(sys.argv[1]); print(1); time.sleep(99)"
+    env = dict(os.environ, PYTHONPATH=str(Path(kdflow.__file__).parents[1]))
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(folder)], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "1\n"  # holds the lock
+        with pytest.raises(RuntimeError, match=f"{re.escape(str(folder))} is in use by pid {holder.pid} on "):
+            train_and_save(
+                make_trainer(teacher_dir, glue_data["data"], tmp_path),
+                job(),
+                tmp_path / "model",
+                tmp_path / "log.jsonl",
+            )
+        assert last_complete_checkpoint(folder) == str(folder / "checkpoint-3")  # untouched
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (folder / LOCK_FILE).is_file()  # left behind by the killed holder: the kernel released its lock
+    resumed = make_trainer(teacher_dir, glue_data["data"], tmp_path)
+    steps_run = []
+    resumed.add_callback(StepRecorder(steps_run))
+    train_and_save(resumed, job(), tmp_path / "model", tmp_path / "log.jsonl")
+    assert steps_run == [4, 5, 6]

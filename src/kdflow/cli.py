@@ -93,8 +93,10 @@ def cmd_prepare_translation(a) -> None:
 
 
 def exits_when_preempted(command):
-    """Training commands: a SIGTERM/SIGUSR1 saves a checkpoint, then the job exits 128 + signal
-    (non-zero, so Slurm and Snakemake see a failure; the rerun resumes from the checkpoint)."""
+    """Training commands: a SIGTERM/SIGUSR1/SIGINT saves a checkpoint, then the job exits 128 +
+    signal (non-zero, so Slurm and Snakemake see a failure; the rerun resumes from the checkpoint).
+    A rerun while processes of the job still run fails at once: they hold its checkpoint folder
+    (kdflow.training.lock_checkpoint_dir)."""
 
     def run(a) -> None:
         from .training import Preempted

@@ -10,9 +10,18 @@ The stage runs under torchrun even with one process, so RANK/WORLD_SIZE/MASTER_A
 set (DeepSpeed needs them).
 
 Signals: Slurm's warning signal (--signal=USR1@<s>) or a preemption's SIGTERM may reach only this
-launcher, or every process of the step. Either way the workers must get it, save a checkpoint
-and exit, and this launcher must not return before they have: torchrun runs in its own process
-group, the launcher forwards SIGTERM/SIGUSR1 to that group and waits until the group is empty.
+launcher, or every process of the step; a terminal's Ctrl-C (SIGINT) reaches Snakemake, the job's
+shell and this launcher, but not torchrun or its workers (each runs in a session of its own).
+Either way the workers must get it, save a checkpoint and exit, and this launcher must not return
+before they have: it forwards SIGINT, SIGTERM and SIGUSR1 to every process it started (torchrun,
+the workers and anything under them, found through /proc; workers orphaned by a dead torchrun are
+re-parented to the launcher) and returns only once none of them is left, with 128 + the first
+signal received. The workers treat all three alike (kdflow.training.STOP_SIGNALS): a checkpoint
+at the end of the current step, then exit. torchrun itself stops its workers on SIGINT/SIGTERM
+and kills them after its shutdown timeout (TORCH_ELASTIC_SHUTDOWN_TIMEOUT, 30 s by default).
+Escalation, after Ctrl-C only (Slurm bounds the others itself): a second SIGINT, or the job still
+running STOP_GRACE_S seconds (KDFLOW_STOP_GRACE) after the first, kills every process of the job
+with SIGKILL; the newest complete checkpoint stays, one killed mid-write is never resumed.
 """
 
 from __future__ import annotations
@@ -26,6 +35,8 @@ import sys
 import time
 
 RDZV_PORT = 29500
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+STOP_GRACE_S = 60.0  # after a Ctrl-C (SIGINT), before the job is killed
 
 
 def visible_gpus() -> int:
@@ -92,29 +103,99 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(run_process_group(cmd, launch_env(gpus, nproc)))
 
 
-def run_process_group(cmd: list[str], env: dict[str, str]) -> int:
-    """Run cmd in a new process group; forward SIGTERM/SIGUSR1 to the group; return once every
-    process of the group has exited: cmd's exit code, or 128 + signal if one was received."""
+def run_process_group(cmd: list[str], env: dict[str, str], grace: float | None = None) -> int:
+    """Run cmd in a new session; forward SIGINT/SIGTERM/SIGUSR1 to every process of the job (cmd
+    and its descendants); return once none is left: cmd's exit code, or 128 + the first signal
+    received. After a SIGINT the job gets `grace` seconds (default STOP_GRACE_S) to stop; a second
+    SIGINT, or the grace running out, kills it."""
+    grace = float(os.environ.get("KDFLOW_STOP_GRACE", STOP_GRACE_S)) if grace is None else grace
     _become_subreaper()
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    me = os.getpid()
+    others = set(_process_table()["children"].get(me, ()))  # not the job's (a caller's own children)
     received: list[int] = []
+    deadline: list[float] = []
+
+    started: list[int] = []
+
+    def job() -> list[int]:
+        return _job_processes(me, others, started)
 
     def forward(signum, frame):
+        repeated = signum == signal.SIGINT and signal.SIGINT in received
         received.append(signum)
-        try:
-            os.killpg(proc.pid, signum)
-        except ProcessLookupError:
-            pass
+        if signum == signal.SIGINT and not deadline:
+            deadline.append(time.monotonic() + grace)
+        _signal_all(job(), signal.SIGKILL if repeated else signum)
 
-    for signum in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(signum, forward)
-    code = proc.wait()
-    while _group_alive(proc.pid):  # workers orphaned by a dead torchrun may still be saving
-        _reap_orphans()
-        time.sleep(0.2)
-    if code == 0 and received:
-        code = 128 + received[0]
+    previous = {signum: signal.signal(signum, forward) for signum in FORWARDED}
+    try:
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+        started.append(proc.pid)
+        if received:  # a signal came before the job existed
+            _signal_all(job(), received[-1])
+        while True:  # workers orphaned by a dead torchrun may still be saving
+            code = proc.poll()
+            if code is not None and not job():
+                break
+            if deadline and time.monotonic() > deadline[0]:
+                deadline.clear()
+                _signal_all(job(), signal.SIGKILL)
+            time.sleep(0.2)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if received:
+        return 128 + received[0]
     return code if code >= 0 else 128 - code
+
+
+def _process_table() -> dict:
+    """{"children": {ppid: [pid, ...]}, "zombies": {pid, ...}} of every process in /proc."""
+    children: dict[int, list[int]] = {}
+    zombies: set[int] = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        pid, state, ppid = int(entry.name), fields[0], int(fields[1])
+        children.setdefault(ppid, []).append(pid)
+        if state in (b"Z", b"X"):
+            zombies.add(pid)
+    return {"children": children, "zombies": zombies}
+
+
+def _job_processes(me: int, others: set[int], popen: list[int]) -> list[int]:
+    """The living processes of the job: this process's children other than `others` and all
+    their descendants. Reaps the job's zombies that are this process's children, except those in
+    `popen` (their Popen reaps them)."""
+    table = _process_table()
+    children, zombies = table["children"], table["zombies"]
+    stack = [pid for pid in children.get(me, ()) if pid not in others]
+    alive = []
+    while stack:
+        pid = stack.pop()
+        stack += children.get(pid, ())
+        if pid not in zombies:
+            alive.append(pid)
+    for pid in children.get(me, ()):
+        if pid in zombies and pid not in others and pid not in popen:
+            try:
+                os.waitpid(pid, os.WNOHANG)  # an orphan re-parented here (Popen reaps cmd itself)
+            except ChildProcessError:
+                pass
+    return alive
+
+
+def _signal_all(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def _become_subreaper() -> None:
@@ -123,24 +204,6 @@ def _become_subreaper() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
     except (OSError, AttributeError):
         pass
-
-
-def _reap_orphans() -> None:
-    try:
-        while os.waitpid(-1, os.WNOHANG)[0] > 0:
-            pass
-    except ChildProcessError:
-        pass
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
 
 
 if __name__ == "__main__":

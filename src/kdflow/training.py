@@ -7,10 +7,13 @@ KD/CE/cosine parts, eval loss, learning rate) is written to log.jsonl for the re
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -355,7 +358,9 @@ def training_arguments(
 
 
 COMPLETE_MARKER = "kdflow-complete"
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # Slurm: preemption / time limit (--signal=USR1@<s>)
+# Slurm: preemption / time limit (--signal=USR1@<s>); a terminal's Ctrl-C (forwarded by kdflow.launch)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+LOCK_FILE = "kdflow.lock"  # in the checkpoint folder; not a checkpoint (those are checkpoint-<step>/)
 
 
 class Preempted(RuntimeError):
@@ -368,7 +373,9 @@ class Preempted(RuntimeError):
 
 class CheckpointGuard(TrainerCallback):
     """Marks each checkpoint complete once the Trainer has fully written it (a checkpoint killed
-    mid-write is never resumed), and turns SIGTERM/SIGUSR1 into "save a checkpoint now and stop"."""
+    mid-write is never resumed), and turns SIGTERM/SIGUSR1/SIGINT into "save a checkpoint at the end
+    of this step and stop". A repeated signal changes nothing (kdflow.launch and torchrun may both
+    forward one Ctrl-C); kdflow.launch kills the job on a second Ctrl-C."""
 
     def __init__(self):
         self.signum: int | None = None
@@ -394,6 +401,31 @@ class CheckpointGuard(TrainerCallback):
         if state.is_world_process_zero:
             (Path(args.output_dir) / f"checkpoint-{state.global_step}" / COMPLETE_MARKER).touch()
         return control
+
+
+def lock_checkpoint_dir(path: str | Path):
+    """Hold an exclusive lock on <path>/kdflow.lock while the returned file is open: the kernel
+    releases it when the holder exits or dies (even by SIGKILL). A second holder, e.g. a rerun
+    while processes of an earlier run still train and write checkpoints there, gets a RuntimeError
+    naming the folder and the process that holds it. Creates the folder."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    lock = open(path / LOCK_FILE, "a+")  # "a+": the holder's record stays until we hold the lock
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        lock.close()
+        raise RuntimeError(
+            f"{path} is in use by {holder}, a training still running there (an earlier run?): "
+            "wait for it or stop it, then rerun"
+        ) from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    lock.flush()
+    return lock
 
 
 def last_complete_checkpoint(output_dir: str | Path, remove_incomplete: bool = False) -> str | None:
@@ -573,8 +605,15 @@ def train_and_save(
     tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> dict:
     """Train (resuming from this job's newest checkpoint in args.output_dir, if any), then write
-    the final model and the log history atomically and drop the checkpoints. On SIGTERM/SIGUSR1
-    save a checkpoint and raise Preempted instead: no output is written."""
+    the final model and the log history atomically and drop the checkpoints. On SIGTERM/SIGUSR1/
+    SIGINT save a checkpoint and raise Preempted instead: no output is written. The main process
+    holds the checkpoint folder's lock (lock_checkpoint_dir) from before it looks at the
+    checkpoints to the end: a job whose folder is in use fails before it touches anything."""
+    with contextlib.ExitStack() as held:
+        return _train_and_save(trainer, job_spec, model_out, log_out, tokenizer, held)
+
+
+def _train_and_save(trainer, job_spec, model_out, log_out, tokenizer, held: contextlib.ExitStack) -> dict:
     guard = CheckpointGuard()
     trainer.add_callback(guard)
     if trainer.args.disable_tqdm:  # no bar (not a terminal): periodic progress lines in the log instead
@@ -588,6 +627,7 @@ def train_and_save(
     decision: list = [None]
     if main:
         try:
+            held.enter_context(lock_checkpoint_dir(checkpoints))
             resume = checkpoint_plan(checkpoints, job_spec, run)
             prepare_checkpoint_dir(checkpoints, job_spec, run, resume, trainer.args.train_batch_size)
             decision = [("ok", last_complete_checkpoint(checkpoints))]
