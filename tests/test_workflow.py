@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from tiny import small_glue_config
+from tiny import HOSTILE_NAME, injected, small_glue_config
 
 from kdflow.config import load_config, sweep_points
 from kdflow.paths import RunPaths
@@ -59,12 +60,30 @@ def planned(output: str) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
+    """The small GLUE run, with its results and its DeepSpeed config under HOSTILE_NAME."""
     workdir = tmp_path_factory.mktemp("wf")
+    deepspeed = workdir / HOSTILE_NAME / "zero2.json"
+    deepspeed.parent.mkdir()
+    shutil.copy(REPO / "workflow" / "deepspeed" / "zero2.json", deepspeed)
+    config = json.loads(json.dumps(SMALL)) | {"results_dir": HOSTILE_NAME}
+    config["distill"]["distributed"] = {"deepspeed_config": str(deepspeed)}
     configfile = workdir / "small.yaml"
-    configfile.write_text(yaml.safe_dump(SMALL))
-    snakemake(workdir, configfile)
+    configfile.write_text(yaml.safe_dump(config))
+    snakemake(workdir, configfile, "--printshellcmds")  # the shell lines go to .snakemake/log too
     config = load_config(configfile)
-    return workdir, configfile, RunPaths(str(workdir / "results" / "small")), config
+    return workdir, configfile, RunPaths(str(workdir / HOSTILE_NAME / "small")), config
+
+
+def test_paths_with_shell_characters_work_and_execute_nothing(small_run):
+    """Every rule's shell line held the hostile folder (results, logs, the DeepSpeed config):
+    the jobs wrote where they should, nothing else appeared, and no command ran."""
+    workdir, _, paths, _ = small_run
+    assert not injected(workdir, REPO)
+    assert sorted(p.name for p in workdir.iterdir()) == sorted([".snakemake", HOSTILE_NAME, "small.yaml"])
+    assert sorted(p.name for p in (workdir / HOSTILE_NAME).iterdir()) == ["small", "zero2.json"]
+    shell_lines = "\n".join(p.read_text() for p in Path(workdir, ".snakemake", "log").glob("*.log"))
+    assert shell_lines.count(f"--deepspeed {shlex.quote(str(workdir / HOSTILE_NAME / 'zero2.json'))}") == 4
+    assert Path(paths.report_md()).is_file()
 
 
 def test_report_numbers_are_the_runs_numbers(small_run):
@@ -166,6 +185,17 @@ def test_teacher_cache_is_reused_when_its_rule_reruns(small_run):
     again = json.loads(Path(paths.cache_pointer("mnli")).read_text())
     assert again["key"] == pointer["key"] and again["reused"] is True
     assert shard.stat().st_mtime_ns == mtime
+
+    # A damaged entry: forcing the rule rebuilds it (the shard is verified, not just present),
+    # and the rebuilt shard is the file first written, byte for byte.
+    good = shard.read_bytes()
+    damaged = bytearray(good)
+    damaged[-10] ^= 0x01
+    shard.write_bytes(bytes(damaged))
+    snakemake(workdir, configfile, "--forcerun", "cache_teacher", "--until", "cache_teacher")
+    rebuilt = json.loads(Path(paths.cache_pointer("mnli")).read_text())
+    assert rebuilt["key"] == pointer["key"] and rebuilt["reused"] is False
+    assert shard.read_bytes() == good
 
 
 def test_shipped_demo_shows_the_learning_rate_effect(tmp_path):

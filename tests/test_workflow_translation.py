@@ -1,4 +1,4 @@
-"""A real Snakemake run of the translation DAG at test size: synthetic Europarl files, a BPE
+"""A real Snakemake run of the translation DAG at test size: synthetic Europarl files in a local folder, a BPE
 tokenizer, a tiny Llama teacher trained from a config, the top-k cache, a student built from
 its layers distilled with 2 CPU processes (DeepSpeed ZeRO-2), generation, SacreBLEU and COMET
 (a tiny COMET model built here, loaded like the real checkpoint), and the report."""
@@ -11,13 +11,14 @@ import pytest
 import sacrebleu
 import torch
 import yaml
-from test_workflow import planned, snakemake
-from tiny import DEMO_TEMPLATE, tiny_llama
+from test_workflow import REPO, planned, snakemake
+from tiny import DEMO_TEMPLATE, HOSTILE_NAME, injected, tiny_llama
 from tiny_comet import build_tiny_comet
 from transformers import AutoModelForCausalLM
 
 from kdflow.fileio import read_jsonl
 from kdflow.paths import RunPaths
+from kdflow.synthetic_translation import write_synthetic_europarl
 from kdflow.teacher_cache import open_pointer
 from kdflow.teacher_translation import read_topk_cache
 
@@ -60,19 +61,26 @@ def small_translation_config(comet_ckpt: str) -> dict:
 
 @pytest.fixture(scope="module")
 def tr_run(tmp_path_factory):
+    """The small translation run, its Europarl files (those kdflow's synthetic rule would write)
+    read from a local folder, that folder and the results under HOSTILE_NAME."""
     workdir = tmp_path_factory.mktemp("trwf")
     ckpt = build_tiny_comet(workdir / "comet")
+    config = small_translation_config(ckpt)
+    local = workdir / HOSTILE_NAME / "europarl"
+    write_synthetic_europarl(local, size=config["translation"].pop("synthetic")["size"], seed=0)
+    config["translation"] |= {"source": "local", "local_dir": str(local)}
+    config["results_dir"] = HOSTILE_NAME
     configfile = workdir / "tr.yaml"
-    configfile.write_text(yaml.safe_dump(small_translation_config(ckpt)))
+    configfile.write_text(yaml.safe_dump(config))
     output = snakemake(workdir, configfile)
-    return workdir, configfile, RunPaths(str(workdir / "results" / "tr")), output
+    assert not injected(workdir, REPO)  # no command ran from a path
+    return workdir, configfile, RunPaths(str(workdir / HOSTILE_NAME / "tr")), output
 
 
 def test_translation_dag_runs_every_stage(tr_run, monkeypatch):
     workdir, _, paths, output = tr_run
     monkeypatch.chdir(workdir)  # the cache pointer names its store entry relative to the workflow's directory
     assert planned(output) == {
-        "synthesize_europarl": 1,
         "prepare_translation": 1,
         "train_tokenizer_lm": 1,
         "train_teacher_lm": 1,

@@ -16,6 +16,19 @@ def tiny_bert(layers: int = 2, **config) -> dict:
     }
 
 
+# A folder name that breaks any shell line holding it unquoted: spaces, both quotes, $(...) and
+# backquotes. The workflow tests put their results (and the inputs they name) under it: the run
+# must work, and nothing may execute (no OWNED file appears).
+HOSTILE_NAME = "a dir 'q' \"dq\" $(touch OWNED) `touch OWNED2`"
+
+
+def injected(*roots) -> list:
+    """Files a command injected through a path would have made (OWNED*), under each root."""
+    from pathlib import Path
+
+    return [p for root in roots for p in Path(root).rglob("OWNED*")]
+
+
 def small_glue_config(run_name: str, tasks: list[str], train_size: int, distill_training: dict, **distill) -> dict:
     """The demo's workflow at test size: synthetic data, a 2-layer teacher, a 1-layer student."""
     return {

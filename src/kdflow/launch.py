@@ -13,12 +13,13 @@ Signals: Slurm's warning signal (--signal=USR1@<s>) or a preemption's SIGTERM ma
 launcher, or every process of the step; a terminal's Ctrl-C (SIGINT) reaches Snakemake, the job's
 shell and this launcher, but not torchrun or its workers (each runs in a session of its own).
 Either way the workers must get it, save a checkpoint and exit, and this launcher must not return
-before they have: it forwards SIGINT, SIGTERM and SIGUSR1 to every process it started (torchrun,
-the workers and anything under them, found through /proc; workers orphaned by a dead torchrun are
-re-parented to the launcher) and returns only once none of them is left, with 128 + the first
-signal received. The workers treat all three alike (kdflow.training.STOP_SIGNALS): a checkpoint
-at the end of the current step, then exit. torchrun itself stops its workers on SIGINT/SIGTERM
-and kills them after its shutdown timeout (TORCH_ELASTIC_SHUTDOWN_TIMEOUT, 30 s by default).
+before they have: it forwards SIGINT (as SIGTERM, which srun passes on to every node), SIGTERM
+and SIGUSR1 to every process it started (torchrun, the workers and anything under them, found
+through /proc; workers orphaned by a dead torchrun are re-parented to the launcher) and returns
+only once none of them is left, with 128 + the first signal received. The workers treat all
+three alike (kdflow.training.STOP_SIGNALS): a checkpoint at the end of the current step, then
+exit. torchrun itself stops its workers on SIGINT/SIGTERM and kills them after its shutdown
+timeout (TORCH_ELASTIC_SHUTDOWN_TIMEOUT, 30 s by default).
 Escalation, after Ctrl-C only (Slurm bounds the others itself): a second SIGINT, or the job still
 running STOP_GRACE_S seconds (KDFLOW_STOP_GRACE) after the first, kills every process of the job
 with SIGKILL; the newest complete checkpoint stays, one killed mid-write is never resumed.
@@ -125,14 +126,14 @@ def run_process_group(cmd: list[str], env: dict[str, str], grace: float | None =
         received.append(signum)
         if signum == signal.SIGINT and not deadline:
             deadline.append(time.monotonic() + grace)
-        _signal_all(job(), signal.SIGKILL if repeated else signum)
+        _signal_all(job(), signal.SIGKILL if repeated else _forwarded(signum))
 
     previous = {signum: signal.signal(signum, forward) for signum in FORWARDED}
     try:
         proc = subprocess.Popen(cmd, env=env, start_new_session=True)
         started.append(proc.pid)
         if received:  # a signal came before the job existed
-            _signal_all(job(), received[-1])
+            _signal_all(job(), _forwarded(received[-1]))
         while True:  # workers orphaned by a dead torchrun may still be saving
             code = proc.poll()
             if code is not None and not job():
@@ -147,6 +148,13 @@ def run_process_group(cmd: list[str], env: dict[str, str], grace: float | None =
     if received:
         return 128 + received[0]
     return code if code >= 0 else 128 - code
+
+
+def _forwarded(signum: int) -> int:
+    """What the job gets for a signal: SIGINT becomes SIGTERM. torchrun and the workers treat both
+    alike, but srun (several nodes) only prints the step's status on a single SIGINT, while it
+    passes SIGTERM on to every node's torchrun."""
+    return signal.SIGTERM if signum == signal.SIGINT else signum
 
 
 def _process_table() -> dict:
