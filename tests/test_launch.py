@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import kdflow
 from kdflow.cluster import ClusterSettingError, apply_profile_defaults
@@ -134,7 +135,9 @@ def test_profile_plans_every_rule_with_its_partition(tmp_path):
 REPO = Path(__file__).resolve().parents[1]
 
 
-def distill_command(teacher: Path, data: Path, cache: Path, out: Path, max_steps: int) -> list[str]:
+def distill_command(
+    teacher: Path, data: Path, cache: Path, out: Path, max_steps: int, logging_steps: int = 1
+) -> list[str]:
     """`python -m kdflow.launch --cpu-processes 2 -- distill ...` as the distill rule runs it (ZeRO-2)."""
     distill = validate_config(
         {
@@ -147,7 +150,7 @@ def distill_command(teacher: Path, data: Path, cache: Path, out: Path, max_steps
                 "training": {
                     "max_steps": max_steps,
                     "batch_size": 8,
-                    "logging_steps": 1,
+                    "logging_steps": logging_steps,
                     "eval_steps": 1000,
                     "save_steps": 10,
                 },
@@ -236,3 +239,54 @@ def test_ctrl_c_stops_every_process_of_a_distillation_and_a_rerun_resumes(teache
     history = read_jsonl(out / "log.jsonl")
     assert [h["step"] for h in history if "loss" in h] == list(range(1, max_steps + 1))
     assert (out / "model").is_dir() and not (out / "ckpt").exists()
+
+
+@pytest.mark.integration
+def test_kill_9_mid_distillation_resumes_to_the_uninterrupted_model(teacher_dir, glue_data, tmp_path):
+    """Every process of a 2-process DeepSpeed distillation killed at once (kill -9: a node lost,
+    nothing handled): the rerun starts (the lock died with its holder), resumes from the newest
+    complete checkpoint, and ends with exactly the weights of a run never interrupted."""
+    from safetensors.torch import load_file
+
+    from kdflow.teacher import cache_teacher_logits
+
+    cache = tmp_path / "cache.json"
+    cache_teacher_logits("mnli", str(teacher_dir), str(teacher_dir), glue_data["data"], 32, tmp_path / "store", cache)
+    max_steps = 60
+    whole = subprocess.run(
+        distill_command(teacher_dir, glue_data["data"], cache, tmp_path / "whole", max_steps),
+        env=job_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert whole.returncode == 0, whole.stderr[-4000:]
+
+    out = tmp_path / "killed"
+    cmd = distill_command(teacher_dir, glue_data["data"], cache, out, max_steps)
+    first = subprocess.Popen(cmd, env=job_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list((out / "ckpt").glob(f"checkpoint-*/{COMPLETE_MARKER}")):
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    for line in processes_mentioning(str(out)):
+        os.kill(int(line.split(":")[0]), signal.SIGKILL)
+    first.wait(timeout=60)
+    assert processes_mentioning(str(out)) == []
+    last = last_complete_checkpoint(out / "ckpt")
+    step = int(last.rsplit("-", 1)[-1])
+    assert 0 < step < max_steps and not (out / "model").exists()
+
+    # The rerun logs every 2nd step (a setting that resumes): steps 1..step come from the
+    # checkpoint, so the log shows where training really picked up.
+    rerun = subprocess.run(
+        distill_command(teacher_dir, glue_data["data"], cache, out, max_steps, logging_steps=2),
+        env=job_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    assert f"resuming from {last} (step {step})" in rerun.stderr
+    logged = [h["step"] for h in read_jsonl(out / "log.jsonl") if "loss" in h]
+    assert logged == [*range(1, step + 1), *range(step + 2, max_steps + 1, 2)]
+    expected = load_file(str(tmp_path / "whole" / "model" / "model.safetensors"))
+    got = load_file(str(out / "model" / "model.safetensors"))
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[k], got[k]) for k in expected), [
+        k for k in expected if not torch.equal(expected[k], got[k])
+    ]
