@@ -111,7 +111,7 @@ def deepspeed_config_input(dist):
 
 
 def deepspeed_arg(input):
-    return ["--deepspeed", *input.deepspeed]
+    return ["--deepspeed", *input.deepspeed] if input.deepspeed else []  # deepspeed: none
 
 
 def launch(dist):
