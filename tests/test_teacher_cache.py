@@ -91,13 +91,27 @@ def test_incomplete_entry_is_not_trusted(tmp_path):
     assert not list(tmp_path.rglob(".*tmp*"))  # atomic writes leave no temporaries
 
 
+@pytest.mark.parametrize("kind, rule", [("class_logits", "cache_teacher"), ("lm_topk", "cache_teacher_lm")])
+def test_a_deleted_entry_names_the_rule_and_command_that_rebuild_it(tmp_path, kind, rule):
+    """A scratch purge of the store leaves the pointer (the rule's output) up to date, so a plain
+    rerun never rebuilds the entry: the message must say which rule to force, and how."""
+    entry = CacheEntry(tmp_path / "store", {"kind": kind, "n": 1})
+    entry.write_shard(0, {"x": torch.arange(3)})
+    entry.finish(1, {})
+    pointer = tmp_path / "p.json"
+    pointer.write_text(json.dumps({"key": entry.key, "dir": str(entry.dir), "key_parts": entry.key_parts}))
+    shutil.rmtree(tmp_path / "store")
+    with pytest.raises(RuntimeError, match=rf"missing or incomplete.*snakemake --forcerun {rule} <your usual options>"):
+        open_pointer(pointer)
+
+
 def test_pointer_refuses_other_training_data(teacher_dir, glue_data, tmp_path):
     run_cache(teacher_dir, glue_data["data"], tmp_path / "store", tmp_path / "mnli.json")
     train = glue_data["data"] / "train.jsonl"
     assert open_pointer(tmp_path / "mnli.json", train).is_complete()
     other = tmp_path / "train.jsonl"
     other.write_text(train.read_text().replace("a", "b", 1))
-    with pytest.raises(RuntimeError, match=f"built from other training data than {other}"):
+    with pytest.raises(RuntimeError, match=f"built from other training data than {other}.*--forcerun cache_teacher "):
         open_pointer(tmp_path / "mnli.json", other)
 
 
