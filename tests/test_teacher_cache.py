@@ -134,7 +134,7 @@ def test_nan_logits_are_refused_and_the_cache_rule_rebuilds_them(teacher_dir, gl
 
 
 # A teacher used as it is (teacher.finetune.enabled: false) is checked when it is loaded, before
-# anything is predicted: a trained head, kdflow's label order.
+# anything is predicted: a trained head, kdflow's label order, a tokenizer whose ids fit it.
 
 
 @pytest.fixture(scope="module")
@@ -159,12 +159,16 @@ def teachers(teacher_dir, tmp_path_factory):
         tok.save_pretrained(root / name)
         return root / name
 
+    wider = load_tokenizer(str(teacher_dir))
+    wider.add_tokens(["zebra", "xylophone", "quokka"])  # 303 tokens, ids up to 302; the teacher has 300
+    wider.save_pretrained(root / "wider_tokenizer")
     return {
         "reversed": labelled("reversed", ["contradiction", "neutral", "entailment"]),
         "kdflow_order": labelled("kdflow_order", ["ENTAILMENT", "Neutral", "contradiction"]),
         "other_names": labelled("other_names", ["yes", "maybe", "no"]),
         "two_labels": save(classifier_from_config(TINY_BERT, 2, tok, seed=0), "two_labels"),
         "no_head": save(AutoModelForSequenceClassification.from_pretrained(teacher_dir).bert, "no_head"),
+        "wider_tokenizer": root / "wider_tokenizer",
     }
 
 
@@ -244,6 +248,17 @@ def test_a_student_from_a_base_model_still_gets_a_fresh_head(teachers):
     assert student.config.num_labels == 3
 
 
+def test_a_teacher_tokenizer_with_ids_beyond_the_teachers_vocabulary_is_refused(
+    teachers, teacher_dir, glue_data, tmp_path
+):
+    with pytest.raises(ModelMismatch) as err:
+        cache_with(teacher_dir, teachers["wider_tokenizer"], glue_data, tmp_path)
+    message = str(err.value)
+    assert message.startswith(f"teacher.tokenizer: the tokenizer {teachers['wider_tokenizer']} has 303 tokens")
+    assert f"the model {teacher_dir} a vocabulary of 300" in message
+    assert_nothing_cached(tmp_path)
+
+
 def distill_until_the_teacher_is_loaded(teacher, tokenizer, cosine_weight, glue_data, tmp_path, pointer):
     """distill_student up to the point where it has its teacher; a refusal comes before any training."""
     spec = {
@@ -280,5 +295,15 @@ def test_distill_refuses_such_a_teacher_too(teachers, glue_data, good_cache, tmp
     with pytest.raises(ModelMismatch, match=f"^teacher\\.model: .*{says}"):
         distill_until_the_teacher_is_loaded(
             teachers[name], teachers[name], cosine_weight, glue_data, tmp_path, good_cache
+        )
+    assert not (tmp_path / "out").exists()
+
+
+def test_distill_refuses_an_online_teacher_tokenizer_that_does_not_fit(
+    teachers, teacher_dir, glue_data, good_cache, tmp_path
+):
+    with pytest.raises(ModelMismatch, match=r"^teacher\.tokenizer: .* has 303 tokens .* vocabulary of 300"):
+        distill_until_the_teacher_is_loaded(
+            teacher_dir, teachers["wider_tokenizer"], 0.5, glue_data, tmp_path, good_cache
         )
     assert not (tmp_path / "out").exists()

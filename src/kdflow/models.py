@@ -55,7 +55,8 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
 
 
 class ModelMismatch(ValueError):
-    """A model that does not fit its use: a teacher without a trained head, or trained for other labels."""
+    """A model or tokenizer that does not fit its use: a teacher without a trained head, or
+    trained for other labels, or a tokenizer whose ids the model does not have."""
 
 
 # Label names transformers gives a classifier that was never told its labels: they say nothing.
@@ -116,6 +117,19 @@ def name_labels(model: PreTrainedModel, labels: tuple[str, ...]) -> None:
     load_classifier with trained_labels checks when the model is used as a teacher)."""
     model.config.id2label = dict(enumerate(labels))
     model.config.label2id = {label: i for i, label in enumerate(labels)}
+
+
+def check_tokenizer_fits(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, key: str, model_name: str) -> None:
+    """The tokenizer's ids must be rows of the model's embedding: a tokenizer of another model
+    would fail deep in torch (index out of range) or, as large, embed the wrong tokens."""
+    vocab_size = model.config.vocab_size
+    top = max(tokenizer.get_vocab().values(), default=-1)
+    if len(tokenizer) > vocab_size or top >= vocab_size:
+        raise ModelMismatch(
+            f"{key}: the tokenizer {tokenizer.name_or_path} has {len(tokenizer)} tokens (ids up to {top}), the "
+            f"model {model_name} a vocabulary of {vocab_size} (config.json vocab_size): its ids do not fit that "
+            "model; name the model's own tokenizer"
+        )
 
 
 def classifier_from_config(

@@ -14,6 +14,7 @@ import torch
 
 from .fileio import read_json, read_jsonl, sha256_file
 from .models import (
+    check_tokenizer_fits,
     classifier_from_config,
     load_classifier,
     load_tokenizer,
@@ -87,12 +88,14 @@ def cache_teacher_logits(
     batch_size: int = 128,
 ) -> dict:
     """Cache the teacher's logits on the train split (reused when the key is unchanged). The
-    teacher must be a classifier trained for the task's labels in kdflow's order
-    (models.load_classifier): checked before anything is predicted."""
+    teacher must be a classifier trained for the task's labels in kdflow's order, and the
+    tokenizer's ids must fit it (models.load_classifier, check_tokenizer_fits): checked before
+    anything is predicted."""
     labels = GLUE_TASKS[task].labels
     train_file = Path(data_dir) / "train.jsonl"
     tokenizer = load_tokenizer(tokenizer_path)
     model = load_classifier(teacher_path, len(labels), trained_labels=labels, key="teacher.model")
+    check_tokenizer_fits(tokenizer, model, "teacher.tokenizer", teacher_path)
     key_parts = {
         "kind": "class_logits",
         "teacher": model_fingerprint(model),
