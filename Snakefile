@@ -10,13 +10,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from kdflow.config import validate_config  # noqa: E402
+from kdflow.config import check_config_files, validate_config  # noqa: E402
 
 if not config:  # nothing given with --configfile/--config: run the embedded demo
 
     configfile: "config/demo.yaml"
 
 
+check_config_files(workflow.configfiles)  # duplicate keys, which Snakemake's YAML reading keeps
 validate_config(
     config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 )

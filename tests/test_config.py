@@ -140,7 +140,7 @@ def _model_folder(path: Path, tokenizer: bool = True) -> Path:
     from kdflow.models import causal_lm_from_config, train_bpe_tokenizer
 
     tok = train_bpe_tokenizer(["le chat", "the cat", "un chien", "a dog"] * 20, path, 300)
-    causal_lm_from_config(tiny_llama(1), tok, seed=0).save_pretrained(path)
+    causal_lm_from_config(tiny_llama(4), tok, seed=0).save_pretrained(path)  # the demo student takes layers 0, 3
     if not tokenizer:
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
             (path / name).unlink(missing_ok=True)
@@ -399,3 +399,94 @@ def test_translation_temperature_other_than_1_needs_the_explicit_option():
         validate_config(config(sweep={"learning_rate": [1e-3], "temperature": [1.0, 2.0]}))
     allowed = validate_config(config(sweep={"learning_rate": [1e-3], "temperature": [2.0]}, allow_tempered_topk=True))
     assert allowed["translation"]["distill"]["sweep"]["temperature"] == [2.0]
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (  # a typo in a model built from a config would silently keep transformers' default (768 wide)
+            lambda c: c["teacher"]["model"]["config"].update(hiden_size=64),
+            r"^teacher\.model\.config\.hiden_size: not a setting of BertConfig \(did you mean hidden_size\?\)",
+        ),
+        (
+            lambda c: c["translation"]["teacher"]["model"]["config"].update(num_hiden_layers=2),
+            r"^translation\.teacher\.model\.config\.num_hiden_layers: not a setting of LlamaConfig",
+        ),
+        (
+            lambda c: c["teacher"]["model"]["config"].update(hidden_size=33),
+            r"^teacher\.model\.config: hidden_size 33 must be a multiple of num_attention_heads 4",
+        ),
+        (
+            lambda c: c["glue"].update(max_length=65),
+            r"^glue\.max_length: 65 tokens, but teacher\.model has max_position_embeddings 64",
+        ),
+        (
+            lambda c: c["translation"].update(max_length=129),
+            r"^translation\.max_length: 129 tokens, but translation\.teacher\.model has max_position_embeddings 128",
+        ),
+        (
+            lambda c: c["student"]["model"]["from_teacher"].update(layers=[0, 4]),
+            r"^student\.model\.from_teacher\.layers: \[0, 4\] out of range, the teacher has 4 layers",
+        ),
+        (
+            lambda c: c["distill"]["sweep"].update(alpha=[0.3333333, 0.33333334]),
+            r"^distill\.sweep\.alpha: 0\.3333333 and 0\.33333334 would be one job \(0\.333333",
+        ),
+        (
+            lambda c: c["translation"]["distill"]["sweep"].update(learning_rate=[1e-5, 1.0000001e-5]),
+            r"^translation\.distill\.sweep\.learning_rate: 1e-05 and 1\.0000001e-05 would be one job",
+        ),
+        (lambda c: c.update(run_name=".."), r"run_name: '\.\.' does not match"),
+        (lambda c: c.update(run_name="."), r"run_name: '\.' does not match"),
+        (
+            lambda c: c["translation"].update(source_lang="fr"),
+            r"^translation\.target_lang: 'fr' is also the source language",
+        ),
+        (
+            lambda c: c["translation"].update(source_lang="de", target_lang="en", prompt={"template": None}),
+            r"^translation\.prompt\.template: null is the study's prompt, which asks for a translation from English "
+            r"to French; write a template for de -> en",
+        ),
+    ],
+)
+def test_what_is_known_of_the_models_and_sweeps_is_checked_before_any_job(demo, edit, message):
+    assert demo["teacher"]["model"]["config"]["num_hidden_layers"] == 4  # the demo's models, as the cases assume
+    assert demo["glue"]["max_length"] <= 64 and demo["teacher"]["model"]["config"]["max_position_embeddings"] == 64
+    edit(demo)
+    with pytest.raises(ConfigError, match=message):
+        validate_config(demo)
+
+
+def test_a_deepspeed_config_and_results_dir_must_be_what_they_say(demo, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    key = r"^translation\.distill\.distributed\.deepspeed_config: "
+    for content, message in (("{not json", "is not valid JSON"), ("[1, 2]", "does not hold a JSON object")):
+        (tmp_path / "ds.json").write_text(content)
+        demo["translation"]["distill"]["distributed"] = {"deepspeed_config": str(tmp_path / "ds.json")}
+        with pytest.raises(ConfigError, match=key + f".*ds.json {message}"):
+            validate_config(json.loads(json.dumps(demo)))
+    demo["translation"]["distill"]["distributed"] = {"deepspeed_config": str(tmp_path)}
+    with pytest.raises(ConfigError, match=key + f"{tmp_path} is not a file"):
+        validate_config(json.loads(json.dumps(demo)))
+    (tmp_path / "ds.json").write_text('{"zero_optimization": {"stage": 2}}')
+    demo["translation"]["distill"]["distributed"] = {"deepspeed_config": str(tmp_path / "ds.json")}
+    (tmp_path / "results").write_text("a file")
+    with pytest.raises(ConfigError, match=r"^results_dir: results exists and is not a folder"):
+        validate_config(json.loads(json.dumps(demo)))
+    (tmp_path / "results").unlink()
+    validate_config(demo)
+
+
+def test_a_key_given_twice_fails_naming_the_file_and_line(demo, tmp_path):
+    text = yaml.safe_dump(demo, sort_keys=False)
+    (tmp_path / "once.yaml").write_text(text)
+    assert load_config(tmp_path / "once.yaml")["run_name"] == demo["run_name"]
+    (tmp_path / "twice.yaml").write_text(text + "run_name: other\n")
+    with pytest.raises(ConfigError, match=r"(?s)twice\.yaml: key 'run_name' given twice \(first on line 1\).*line \d+"):
+        load_config(tmp_path / "twice.yaml")
+    out = subprocess.run(
+        [*SNAKEMAKE, "-n", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+         "--configfile", str(tmp_path / "twice.yaml")],
+        capture_output=True, text=True, env=offline_env(), timeout=300,
+    )  # fmt: skip
+    assert out.returncode != 0 and "key 'run_name' given twice" in out.stdout + out.stderr, out.stderr[-3000:]

@@ -176,3 +176,14 @@ def test_synthetic_data_goes_through_the_real_parser(glue_data):
     assert train["dropped_by_reason"]["no gold label ('-')"] >= 1
     assert train["rows_written"] == 200 - train["dropped_by_reason"]["no gold label ('-')"]
     assert set(train["label_counts"]) == {"entailment", "neutral", "contradiction"}
+
+
+def test_a_tsv_in_another_encoding_is_refused_not_thinned(tmp_path):
+    rows = ["\t".join(QQP_HEADER)] + [f"{i}\t1\t2\tCafé numéro {i} ?\tOù est le café {i} ?\t1" for i in range(12)]
+    path = tmp_path / "train.tsv"
+    path.write_bytes(("\n".join(rows) + "\n").encode("cp1252"))
+    with pytest.raises(PrepareError, match=rf"{path}: 12 of its 12 rows with non-ASCII bytes are not UTF-8"):
+        parse_glue_tsv(path, QQP)
+    path.write_bytes(("\n".join(rows[:10]) + "\n").encode("cp1252") + ("\n".join(rows[10:]) + "\n").encode())
+    kept, stats = parse_glue_tsv(path, QQP)  # 9 bad rows: below the threshold, dropped and counted
+    assert len(kept) == 3 and stats.dropped == {"invalid UTF-8": 9}

@@ -258,3 +258,18 @@ def test_interrupted_rewrite_leaves_no_manifest(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         prepare(tmp_path, numbered_pairs(8))
     assert not (tmp_path / "out" / "manifest.json").exists()  # the old manifest does not vouch for new splits
+
+
+def test_a_file_in_another_encoding_is_refused_not_thinned(tmp_path):
+    """cp1252 French: every accented line is invalid UTF-8. Dropping them would train on the
+    accent-free rest; the file is refused, naming it. A UTF-8 file with as many stray bad lines
+    among more valid accented ones keeps its rows, the bad ones dropped and counted."""
+    pairs = numbered_pairs(30)
+    en, fr = write_europarl(tmp_path / "raw", pairs)
+    fr.write_bytes("".join(t + "\n" for _, t in pairs).encode("cp1252"))
+    with pytest.raises(PrepareError, match=rf"{fr}: 30 of its 30 rows with non-ASCII bytes are not UTF-8.*iconv"):
+        read_europarl(en, fr)
+    fr.write_bytes("".join(t + "\n" for _, t in pairs[:10]).encode("cp1252") + "".join(
+        t + "\n" for _, t in pairs[10:]).encode())  # fmt: skip
+    kept, stats = read_europarl(en, fr)
+    assert len(kept) == 20 and stats.dropped == {"invalid_utf8": 10}

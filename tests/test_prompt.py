@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from tiny import DEMO_PROMPT
+from tiny import DEMO_PROMPT, DEMO_TEMPLATE
 
 from kdflow.models import train_bpe_tokenizer
 from kdflow.prompt import (
@@ -44,6 +44,30 @@ def test_study_prompt_renders_the_exact_string():
 
 def test_braces_in_sentences_are_kept():
     assert Prompt().render("a {b} c", "x {y}").count("{b}") == 1
+
+
+@pytest.mark.parametrize(
+    "source, target",
+    [
+        ("Replace {target} with the value.", "Remplacez {source} par {marker}."),
+        ("{marker}{source}{target}", "{target}{target}"),
+        (r"a \1 b \g<0> c \\ d", r"\\ \n \1"),
+        ("{source", "target}"),
+    ],
+)
+def test_sentences_holding_field_names_or_backslashes_render_verbatim(source, target):
+    # The expected string is the template's own pieces around the sentences, joined by hand.
+    marker = "<|end_of_translation|>"
+    prompt = Prompt(template=DEMO_TEMPLATE, marker=marker)
+    assert prompt.prefix(source) == "<|begin_of_text|>English: " + source + "\nFrench: "
+    assert prompt.response(target) == target + marker + "<|eot_id|>"
+    assert prompt.render(source, target) == (
+        "<|begin_of_text|>English: " + source + "\nFrench: " + target + marker + "<|eot_id|>"
+    )
+    study = Prompt()
+    head, tail = STUDY_STRING.split("{source}")
+    middle, end = tail.split("{target}")
+    assert study.render(source, target) == head + source + middle + target + end
 
 
 def test_template_must_hold_source_then_target():

@@ -488,3 +488,56 @@ def test_a_damaged_cache_is_refused_before_training_and_rebuilt_by_its_rule(lm, 
     assert again["key"] == entry.key and open_pointer(tmp_path / "ptr.json").key == entry.key
     assert {i: entry.shard_path(i).stat().st_mtime_ns for i in (0, 2, 3)} == mtimes
     assert {i: entry.shard_path(i).read_bytes() for i in range(4)} == good
+
+
+# A translation.max_length that leaves no pair: every stage fails before its work, naming the key
+# and the file (torch would say num_samples=0, or a cache would hold no example).
+NO_PAIR_FITS = 6  # shorter than the demo prompt itself
+
+
+def test_teacher_training_fails_when_max_length_leaves_no_pair(lm, tmp_path):
+    from kdflow.teacher_translation import train_teacher_lm
+
+    with pytest.raises(ValueError) as err:
+        train_teacher_lm(
+            tiny_llama(1), str(lm / "teacher"), lm / "data", DEMO_PROMPT,
+            {"learning_rate": 1e-3, "training": lm_training(max_steps=1)}, NO_PAIR_FITS,
+            tmp_path / "out", tmp_path / "log.jsonl", tmp_path / "ckpt",
+        )  # fmt: skip
+    tok = load_lm_tokenizer(str(lm / "teacher"))
+    prompt = make_prompt(tok, DEMO_PROMPT)
+    lengths = [len(encode_pair(tok, prompt, r["source"], r["target"])[0]) for r in read_jsonl(lm / "data/train.jsonl")]
+    assert str(err.value) == (
+        f"translation.max_length: {NO_PAIR_FITS} tokens leaves no pair of {lm / 'data/train.jsonl'}: all its 120 "
+        f"pairs are longer, rendered with the prompt (the shortest {min(lengths)} tokens, the longest "
+        f"{max(lengths)}); raise translation.max_length"
+    )
+    assert not (tmp_path / "out").exists() and not (tmp_path / "ckpt").exists()
+
+
+@pytest.mark.parametrize(
+    "targets, what", [("reference", "pairs"), ("teacher", r"prompts \(with an empty translation\)")]
+)
+def test_caching_fails_when_max_length_leaves_no_pair(lm, tmp_path, targets, what):
+    expected = rf"^translation\.max_length: {NO_PAIR_FITS} tokens leaves no pair of .*train\.jsonl: all its 120 {what}"
+    with pytest.raises(ValueError, match=expected):
+        run_cache(lm, lm / "data", tmp_path / "store", tmp_path / "p.json", max_length=NO_PAIR_FITS, targets=targets)
+    assert not (tmp_path / "store").exists() and not (tmp_path / "p.json").exists()
+
+
+def test_distillation_fails_when_max_length_leaves_no_dev_pair(lm, tmp_path):
+    from kdflow.distill_translation import distill_student_lm
+
+    run_cache(lm, lm / "data", tmp_path / "store", tmp_path / "ptr.json")
+    spec = {
+        "point": {"learning_rate": 1e-3, "alpha": 0.5, "temperature": 1.0},
+        "distill": {"loss": "forward_kl", "tail": "ignore", "chunk_size": 64, "ce_only_tokens": [],
+                    "training": lm_training()},
+        "prompt": DEMO_PROMPT, "max_length": NO_PAIR_FITS, "packing": True, "eval_batch_size": 8,
+    }  # fmt: skip
+    with pytest.raises(ValueError, match=rf"^translation\.max_length: {NO_PAIR_FITS} tokens .* of .*dev\.jsonl: all"):
+        distill_student_lm(
+            spec["point"], spec, str(lm / "teacher"), str(lm / "teacher"), lm / "data", tmp_path / "ptr.json",
+            tmp_path / "out", tmp_path / "log.jsonl", tmp_path / "ckpt",
+        )  # fmt: skip
+    assert not (tmp_path / "out").exists() and not (tmp_path / "ckpt").exists()

@@ -128,7 +128,121 @@ def _check_inputs(config: dict) -> None:
         )
 
 
+def _model_config(key: str, spec: dict) -> dict:
+    """A model_from_config's settings, complete (the family's defaults filled in); a key the
+    family's config does not have (a typo would silently keep the default) or settings it refuses
+    fail naming the key."""
+    import difflib
+
+    from transformers import BertConfig, LlamaConfig
+
+    cls = {"bert": BertConfig, "llama": LlamaConfig}[spec["family"]]
+    known = cls().to_dict()
+    for name in spec["config"]:
+        if name not in known:
+            close = difflib.get_close_matches(name, list(known), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"{key}.config.{name}: not a setting of {cls.__name__}{hint}")
+    try:
+        full = cls(**spec["config"]).to_dict()
+    except ValueError as e:
+        raise ConfigError(f"{key}.config: {e}") from None
+    heads, kv_heads = full["num_attention_heads"], full.get("num_key_value_heads") or full["num_attention_heads"]
+    if full["hidden_size"] % heads or heads % kv_heads:  # what the model's constructor would refuse
+        raise ConfigError(
+            f"{key}.config: hidden_size {full['hidden_size']} must be a multiple of num_attention_heads {heads}, "
+            f"and that of num_key_value_heads {kv_heads}"
+        )
+    return full
+
+
+def _model_settings(key: str, model) -> dict | None:
+    """The transformers config of a model the config names: built from its settings, or read
+    from a local folder's config.json; None for a hub name (not known before it is fetched)."""
+    if isinstance(model, dict) and "family" in model:
+        return _model_config(key, model)
+    if isinstance(model, str) and (Path(model) / "config.json").is_file():
+        return json.loads((Path(model) / "config.json").read_text())
+    return None
+
+
+def _check_models(config: dict) -> None:
+    """What can be known of the models before any job: max_length within the teacher's and
+    student's positions, a student's teacher layers within the teacher's."""
+    for prefix, block in family_blocks(config).items():
+        max_length = block["max_length"] if prefix else config["glue"]["max_length"]
+        length_key = f"{prefix}max_length" if prefix else "glue.max_length"
+        tasks = [translation_task(config)] if prefix else config["glue"]["tasks"]
+        settings = {}
+        for role in ("teacher", "student"):
+            model = block[role]["model"]
+            for task in tasks:
+                name = model.replace("{task}", task) if isinstance(model, str) else model
+                settings[role] = _model_settings(f"{prefix}{role}.model", name)
+                positions = (settings[role] or {}).get("max_position_embeddings")
+                if positions and max_length > positions:
+                    raise ConfigError(
+                        f"{length_key}: {max_length} tokens, but {prefix}{role}.model has max_position_embeddings "
+                        f"{positions}: pairs longer than that would fail mid-job"
+                    )
+        layers = (block["student"]["model"].get("from_teacher") or {}).get("layers") if isinstance(
+            block["student"]["model"], dict
+        ) else None  # fmt: skip
+        depth = (settings.get("teacher") or {}).get("num_hidden_layers")
+        if layers and depth and max(layers) >= depth:
+            raise ConfigError(
+                f"{prefix}student.model.from_teacher.layers: {layers} out of range, the teacher has {depth} layers"
+            )
+
+
+def _check_sweeps(config: dict) -> None:
+    """Sweep values that make the same job id (6 significant digits) would silently be one job."""
+    for prefix, block in family_blocks(config).items():
+        lists = {f"{prefix}distill.sweep.{axis}": block["distill"]["sweep"][axis] for axis in SWEEP_AXES}
+        for axis in ("alpha", "temperature"):
+            exp = block["distill"].get("experiments", {}).get(axis)
+            if exp:
+                lists[f"{prefix}distill.experiments.{axis}.values"] = exp["values"]
+        for key, values in lists.items():
+            seen: dict[str, float] = {}
+            for v in map(float, values):
+                tag = f"{v:g}"
+                if tag in seen and seen[tag] != v:
+                    raise ConfigError(
+                        f"{key}: {seen[tag]!r} and {v!r} would be one job ({tag}: job ids keep 6 significant "
+                        "digits); use values that differ there"
+                    )
+                seen[tag] = v
+
+
+def _check_places(config: dict) -> None:
+    results = Path(config["results_dir"])
+    if results.exists() and not results.is_dir():
+        raise ConfigError(f"results_dir: {results} exists and is not a folder")
+    for prefix, block in family_blocks(config).items():
+        path = block["distill"]["distributed"]["deepspeed_config"]
+        if path is None:
+            continue
+        key = f"{prefix}distill.distributed.deepspeed_config"
+        if not Path(path).is_file():
+            raise ConfigError(f"{key}: {path} is not a file")
+        try:
+            if not isinstance(json.loads(Path(path).read_text()), dict):
+                raise ConfigError(f"{key}: {path} does not hold a JSON object")
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{key}: {path} is not valid JSON ({e})") from None
+    tr = config.get("translation")
+    if tr and tr["source_lang"] == tr["target_lang"]:
+        raise ConfigError(f"translation.target_lang: {tr['target_lang']!r} is also the source language")
+    if tr and tr["prompt"]["template"] is None and (tr["source_lang"], tr["target_lang"]) != ("en", "fr"):
+        raise ConfigError(
+            f"translation.prompt.template: null is the study's prompt, which asks for a translation from English "
+            f"to French; write a template for {tr['source_lang']} -> {tr['target_lang']}"
+        )
+
+
 def _check_consistency(config: dict) -> None:
+    _check_places(config)
     _check_inputs(config)
     for prefix, block in family_blocks(config).items():
         teacher = block["teacher"]
@@ -154,6 +268,8 @@ def _check_consistency(config: dict) -> None:
                     f"{prefix}{role}.model.family: {model['family']!r} cannot be used for {kind}; "
                     f"one of {list(FAMILY_KINDS[kind])}"
                 )
+    _check_models(config)
+    _check_sweeps(config)
 
 
 def family_blocks(config: dict) -> dict[str, dict]:
@@ -182,8 +298,40 @@ def training_block(**over) -> dict:
     return validate_config(config)["translation"]["distill"]["training"]
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (plain YAML keeps the last one silently:
+    a pasted second `training:` block would replace the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice (first on line {seen[key] + 1})", key_node.start_mark
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def read_config_file(path: str | Path) -> dict:
+    """A config file's YAML, strictly: a duplicate key or a syntax error raises ConfigError naming
+    the file and line."""
+    try:
+        with open(path) as f:  # a stream: YAML's error marks name the file
+            return yaml.load(f, Loader=_StrictLoader) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def check_config_files(paths) -> None:
+    """Snakemake reads --configfile itself (keeping the last of duplicate keys): read each again strictly."""
+    for path in paths:
+        read_config_file(path)
+
+
 def load_config(path: str | Path, schema_path: str | Path = SCHEMA_PATH) -> dict:
-    return validate_config(yaml.safe_load(Path(path).read_text()), schema_path)
+    return validate_config(read_config_file(path), schema_path)
 
 
 def point_id(point: dict) -> str:

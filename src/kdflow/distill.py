@@ -11,7 +11,14 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from .fileio import read_jsonl
-from .models import classifier_from_config, load_classifier, load_tokenizer, student_from_teacher
+from .models import (
+    check_tokenizer_fits,
+    classifier_from_config,
+    load_classifier,
+    load_tokenizer,
+    name_labels,
+    student_from_teacher,
+)
 from .prepare_glue import GLUE_TASKS
 from .teacher import class_logits_problem
 from .teacher_cache import open_pointer
@@ -73,11 +80,17 @@ def distill_student(
     # give the student's token ids; its token_type_ids may differ, e.g. BERT vs DistilBERT).
     online_tokenizer = load_tokenizer(teacher_tokenizer) if cosine_weight > 0 else None
     # Loaded once, only when needed: its layers build the student, or the cosine loss runs it online.
+    # The same checks as the cache job's: a trained classifier of kdflow's labels, a tokenizer that fits it.
     needs_teacher = cosine_weight > 0 or builds_from_teacher(student_spec)
-    teacher = load_classifier(teacher_path, len(labels)) if needs_teacher else None
+    teacher = None
+    if needs_teacher:
+        teacher = load_classifier(teacher_path, len(labels), trained_labels=labels, key="teacher.model")
+    if online_tokenizer is not None:
+        check_tokenizer_fits(online_tokenizer, teacher, "teacher.tokenizer", teacher_path)
     student = build_student(
         student_spec, teacher, len(labels), tokenizer, train_cfg["seed"], point.get("init", "config")
     )
+    name_labels(student, labels)  # trained on kdflow's label order
 
     max_length = spec["max_length"]
     train = PairClassificationDataset(

@@ -71,6 +71,7 @@ def distill_student_lm(
     student = load_causal_lm(student_path, torch.float32)  # fp32 master weights; mixed precision: precision.py
     check_same_vocabulary(teacher_tok, tokenizer, entry.manifest()["teacher_vocab_size"], student.config.vocab_size)
     prompt = make_prompt(tokenizer, spec["prompt"])
+    dev = translation_examples(data_dir / "dev.jsonl", tokenizer, prompt, spec["max_length"])  # fails if none fits
     check_cache_alignment(
         entry, read_jsonl(data_dir / "train.jsonl"), tokenizer, prompt, entry.key_parts["targets"] == "reference"
     )
@@ -82,7 +83,7 @@ def distill_student_lm(
         model=student,
         args=args,
         train_dataset=TranslationExamples(ids, starts, topk),
-        eval_dataset=translation_examples(data_dir / "dev.jsonl", tokenizer, prompt, spec["max_length"]),
+        eval_dataset=dev,
         data_collator=TranslationCollator(tokenizer.pad_token_id, spec["max_length"] if spec["packing"] else None),
         alpha=point["alpha"],
         temperature=point["temperature"],

@@ -26,6 +26,21 @@ class PrepareError(RuntimeError):
     pass
 
 
+WRONG_ENCODING_MIN_ROWS = 10
+
+
+def check_encoding(path: str | Path, invalid: int, non_ascii: int) -> None:
+    """A file in another encoding is not "a few bad rows": dropping them would keep only its
+    accent-free rows, a biased subset. Refused when at least WRONG_ENCODING_MIN_ROWS rows, and
+    most of the rows holding non-ASCII bytes, are not UTF-8 (a UTF-8 file's stray bad lines sit
+    among many valid accented ones)."""
+    if invalid >= WRONG_ENCODING_MIN_ROWS and invalid > non_ascii / 2:
+        raise PrepareError(
+            f"{path}: {invalid} of its {non_ascii} rows with non-ASCII bytes are not UTF-8: the file looks like "
+            "another encoding (Latin-1, cp1252?); convert it first, e.g. iconv -f cp1252 -t utf-8"
+        )
+
+
 @dataclass(frozen=True)
 class GlueTask:
     labels: tuple[str, ...]
@@ -113,14 +128,17 @@ def parse_glue_tsv(path: str | Path, task: GlueTask) -> tuple[list[dict], SplitS
         raise PrepareError(f"{path}:1: header lacks column(s) {missing}; header is {header}")
     col = {name: i for i, name in enumerate(header)}
     rows = []
+    non_ascii = invalid = 0
     for lineno, raw in enumerate(raw_lines[1:], start=2):
         if not raw.strip():
             continue  # blank lines (the trailing newline) are not rows
         stats.rows_read += 1
+        non_ascii += not raw.isascii()
         where = f"{path}:{lineno}"
         try:
             line = raw.decode("utf-8").rstrip("\r")
         except UnicodeDecodeError:
+            invalid += 1
             stats.drop(where, "invalid UTF-8")
             continue
         fields = line.split("\t")
@@ -141,6 +159,7 @@ def parse_glue_tsv(path: str | Path, task: GlueTask) -> tuple[list[dict], SplitS
             continue
         row_id = fields[col[task.id_column]] if task.id_column in col else str(lineno)
         rows.append({"id": row_id, "text_a": text_a, "text_b": text_b, "label": task.label_values[label_raw]})
+    check_encoding(path, invalid, non_ascii)
     stats.rows_kept = len(rows)
     return rows, stats
 

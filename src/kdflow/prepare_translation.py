@@ -27,7 +27,7 @@ from pathlib import Path
 
 from . import __version__
 from .fileio import sha256_file, write_json, write_jsonl
-from .prepare_glue import PrepareError, SplitStats
+from .prepare_glue import PrepareError, SplitStats, check_encoding
 
 log = logging.getLogger(__name__)
 SOURCES = ("hub", "local", "synthetic")
@@ -85,8 +85,18 @@ def read_europarl(source_path: str | Path, target_path: str | Path) -> tuple[lis
         pair = _pair_or_drop(stats, f"{empty_side}:{lineno}", lineno, source, target)
         if pair:
             pairs.append(pair)
+    for path, lines in ((source_path, source_lines), (target_path, target_lines)):
+        check_encoding(path, sum(not _is_utf8(line) for line in lines), sum(not line.isascii() for line in lines))
     stats.rows_kept = len(pairs)
     return pairs, stats
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def load_hub_pairs(

@@ -16,6 +16,7 @@ rendering writes in the marker's place.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
@@ -34,6 +35,7 @@ STUDY_TEMPLATE = (
 )
 STUDY_MARKER = "<|end_of_translation|>"
 IGNORE_INDEX = -100  # label of tokens without a loss (the prompt, padding)
+_FIELD = re.compile(r"\{(marker|source|target)\}")  # the template's own fields
 
 
 class PromptError(ValueError):
@@ -55,8 +57,11 @@ class Prompt:
             raise PromptError("prompt.template: {source} must come before {target}")
 
     def _fill(self, text: str, source: str = "", target: str = "") -> str:
-        # str.replace, not str.format: sentences may contain braces.
-        return text.replace("{marker}", self.marker).replace("{source}", source).replace("{target}", target)
+        # One pass over the template's text: a sentence holding "{target}", "{marker}" or other
+        # braces is inserted as it is, never filled in turn (str.format would read its braces),
+        # and the replacement is a function so its backslashes are not read as group references.
+        values = {"marker": self.marker, "source": source, "target": target}
+        return _FIELD.sub(lambda m: values[m.group(1)], text)
 
     def prefix(self, source: str) -> str:
         """Everything the model is given before it translates (generation starts here)."""

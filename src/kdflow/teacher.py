@@ -13,7 +13,15 @@ from pathlib import Path
 import torch
 
 from .fileio import read_json, read_jsonl, sha256_file
-from .models import classifier_from_config, load_classifier, load_tokenizer, model_fingerprint, tokenizer_fingerprint
+from .models import (
+    check_tokenizer_fits,
+    classifier_from_config,
+    load_classifier,
+    load_tokenizer,
+    model_fingerprint,
+    name_labels,
+    tokenizer_fingerprint,
+)
 from .prepare_glue import GLUE_TASKS
 from .teacher_cache import CacheEntry, write_pointer
 from .training import (
@@ -48,6 +56,7 @@ def finetune_teacher(
         model = classifier_from_config(model_spec, len(labels), tokenizer, seed)
     else:
         model = load_classifier(model_spec, len(labels))
+    name_labels(model, labels)  # it is trained on kdflow's label order: its config says so
     data_dir = Path(data_dir)
     train = PairClassificationDataset(read_jsonl(data_dir / "train.jsonl"), tokenizer, max_length)
     dev = PairClassificationDataset(
@@ -78,11 +87,15 @@ def cache_teacher_logits(
     pointer_out: str | Path,
     batch_size: int = 128,
 ) -> dict:
-    """Cache the teacher's logits on the train split (reused when the key is unchanged)."""
+    """Cache the teacher's logits on the train split (reused when the key is unchanged). The
+    teacher must be a classifier trained for the task's labels in kdflow's order, and the
+    tokenizer's ids must fit it (models.load_classifier, check_tokenizer_fits): checked before
+    anything is predicted."""
     labels = GLUE_TASKS[task].labels
     train_file = Path(data_dir) / "train.jsonl"
     tokenizer = load_tokenizer(tokenizer_path)
-    model = load_classifier(teacher_path, len(labels))
+    model = load_classifier(teacher_path, len(labels), trained_labels=labels, key="teacher.model")
+    check_tokenizer_fits(tokenizer, model, "teacher.tokenizer", teacher_path)
     key_parts = {
         "kind": "class_logits",
         "teacher": model_fingerprint(model),

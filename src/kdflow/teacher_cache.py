@@ -70,11 +70,15 @@ class CacheEntry:
     def has_shard(self, index: int) -> bool:
         return self.shard_path(index).is_file()
 
-    def damaged(self, index: int, what: str) -> CacheDamaged:
+    def rebuild_command(self) -> str:
+        """The command that rebuilds this entry: the cache rule of its kind, forced."""
         rule = REBUILD_RULE.get(self.key_parts.get("kind"), "the teacher cache rule")
+        return f"snakemake --forcerun {rule} <your usual options>"
+
+    def damaged(self, index: int, what: str) -> CacheDamaged:
         return CacheDamaged(
             f"{self.shard_path(index)}: {what}. The teacher cache entry {self.dir} cannot be trusted; rebuild it "
-            f"(only its damaged shards are recomputed) with: snakemake --forcerun {rule} <your usual options>"
+            f"(only its damaged shards are recomputed) with: {self.rebuild_command()}"
         )
 
     def write_shard(self, index: int, tensors: dict[str, torch.Tensor]) -> None:
@@ -179,11 +183,16 @@ def open_pointer(pointer_path: str | Path, data_file: str | Path | None = None) 
     pointer = read_json(pointer_path)
     entry = CacheEntry(Path(pointer["dir"]).parent, pointer["key_parts"])
     if entry.key != pointer["key"] or not entry.is_complete():
+        # E.g. a scratch purge of the store: the pointer (the rule's output) is still up to date,
+        # so a plain rerun would not rebuild the entry; forcing the rule does.
         raise RuntimeError(
-            f"{pointer_path}: cache entry {pointer['dir']} is missing or incomplete; rerun the teacher cache rule"
+            f"{pointer_path}: cache entry {pointer['dir']} is missing or incomplete (deleted, or the pointer was "
+            f"edited); a plain rerun does not rebuild it, as the pointer is up to date. Rebuild it with: "
+            f"{entry.rebuild_command()}"
         )
     if data_file is not None and entry.key_parts["data"] != sha256_file(data_file):
         raise RuntimeError(
-            f"{pointer_path}: teacher cache was built from other training data than {data_file}; rerun the cache rule"
+            f"{pointer_path}: teacher cache was built from other training data than {data_file}; rebuild it with: "
+            f"{entry.rebuild_command()}"
         )
     return entry

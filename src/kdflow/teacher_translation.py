@@ -65,8 +65,35 @@ def encode_rows(rows: list[dict], tokenizer, prompt: Prompt, max_length: int) ->
     return ids, starts, kept, dropped
 
 
+def check_a_pair_fits(
+    rows: list[dict], tokenizer, prompt: Prompt, max_length: int, data_file: str | Path, responses: bool = True
+) -> None:
+    """At least one pair of data_file must fit in max_length tokens (rendered with the prompt;
+    responses False: with an empty response, for a cache of the teacher's own translations), else
+    a ValueError naming translation.max_length, the file and the pairs' lengths, before any work
+    (training on no pair fails deep in torch: num_samples=0). Stops at the first pair that fits."""
+    lengths = []
+    for row in rows:
+        ids, _ = encode_pair(tokenizer, prompt, row["source"], row["target"] if responses else "")
+        if len(ids) <= max_length:
+            return
+        lengths.append(len(ids))
+    if not lengths:
+        raise ValueError(f"{data_file} holds no pairs")
+    what = "pairs" if responses else "prompts (with an empty translation)"
+    raise ValueError(
+        f"translation.max_length: {max_length} tokens leaves no pair of {data_file}: all its {len(lengths)} "
+        f"{what} are longer, rendered with the prompt (the shortest {min(lengths)} tokens, the longest "
+        f"{max(lengths)}); raise translation.max_length"
+    )
+
+
 def translation_examples(data_file: str | Path, tokenizer, prompt: Prompt, max_length: int) -> TranslationExamples:
-    ids, starts, _, _ = encode_rows(read_jsonl(data_file), tokenizer, prompt, max_length)
+    """The file's pairs that fit in max_length tokens; none fitting fails (check_a_pair_fits)."""
+    rows = read_jsonl(data_file)
+    ids, starts, _, _ = encode_rows(rows, tokenizer, prompt, max_length)
+    if not ids:
+        check_a_pair_fits(rows, tokenizer, prompt, max_length, data_file)
     return TranslationExamples(ids, starts)
 
 
@@ -95,14 +122,17 @@ def train_teacher_lm(
     tokenizer = load_lm_tokenizer(tokenizer_path)
     prompt = make_prompt(tokenizer, prompt_cfg)
     seed = finetune_cfg["training"]["seed"]
-    model = load_lm(model_spec, tokenizer, seed)
     data_dir = Path(data_dir)
+    # Before the model is loaded: a max_length that leaves no pair fails here (check_a_pair_fits).
+    train = translation_examples(data_dir / "train.jsonl", tokenizer, prompt, max_length)
+    dev = translation_examples(data_dir / "dev.jsonl", tokenizer, prompt, max_length)
+    model = load_lm(model_spec, tokenizer, seed)
     args = training_arguments(finetune_cfg["training"], finetune_cfg["learning_rate"], checkpoint_dir, eval_batch_size)
     trainer = TokenKDTrainer(
         model=model,
         args=args,
-        train_dataset=translation_examples(data_dir / "train.jsonl", tokenizer, prompt, max_length),
-        eval_dataset=translation_examples(data_dir / "dev.jsonl", tokenizer, prompt, max_length),
+        train_dataset=train,
+        eval_dataset=dev,
         data_collator=TranslationCollator(tokenizer.pad_token_id, max_length if packing else None),
         chunk_size=chunk_size,
     )
@@ -245,8 +275,11 @@ def cache_teacher_topk(
     train_file = Path(data_dir) / "train.jsonl"
     tokenizer = load_lm_tokenizer(tokenizer_path)
     prompt = make_prompt(tokenizer, prompt_cfg)
-    model = load_causal_lm(teacher_path).to(device()).eval()
     settings = {"max_length": max_length, "packing": packing, **cache_cfg}
+    rows = read_jsonl(train_file)
+    # Before the teacher is loaded: a max_length that leaves no pair would cache nothing.
+    check_a_pair_fits(rows, tokenizer, prompt, max_length, train_file, responses=settings["targets"] == "reference")
+    model = load_causal_lm(teacher_path).to(device()).eval()
     if settings["top_k"] > model.config.vocab_size:  # a hub or kdflow-trained teacher (local ones: config.py)
         raise ValueError(
             f"translation.teacher.cache.top_k: {settings['top_k']} is larger than the vocabulary of the teacher "
@@ -269,7 +302,6 @@ def cache_teacher_topk(
     if reused:
         log.info("teacher cache %s is up to date, not recomputed", entry.dir)
     else:
-        rows = read_jsonl(train_file)
         size = settings["shard_size"]
         num_shards = max(1, math.ceil(len(rows) / size))
         for index in range(num_shards):
