@@ -17,7 +17,8 @@ if not config:  # nothing given with --configfile/--config: run the embedded dem
     configfile: "config/demo.yaml"
 
 
-check_config_files(workflow.configfiles)  # duplicate keys, which Snakemake's YAML reading keeps
+# Duplicate keys, which Snakemake's own YAML reading keeps silently, fail naming file and line.
+check_config_files(workflow.configfiles)
 validate_config(
     config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 )

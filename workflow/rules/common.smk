@@ -111,7 +111,8 @@ def deepspeed_config_input(dist):
 
 
 def deepspeed_arg(input):
-    return ["--deepspeed", *input.deepspeed] if input.deepspeed else []  # deepspeed: none
+    # none with deepspeed: none
+    return ["--deepspeed", *input.deepspeed] if input.deepspeed else []
 
 
 def launch(dist):
