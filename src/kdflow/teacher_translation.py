@@ -356,16 +356,24 @@ def topk_shard_problem(vocab_size: int):
                 f"{len(shard['input_ids'])} token ids and {len(shard['topk_logprobs'])} top-k rows do not match "
                 f"the examples' lengths ({int(lengths.sum())} ids, {rows} response tokens)"
             )
-        logprobs = shard["topk_logprobs"].float()
-        problems = {
-            "non-finite top-k log-probabilities": ~torch.isfinite(logprobs).all(-1),
-            "positive top-k log-probabilities": (logprobs > 0).any(-1),
-            "a NaN or positive tail log-mass": shard["tail_logmass"].isnan() | (shard["tail_logmass"] > 0),
-            "a non-finite log-sum-exp": ~torch.isfinite(shard["lse"]),
+        logprobs, tail, lse = shard["topk_logprobs"], shard["tail_logmass"], shard["lse"]
+        rules = {  # (whether the whole tensor passes, from its extremes: NaN fails every comparison; bad rows)
+            "non-finite top-k log-probabilities": (
+                lambda: bool(torch.isfinite(logprobs.min()) and torch.isfinite(logprobs.max())),
+                lambda: ~torch.isfinite(logprobs).all(-1),
+            ),
+            "positive top-k log-probabilities": (lambda: bool(logprobs.max() <= 0), lambda: (logprobs > 0).any(-1)),
+            "a NaN or positive tail log-mass": (lambda: bool(tail.max() <= 0), lambda: tail.isnan() | (tail > 0)),
+            "a non-finite log-sum-exp": (
+                lambda: bool(torch.isfinite(lse.min()) and torch.isfinite(lse.max())),
+                lambda: ~torch.isfinite(lse),
+            ),
         }
-        for what, bad in problems.items():
-            if bad.any():
-                return f"{what} in {int(bad.sum())} of {rows} token rows (the first: row {int(bad.nonzero()[0])})"
+        for what, (passes, bad_rows) in rules.items():
+            if rows and not passes():  # the row-wise pass (slower) only to name the rows
+                bad = bad_rows()
+                where = f" (the first: row {int(bad.nonzero()[0])})" if bad.any() else ""
+                return f"{what} in {int(bad.sum())} of {rows} token rows{where}"
         for name in ("topk_indices", "input_ids"):
             t = shard[name]
             if len(t) and (int(t.min()) < 0 or int(t.max()) >= vocab_size):
