@@ -290,3 +290,69 @@ def test_kill_9_mid_distillation_resumes_to_the_uninterrupted_model(teacher_dir,
     assert all(torch.equal(expected[k], got[k]) for k in expected), [
         k for k in expected if not torch.equal(expected[k], got[k])
     ]
+
+
+def worker_pid(job_folder: str, local_rank: int) -> int:
+    """The worker process of `local_rank` (its environment says so) among the job's processes."""
+    for line in processes_mentioning(job_folder):
+        pid = int(line.split(":")[0])
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"LOCAL_RANK={local_rank}".encode() in environ and b"TORCHELASTIC_RUN_ID" in b"\0".join(environ):
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if b"torchrun" not in cmdline and b"kdflow.launch" not in cmdline:
+                return pid
+    raise AssertionError(f"no worker of local rank {local_rank}: {processes_mentioning(job_folder)}")
+
+
+@pytest.mark.integration
+def test_a_signal_to_one_rank_only_stops_every_rank_at_the_same_step(teacher_dir, glue_data, tmp_path):
+    """Slurm's warning signal reaching rank 1 only (2 processes, gloo, DeepSpeed ZeRO-2): the
+    ranks agree on the stop at the step's end, both save the same checkpoint (each its ZeRO
+    partition) and exit, within a bounded time, not a collective time-out; the rerun resumes from
+    that step and ends with exactly the uninterrupted run's weights."""
+    from safetensors.torch import load_file
+
+    from kdflow.teacher import cache_teacher_logits
+
+    cache = tmp_path / "cache.json"
+    cache_teacher_logits("mnli", str(teacher_dir), str(teacher_dir), glue_data["data"], 32, tmp_path / "store", cache)
+    max_steps = 60
+    whole = subprocess.run(
+        distill_command(teacher_dir, glue_data["data"], cache, tmp_path / "whole", max_steps),
+        env=job_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert whole.returncode == 0, whole.stderr[-4000:]
+
+    out = tmp_path / "job"
+    cmd = distill_command(teacher_dir, glue_data["data"], cache, out, max_steps)
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(cmd, env=job_env(), stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 300
+            while not list((out / "ckpt").glob(f"checkpoint-*/{COMPLETE_MARKER}")):
+                assert first.poll() is None and time.monotonic() < deadline, (tmp_path / "first.log").read_text()
+                time.sleep(0.05)
+            os.kill(worker_pid(str(out), local_rank=1), signal.SIGUSR1)
+            code = first.wait(timeout=90)  # a rank saving alone would hang far longer (collective time-out)
+        finally:
+            if first.poll() is None:
+                for line in processes_mentioning(str(out)):
+                    os.kill(int(line.split(":")[0]), signal.SIGKILL)
+    text = (tmp_path / "first.log").read_text()
+    assert code != 0 and processes_mentioning(str(out)) == [], text[-4000:]
+    assert text.count("stopped by SIGUSR1; saved") == 2, text[-4000:]  # both ranks, the same checkpoint
+    last = last_complete_checkpoint(out / "ckpt")
+    step = int(last.rsplit("-", 1)[-1])
+    assert 10 < step < max_steps and not (out / "model").exists()
+    partitions = sorted(p.name for p in Path(last).glob("global_step*/*optim_states.pt"))
+    assert len(partitions) == 2, partitions  # rank 0's and rank 1's ZeRO-2 optimizer partitions
+
+    rerun = subprocess.run(cmd, env=job_env(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    assert f"resuming from {last} (step {step})" in rerun.stderr
+    expected = load_file(str(tmp_path / "whole" / "model" / "model.safetensors"))
+    got = load_file(str(out / "model" / "model.safetensors"))
+    assert all(torch.equal(expected[k], got[k]) for k in expected)

@@ -392,6 +392,11 @@ class CheckpointGuard(TrainerCallback):
         return control
 
     def on_step_end(self, args, state, control, **kwargs):
+        # The ranks agree at every step (one 1-element all-reduce): Slurm's signal may reach them
+        # on different sides of a step boundary, or reach one rank only. A rank that saved alone
+        # would wait in the checkpoint's collectives while the others ran the next step's
+        # all-reduce: the job would hang until a collective time-out.
+        self.signum = agreed_stop(self.signum, args.device)
         if self.signum is not None:
             control.should_save = True
             control.should_training_stop = True
@@ -401,6 +406,18 @@ class CheckpointGuard(TrainerCallback):
         if state.is_world_process_zero:
             (Path(args.output_dir) / f"checkpoint-{state.global_step}" / COMPLETE_MARKER).touch()
         return control
+
+
+def agreed_stop(signum: int | None, device: torch.device) -> int | None:
+    """The stop request of any process (the largest signal number received by a rank), for every
+    process; `signum` itself outside a distributed run."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return signum
+    if torch.distributed.get_world_size() == 1:
+        return signum
+    flag = torch.tensor([signum or 0], dtype=torch.int64, device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return int(flag.item()) or None
 
 
 def lock_checkpoint_dir(path: str | Path):
