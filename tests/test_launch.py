@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import kdflow
 from kdflow.cluster import ClusterSettingError, apply_profile_defaults
@@ -241,23 +242,31 @@ def test_ctrl_c_stops_every_process_of_a_distillation_and_a_rerun_resumes(teache
     assert (out / "model").is_dir() and not (out / "ckpt").exists()
 
 
+def cached_teacher(teacher_dir, glue_data, tmp_path) -> Path:
+    from kdflow.teacher import cache_teacher_logits
+
+    cache = tmp_path / "cache.json"
+    cache_teacher_logits("mnli", str(teacher_dir), str(teacher_dir), glue_data["data"], 32, tmp_path / "store", cache)
+    return cache
+
+
+def uninterrupted_weights(teacher_dir, glue_data, cache, out, max_steps) -> dict:
+    """The weights of the same distillation run through the launcher without interruption."""
+    whole = subprocess.run(
+        distill_command(teacher_dir, glue_data["data"], cache, out, max_steps),
+        env=job_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert whole.returncode == 0, whole.stderr[-4000:]
+    return load_file(str(out / "model" / "model.safetensors"))
+
+
 @pytest.mark.integration
 def test_kill_9_mid_distillation_resumes_to_the_uninterrupted_model(teacher_dir, glue_data, tmp_path):
     """Every process of a 2-process DeepSpeed distillation killed at once (kill -9: a node lost,
     nothing handled): the rerun starts (the lock died with its holder), resumes from the newest
     complete checkpoint, and ends with exactly the weights of a run never interrupted."""
-    from safetensors.torch import load_file
-
-    from kdflow.teacher import cache_teacher_logits
-
-    cache = tmp_path / "cache.json"
-    cache_teacher_logits("mnli", str(teacher_dir), str(teacher_dir), glue_data["data"], 32, tmp_path / "store", cache)
-    max_steps = 60
-    whole = subprocess.run(
-        distill_command(teacher_dir, glue_data["data"], cache, tmp_path / "whole", max_steps),
-        env=job_env(), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert whole.returncode == 0, whole.stderr[-4000:]
+    cache, max_steps = cached_teacher(teacher_dir, glue_data, tmp_path), 60
+    expected = uninterrupted_weights(teacher_dir, glue_data, cache, tmp_path / "whole", max_steps)
 
     out = tmp_path / "killed"
     cmd = distill_command(teacher_dir, glue_data["data"], cache, out, max_steps)
@@ -284,7 +293,6 @@ def test_kill_9_mid_distillation_resumes_to_the_uninterrupted_model(teacher_dir,
     assert f"resuming from {last} (step {step})" in rerun.stderr
     logged = [h["step"] for h in read_jsonl(out / "log.jsonl") if "loss" in h]
     assert logged == [*range(1, step + 1), *range(step + 2, max_steps + 1, 2)]
-    expected = load_file(str(tmp_path / "whole" / "model" / "model.safetensors"))
     got = load_file(str(out / "model" / "model.safetensors"))
     assert expected.keys() == got.keys()
     assert all(torch.equal(expected[k], got[k]) for k in expected), [
@@ -313,18 +321,8 @@ def test_a_signal_to_one_rank_only_stops_every_rank_at_the_same_step(teacher_dir
     ranks agree on the stop at the step's end, both save the same checkpoint (each its ZeRO
     partition) and exit, within a bounded time, not a collective time-out; the rerun resumes from
     that step and ends with exactly the uninterrupted run's weights."""
-    from safetensors.torch import load_file
-
-    from kdflow.teacher import cache_teacher_logits
-
-    cache = tmp_path / "cache.json"
-    cache_teacher_logits("mnli", str(teacher_dir), str(teacher_dir), glue_data["data"], 32, tmp_path / "store", cache)
-    max_steps = 60
-    whole = subprocess.run(
-        distill_command(teacher_dir, glue_data["data"], cache, tmp_path / "whole", max_steps),
-        env=job_env(), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert whole.returncode == 0, whole.stderr[-4000:]
+    cache, max_steps = cached_teacher(teacher_dir, glue_data, tmp_path), 60
+    expected = uninterrupted_weights(teacher_dir, glue_data, cache, tmp_path / "whole", max_steps)
 
     out = tmp_path / "job"
     cmd = distill_command(teacher_dir, glue_data["data"], cache, out, max_steps)
@@ -353,6 +351,5 @@ def test_a_signal_to_one_rank_only_stops_every_rank_at_the_same_step(teacher_dir
     rerun = subprocess.run(cmd, env=job_env(), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-4000:]
     assert f"resuming from {last} (step {step})" in rerun.stderr
-    expected = load_file(str(tmp_path / "whole" / "model" / "model.safetensors"))
     got = load_file(str(out / "model" / "model.safetensors"))
     assert all(torch.equal(expected[k], got[k]) for k in expected)

@@ -425,6 +425,16 @@ def test_a_teacher_giving_non_finite_values_is_not_cached(lm, tmp_path):
     assert not list((tmp_path / "store").glob("*/shard-*")) and not (tmp_path / "ptr.json").exists()
 
 
+def distill_spec(max_length: int) -> dict:
+    """A distill_lm job's spec, as the rule passes it."""
+    return {
+        "point": {"learning_rate": 1e-3, "alpha": 0.5, "temperature": 1.0},
+        "distill": {"loss": "forward_kl", "tail": "ignore", "chunk_size": 64, "ce_only_tokens": [],
+                    "training": lm_training()},
+        "prompt": DEMO_PROMPT, "max_length": max_length, "packing": True, "eval_batch_size": 8,
+    }  # fmt: skip
+
+
 def _truncate(path, entry, index):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) * 2 // 3])
@@ -466,12 +476,7 @@ def test_a_damaged_cache_is_refused_before_training_and_rebuilt_by_its_rule(lm, 
     good = {i: entry.shard_path(i).read_bytes() for i in range(4)}
     damage_shard, message = DAMAGE[damage]
     damage_shard(entry.shard_path(1), entry, 1)
-    spec = {
-        "point": {"learning_rate": 1e-3, "alpha": 0.5, "temperature": 1.0},
-        "distill": {"loss": "forward_kl", "tail": "ignore", "chunk_size": 64, "ce_only_tokens": [],
-                    "training": lm_training()},
-        "prompt": DEMO_PROMPT, "max_length": MAX_LENGTH, "packing": True, "eval_batch_size": 8,
-    }  # fmt: skip
+    spec = distill_spec(MAX_LENGTH)
     expected = rf"{entry.shard_path(1)}: {message}.*snakemake --forcerun cache_teacher_lm"
     with pytest.raises(CacheDamaged, match=expected):
         distill_student_lm(
@@ -529,12 +534,7 @@ def test_distillation_fails_when_max_length_leaves_no_dev_pair(lm, tmp_path):
     from kdflow.distill_translation import distill_student_lm
 
     run_cache(lm, lm / "data", tmp_path / "store", tmp_path / "ptr.json")
-    spec = {
-        "point": {"learning_rate": 1e-3, "alpha": 0.5, "temperature": 1.0},
-        "distill": {"loss": "forward_kl", "tail": "ignore", "chunk_size": 64, "ce_only_tokens": [],
-                    "training": lm_training()},
-        "prompt": DEMO_PROMPT, "max_length": NO_PAIR_FITS, "packing": True, "eval_batch_size": 8,
-    }  # fmt: skip
+    spec = distill_spec(NO_PAIR_FITS)
     with pytest.raises(ValueError, match=rf"^translation\.max_length: {NO_PAIR_FITS} tokens .* of .*dev\.jsonl: all"):
         distill_student_lm(
             spec["point"], spec, str(lm / "teacher"), str(lm / "teacher"), lm / "data", tmp_path / "ptr.json",
