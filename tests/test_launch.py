@@ -89,6 +89,35 @@ def test_signal_is_forwarded_and_the_launcher_waits_for_orphaned_workers(tmp_pat
     assert code == 128 + signal.SIGUSR1
 
 
+def test_a_signal_only_a_worker_got_still_gives_the_preemption_code(tmp_path):
+    # A "torchrun" whose worker alone gets SIGUSR1: the worker reports it (as kdflow's commands do
+    # on Preempted) and exits 138; torchrun, like the real one, exits 1 on a failed child.
+    worker = textwrap.dedent(f"""
+        import signal, sys, time, pathlib
+        from kdflow.launch import report_stop
+        def save(signum, frame):
+            report_stop(signum)
+            raise SystemExit(128 + signum)
+        signal.signal(signal.SIGUSR1, save)
+        pathlib.Path({str(tmp_path / "pid")!r}).write_text(str(__import__("os").getpid()))
+        time.sleep(60)
+    """)
+    parent = f"import subprocess, sys; sys.exit(1 if subprocess.call([sys.executable, '-c', {worker!r}]) else 0)"
+
+    def slurm_signals_the_worker():
+        for _ in range(100):
+            if (tmp_path / "pid").exists() and (tmp_path / "pid").read_text():
+                break
+            time.sleep(0.1)
+        os.kill(int((tmp_path / "pid").read_text()), signal.SIGUSR1)
+
+    threading.Thread(target=slurm_signals_the_worker).start()
+    env = dict(os.environ, PYTHONPATH=str(Path(kdflow.__file__).parents[1]))
+    assert run_process_group([sys.executable, "-c", parent], env) == 128 + signal.SIGUSR1
+    crash = "import sys; sys.exit(1)"  # no report: a failure stays a failure
+    assert run_process_group([sys.executable, "-c", crash], env) == 1
+
+
 def test_profile_variables_default_and_validate(monkeypatch):
     env = {"KDFLOW_SLURM_ACCOUNT": "mylab", "KDFLOW_GPU_TYPE": "a100"}
     values = apply_profile_defaults(env)
@@ -260,13 +289,21 @@ def uninterrupted_weights(teacher_dir, glue_data, cache, out, max_steps) -> dict
     return load_file(str(out / "model" / "model.safetensors"))
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(teacher_dir, glue_data, tmp_path_factory) -> dict:
+    """The teacher cache and the weights of the 60-step distillation run without interruption,
+    shared by the signal tests."""
+    root = tmp_path_factory.mktemp("signals")
+    cache = cached_teacher(teacher_dir, glue_data, root)
+    return {"cache": cache, "weights": uninterrupted_weights(teacher_dir, glue_data, cache, root / "whole", 60)}
+
+
 @pytest.mark.integration
-def test_kill_9_mid_distillation_resumes_to_the_uninterrupted_model(teacher_dir, glue_data, tmp_path):
+def test_kill_9_mid_distillation_resumes_to_the_uninterrupted_model(uninterrupted, teacher_dir, glue_data, tmp_path):
     """Every process of a 2-process DeepSpeed distillation killed at once (kill -9: a node lost,
     nothing handled): the rerun starts (the lock died with its holder), resumes from the newest
     complete checkpoint, and ends with exactly the weights of a run never interrupted."""
-    cache, max_steps = cached_teacher(teacher_dir, glue_data, tmp_path), 60
-    expected = uninterrupted_weights(teacher_dir, glue_data, cache, tmp_path / "whole", max_steps)
+    cache, max_steps, expected = uninterrupted["cache"], 60, uninterrupted["weights"]
 
     out = tmp_path / "killed"
     cmd = distill_command(teacher_dir, glue_data["data"], cache, out, max_steps)
@@ -315,15 +352,34 @@ def worker_pid(job_folder: str, local_rank: int) -> int:
     raise AssertionError(f"no worker of local rank {local_rank}: {processes_mentioning(job_folder)}")
 
 
-@pytest.mark.integration
-def test_a_signal_to_one_rank_only_stops_every_rank_at_the_same_step(teacher_dir, glue_data, tmp_path):
-    """Slurm's warning signal reaching rank 1 only (2 processes, gloo, DeepSpeed ZeRO-2): the
-    ranks agree on the stop at the step's end, both save the same checkpoint (each its ZeRO
-    partition) and exit, within a bounded time, not a collective time-out; the rerun resumes from
-    that step and ends with exactly the uninterrupted run's weights."""
-    cache, max_steps = cached_teacher(teacher_dir, glue_data, tmp_path), 60
-    expected = uninterrupted_weights(teacher_dir, glue_data, cache, tmp_path / "whole", max_steps)
+def launcher_pid(job_folder: str) -> int:
+    for line in processes_mentioning(job_folder):
+        if "kdflow.launch" in line:
+            return int(line.split(":")[0])
+    raise AssertionError(f"no launcher: {processes_mentioning(job_folder)}")
 
+
+def send_usr1(to: str, job_folder: str) -> None:
+    """SIGUSR1 as Slurm may deliver it: to every process of the job step (what --signal=USR1@<s>
+    does), to one rank only, or to the launcher only (the step's main process)."""
+    if to == "every process":
+        for line in processes_mentioning(job_folder):
+            os.kill(int(line.split(":")[0]), signal.SIGUSR1)
+    elif to == "rank 1 only":
+        os.kill(worker_pid(job_folder, local_rank=1), signal.SIGUSR1)
+    else:
+        os.kill(launcher_pid(job_folder), signal.SIGUSR1)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("to", ["every process", "rank 1 only", "launcher only"])
+def test_a_preemption_signal_stops_every_rank_at_the_same_step(to, uninterrupted, teacher_dir, glue_data, tmp_path):
+    """Slurm's warning signal (SIGUSR1) during a 2-process distillation (gloo, DeepSpeed ZeRO-2),
+    delivered three ways: the ranks agree on the stop at the step's end, both save the same
+    checkpoint (each its ZeRO partition), every process exits and the launcher returns the
+    preemption code (128 + SIGUSR1) within 90 s, not after a collective time-out; the rerun
+    resumes from that step and ends with exactly (torch.equal) the uninterrupted run's weights."""
+    cache, max_steps = uninterrupted["cache"], 60
     out = tmp_path / "job"
     cmd = distill_command(teacher_dir, glue_data["data"], cache, out, max_steps)
     with open(tmp_path / "first.log", "w") as log:
@@ -333,14 +389,15 @@ def test_a_signal_to_one_rank_only_stops_every_rank_at_the_same_step(teacher_dir
             while not list((out / "ckpt").glob(f"checkpoint-*/{COMPLETE_MARKER}")):
                 assert first.poll() is None and time.monotonic() < deadline, (tmp_path / "first.log").read_text()
                 time.sleep(0.05)
-            os.kill(worker_pid(str(out), local_rank=1), signal.SIGUSR1)
+            send_usr1(to, str(out))
             code = first.wait(timeout=90)  # a rank saving alone would hang far longer (collective time-out)
         finally:
             if first.poll() is None:
                 for line in processes_mentioning(str(out)):
                     os.kill(int(line.split(":")[0]), signal.SIGKILL)
     text = (tmp_path / "first.log").read_text()
-    assert code != 0 and processes_mentioning(str(out)) == [], text[-4000:]
+    assert code == 128 + signal.SIGUSR1, text[-4000:]
+    assert processes_mentioning(str(out)) == [], text[-4000:]
     assert text.count("stopped by SIGUSR1; saved") == 2, text[-4000:]  # both ranks, the same checkpoint
     last = last_complete_checkpoint(out / "ckpt")
     step = int(last.rsplit("-", 1)[-1])
@@ -351,5 +408,6 @@ def test_a_signal_to_one_rank_only_stops_every_rank_at_the_same_step(teacher_dir
     rerun = subprocess.run(cmd, env=job_env(), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-4000:]
     assert f"resuming from {last} (step {step})" in rerun.stderr
-    got = load_file(str(out / "model" / "model.safetensors"))
+    got, expected = load_file(str(out / "model" / "model.safetensors")), uninterrupted["weights"]
+    assert expected.keys() == got.keys()
     assert all(torch.equal(expected[k], got[k]) for k in expected)

@@ -99,12 +99,14 @@ def exits_when_preempted(command):
     (kdflow.training.lock_checkpoint_dir)."""
 
     def run(a) -> None:
+        from .launch import report_stop
         from .training import Preempted
 
         try:
             command(a)
         except Preempted as stop:
             logging.getLogger("kdflow").error("%s", stop)
+            report_stop(stop.signum)
             sys.exit(128 + stop.signum)
 
     run.__doc__ = command.__doc__

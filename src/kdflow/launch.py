@@ -17,8 +17,11 @@ before they have: it forwards SIGINT (as SIGTERM, which srun passes on to every 
 and SIGUSR1 to every process it started (torchrun, the workers and anything under them, found
 through /proc; workers orphaned by a dead torchrun are re-parented to the launcher) and returns
 only once none of them is left, with 128 + the first signal received. The workers treat all
-three alike (kdflow.training.STOP_SIGNALS): a checkpoint at the end of the current step, then
-exit. torchrun itself stops its workers on SIGINT/SIGTERM and kills them after its shutdown
+three alike (kdflow.training.STOP_SIGNALS): the ranks agree on the stop at the end of the current
+step, save one checkpoint, and exit 128 + signal. When the signal reached only a worker, torchrun
+reports a failed child (exit 1); the workers also write the signal to the file named by
+KDFLOW_STOP_REPORT (set here, one per launch), so this launcher still returns the preemption
+code, 128 + signal, which sacct shows as the job's exit code. torchrun itself stops its workers on SIGINT/SIGTERM and kills them after its shutdown
 timeout (TORCH_ELASTIC_SHUTDOWN_TIMEOUT, 30 s by default).
 Escalation, after Ctrl-C only (Slurm bounds the others itself): a second SIGINT, or the job still
 running STOP_GRACE_S seconds (KDFLOW_STOP_GRACE) after the first, kills every process of the job
@@ -33,9 +36,12 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 RDZV_PORT = 29500
+STOP_REPORT = "KDFLOW_STOP_REPORT"  # the file a worker that stopped on a signal writes it to
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 STOP_GRACE_S = 60.0  # after a Ctrl-C (SIGINT), before the job is killed
 
@@ -107,9 +113,31 @@ def main(argv: list[str] | None = None) -> None:
 def run_process_group(cmd: list[str], env: dict[str, str], grace: float | None = None) -> int:
     """Run cmd in a new session; forward SIGINT/SIGTERM/SIGUSR1 to every process of the job (cmd
     and its descendants); return once none is left: cmd's exit code, or 128 + the first signal
-    received. After a SIGINT the job gets `grace` seconds (default STOP_GRACE_S) to stop; a second
+    received (by this process, or by a worker that reported it: report_stop). After a SIGINT the job gets `grace` seconds (default STOP_GRACE_S) to stop; a second
     SIGINT, or the grace running out, kills it."""
     grace = float(os.environ.get("KDFLOW_STOP_GRACE", STOP_GRACE_S)) if grace is None else grace
+    with tempfile.TemporaryDirectory(prefix="kdflow-launch-") as folder:
+        report = Path(folder) / "stopped"
+        code = _run(cmd, {**env, STOP_REPORT: str(report)}, grace)
+        stopped = report.read_text().strip() if report.is_file() else ""
+    if code != 0 and code < 128 and stopped.isdigit():  # a worker's signal, not the launcher's
+        return 128 + int(stopped)
+    return code
+
+
+def report_stop(signum: int) -> None:
+    """Called by a worker that saved a checkpoint on a signal and is about to exit: tell the
+    launcher (run_process_group) which signal stopped the job. Best effort: on another node of a
+    multi-node job the launcher's folder does not exist, and the head node's workers report."""
+    path = os.environ.get(STOP_REPORT)
+    if path:
+        try:
+            Path(path).write_text(f"{signum}\n")
+        except OSError:
+            pass
+
+
+def _run(cmd: list[str], env: dict[str, str], grace: float) -> int:
     _become_subreaper()
     me = os.getpid()
     others = set(_process_table()["children"].get(me, ()))  # not the job's (a caller's own children)
