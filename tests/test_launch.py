@@ -166,9 +166,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def distill_command(
-    teacher: Path, data: Path, cache: Path, out: Path, max_steps: int, logging_steps: int = 1
+    teacher: Path, data: Path, cache: Path, out: Path, max_steps: int, logging_steps: int = 1, zero2: bool = True
 ) -> list[str]:
-    """`python -m kdflow.launch --cpu-processes 2 -- distill ...` as the distill rule runs it (ZeRO-2)."""
+    """`python -m kdflow.launch --cpu-processes 2 -- distill ...` as the distill rule runs it
+    (DeepSpeed ZeRO-2, or `deepspeed: none` without zero2)."""
     distill = validate_config(
         {
             "run_name": "sig",
@@ -194,7 +195,8 @@ def distill_command(
         "max_length": 32,
         "eval_batch_size": 64,
     }
-    stage = ["distill", "--deepspeed", str(REPO / "workflow" / "deepspeed" / "zero2.json"), "--task", "mnli"]
+    stage = ["distill", "--deepspeed", str(REPO / "workflow" / "deepspeed" / "zero2.json")] if zero2 else ["distill"]
+    stage += ["--task", "mnli"]
     stage += ["--teacher", str(teacher), "--teacher-tokenizer", str(teacher)]
     stage += ["--student-tokenizer", str(teacher), "--data-dir", str(data), "--cache", str(cache)]
     stage += [
@@ -411,3 +413,34 @@ def test_a_preemption_signal_stops_every_rank_at_the_same_step(to, uninterrupted
     got, expected = load_file(str(out / "model" / "model.safetensors")), uninterrupted["weights"]
     assert expected.keys() == got.keys()
     assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+@pytest.mark.integration
+def test_two_processes_without_deepspeed_resume_to_the_uninterrupted_model(
+    uninterrupted, teacher_dir, glue_data, tmp_path
+):
+    """`deepspeed: none` on 2 CPU processes (DDP, gloo): stopped by a signal, the rerun loads the
+    whole optimizer state (before the fix: torch.load failed on accelerate's device "cpu:0") and
+    ends with exactly the weights of the same run uninterrupted."""
+    cache, max_steps = uninterrupted["cache"], 60
+    whole = subprocess.run(
+        distill_command(teacher_dir, glue_data["data"], cache, tmp_path / "whole", max_steps, zero2=False),
+        env=job_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert whole.returncode == 0, whole.stderr[-4000:]
+    out = tmp_path / "job"
+    cmd = distill_command(teacher_dir, glue_data["data"], cache, out, max_steps, zero2=False)
+    first = subprocess.Popen(cmd, env=job_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list((out / "ckpt").glob(f"checkpoint-*/{COMPLETE_MARKER}")):
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    first.send_signal(signal.SIGUSR1)
+    assert first.wait(timeout=90) == 128 + signal.SIGUSR1
+    last = last_complete_checkpoint(out / "ckpt")
+    rerun = subprocess.run(cmd, env=job_env(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    assert f"resuming from {last}" in rerun.stderr and "training on 2 process(es) (cpu), no DeepSpeed" in rerun.stderr
+    expected = load_file(str(tmp_path / "whole" / "model" / "model.safetensors"))
+    got = load_file(str(out / "model" / "model.safetensors"))
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)

@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from accelerate.utils import broadcast_object_list
 from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 
-from .fileio import apply_umask, read_json, sha256_file, sha256_json, write_json, write_jsonl
+from .fileio import apply_umask, atomic_path, read_json, sha256_file, sha256_json, write_json, write_jsonl
 from .losses import cosine_hidden_loss, distillation_loss
 from .precision import training_precision
 from .progress import ProgressLines, progress
@@ -166,6 +167,20 @@ class KDTrainer(Trainer):
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=devices):
             return super().evaluate(*args, **kwargs)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        """Several CPU processes without DeepSpeed: accelerate names each one's device "cpu:0",
+        and the Trainer loads the optimizer state with map_location=args.device, which torch.load
+        cannot restore to ("don't know how to restore data location ... (tagged with cpu:0)"):
+        the resume would fail. The state is loaded to plain "cpu" instead (the same memory)."""
+        device = self.args.device
+        if device.type != "cpu" or device.index is None:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        self.args.__dict__["_setup_devices"] = torch.device("cpu")  # TrainingArguments.device's cache
+        try:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        finally:
+            self.args.__dict__["_setup_devices"] = device
 
     def loss_terms(self, model, inputs) -> tuple[torch.Tensor, dict[str, torch.Tensor], int, object]:
         """The loss summed over the micro-batch's items, its parts (summed, for the log), the
@@ -507,25 +522,71 @@ def describe_world(run: dict) -> str:
     )
 
 
+# ZeRO stages whose partitioned checkpoints DeepSpeed converts to a universal checkpoint, which
+# loads into any number of processes (deepspeed.checkpoint.ds_to_universal). Tested: stage 2.
+UNIVERSAL_STAGES = (1, 2)
+
+
 def check_world(previous: dict, current: dict, checkpoint: str) -> None:
-    """A checkpoint written by another number of processes resumes without DeepSpeed (the
-    optimizer state is whole; the data position is counted in global batches). DeepSpeed ZeRO
-    partitions the optimizer state over the processes and cannot load it into another number, or
-    another stage: that fails here, saying why, before any training."""
+    """A checkpoint written by another number of processes resumes: without DeepSpeed the
+    optimizer state is whole; with ZeRO-1/2 it is converted to a DeepSpeed universal checkpoint
+    first (to_universal); the data position is counted in global batches either way. Another ZeRO
+    stage, or ZeRO-3 with another number of processes, fails here, saying what to do, before any
+    training."""
     keys = ("world_size", "zero_stage")
     if all(previous.get(k) == current.get(k) for k in keys):
         return
-    if previous.get("zero_stage") is None and current.get("zero_stage") is None:
+    stage = current.get("zero_stage")
+    if previous.get("zero_stage") == stage and (stage is None or stage in UNIVERSAL_STAGES):
         log.warning(
-            "resuming %s, written by %s, with %s", checkpoint, describe_world(previous), describe_world(current)
+            "resuming %s, written by %s, with %s%s",
+            checkpoint,
+            describe_world(previous),
+            describe_world(current),
+            "" if stage is None else " (through a DeepSpeed universal checkpoint)",
         )
         return
     raise RuntimeError(
         f"{checkpoint} was written by {describe_world(previous)}; this job runs {describe_world(current)}. "
-        "DeepSpeed ZeRO partitions the optimizer state over the processes and cannot resume it with another "
-        "number of processes or stage: rerun with the same GPUs (KDFLOW_DISTILL_GPUS, "
-        f"distributed.cpu_processes) and deepspeed stage, or delete {Path(checkpoint).parent} to start over"
+        "DeepSpeed cannot resume a ZeRO-3 checkpoint with another number of processes, nor a checkpoint "
+        "of another ZeRO stage: rerun with the same GPUs (KDFLOW_DISTILL_GPUS, distributed.cpu_processes) "
+        f"and deepspeed stage, or delete {Path(checkpoint).parent} to start over"
     )
+
+
+def zero_partitions(checkpoint: str | Path) -> int:
+    """How many processes wrote a ZeRO-1/2 checkpoint (one optimizer partition file each)."""
+    return len(list(Path(checkpoint).glob("global_step*/*optim_states.pt")))
+
+
+def to_universal(checkpoint: str | Path) -> None:
+    """Convert the ZeRO checkpoint in `checkpoint` (global_step<N>/, partitioned over the
+    processes that wrote it) to a DeepSpeed universal checkpoint (global_step<N>_universal/ and
+    the `latest_universal` tag), which loads into any number of processes. Written under a
+    temporary name and renamed, the tag last: a conversion killed midway is redone. Done once;
+    the conversion reads the whole optimizer state (about 12 bytes per parameter) on one process."""
+    checkpoint = Path(checkpoint)
+    tag = checkpoint / "latest_universal"
+    if tag.is_file() and (checkpoint / tag.read_text().strip()).is_dir():
+        return
+    (source,) = [p for p in checkpoint.glob("global_step*") if p.is_dir() and not p.name.endswith("_universal")]
+    target = checkpoint / f"{source.name}_universal"
+    log.info("%s: converting the ZeRO checkpoint to a DeepSpeed universal checkpoint", checkpoint)
+    shutil.rmtree(target, ignore_errors=True)
+    with atomic_path(target, is_dir=True) as tmp:
+        shutil.rmtree(tmp)  # ds_to_universal creates its output folder
+        command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(source)]
+        command += ["--output_folder", str(tmp), "--inject_missing_state", "--num_extract_workers", "1"]
+        command += ["--num_merge_workers", "1"]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"{checkpoint}: DeepSpeed could not convert it to a universal checkpoint (to resume with another "
+                f"number of processes): {done.stderr.strip()[-2000:]}\nRerun with the processes that wrote it, "
+                f"or delete {checkpoint.parent} to start over"
+            )
+    with atomic_path(tag) as tmp:
+        tmp.write_text(f"{target.name}\n")
 
 
 RUN_RESULT_KEYS = ("precision", "deepspeed_config")  # in the run record: a change starts over
@@ -647,12 +708,18 @@ def _train_and_save(trainer, job_spec, model_out, log_out, tokenizer, held: cont
             held.enter_context(lock_checkpoint_dir(checkpoints))
             resume = checkpoint_plan(checkpoints, job_spec, run)
             prepare_checkpoint_dir(checkpoints, job_spec, run, resume, trainer.args.train_batch_size)
-            decision = [("ok", last_complete_checkpoint(checkpoints))]
+            last = last_complete_checkpoint(checkpoints)
+            universal = bool(last) and stage in UNIVERSAL_STAGES and zero_partitions(last) != run["world_size"]
+            if universal:
+                to_universal(last)
+            decision = [("universal" if universal else "ok", last)]
         except RuntimeError as error:
             decision = [("error", str(error))]
     (outcome, last), *_ = broadcast_object_list(decision)
     if outcome == "error":
         raise RuntimeError(last)
+    if outcome == "universal":  # read by the DeepSpeed engine, which train() creates
+        trainer.args.hf_deepspeed_config.config.setdefault("checkpoint", {})["load_universal"] = True
     if main:
         log.info(
             "training on %d process(es) (%s), %s",
