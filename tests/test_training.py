@@ -569,3 +569,19 @@ def test_a_checkpoint_folder_in_use_is_refused_until_its_holder_dies(teacher_dir
     resumed.add_callback(StepRecorder(steps_run))
     train_and_save(resumed, job(), tmp_path / "model", tmp_path / "log.jsonl")
     assert steps_run == [4, 5, 6]
+
+
+def test_a_failed_universal_conversion_leaves_nothing_a_rerun_would_trust(tmp_path):
+    """ds_to_universal failing on an unreadable ZeRO checkpoint: the error names the checkpoint and
+    what to do; neither the converted folder nor the `latest_universal` tag is left."""
+    from kdflow.training import to_universal
+
+    checkpoint = tmp_path / "ckpt" / "checkpoint-5"
+    (checkpoint / "global_step5").mkdir(parents=True)
+    for name in ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"):
+        (checkpoint / "global_step5" / name).write_bytes(b"not a torch file")
+    with pytest.raises(
+        RuntimeError, match=r"checkpoint-5: DeepSpeed could not convert it .*UnpicklingError.* delete .*ckpt to start over"
+    ):
+        to_universal(checkpoint)
+    assert sorted(p.name for p in checkpoint.iterdir()) == ["global_step5"]

@@ -580,10 +580,12 @@ def to_universal(checkpoint: str | Path) -> None:
         command += ["--num_merge_workers", "1"]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
+            log.error("ds_to_universal failed:\n%s", done.stderr[-8000:])
+            error = (done.stderr.strip().splitlines() or ["no message"])[-1]
             raise RuntimeError(
                 f"{checkpoint}: DeepSpeed could not convert it to a universal checkpoint (to resume with another "
-                f"number of processes): {done.stderr.strip()[-2000:]}\nRerun with the processes that wrote it, "
-                f"or delete {checkpoint.parent} to start over"
+                f"number of processes): {error}. Rerun with the processes that wrote it, or delete "
+                f"{checkpoint.parent} to start over"
             )
     with atomic_path(tag) as tmp:
         tmp.write_text(f"{target.name}\n")
