@@ -581,7 +581,8 @@ def test_a_failed_universal_conversion_leaves_nothing_a_rerun_would_trust(tmp_pa
     for name in ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"):
         (checkpoint / "global_step5" / name).write_bytes(b"not a torch file")
     with pytest.raises(
-        RuntimeError, match=r"checkpoint-5: DeepSpeed could not convert it .*UnpicklingError.* delete .*ckpt to start over"
+        RuntimeError,
+        match=r"checkpoint-5: DeepSpeed could not convert it .*UnpicklingError.* delete .*ckpt to start over",
     ):
         to_universal(checkpoint)
     assert sorted(p.name for p in checkpoint.iterdir()) == ["global_step5"]
