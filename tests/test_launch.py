@@ -118,6 +118,44 @@ def test_a_signal_only_a_worker_got_still_gives_the_preemption_code(tmp_path):
     assert run_process_group([sys.executable, "-c", crash], env) == 1
 
 
+@pytest.mark.parametrize("escalation", ["grace runs out", "second Ctrl-C"])
+def test_a_job_that_does_not_stop_after_ctrl_c_is_killed(escalation, tmp_path):
+    # A "worker" that ignores SIGTERM (as a hung collective would keep it): after a Ctrl-C the
+    # launcher kills it when the grace period runs out, or at once on a second Ctrl-C.
+    worker = textwrap.dedent(f"""
+        import os, signal, time, pathlib
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        pathlib.Path({str(tmp_path / "pid")!r}).write_text(str(os.getpid()))
+        time.sleep(120)
+    """)
+    grace = 2.0 if escalation == "grace runs out" else 60.0
+
+    def ctrl_c():
+        for _ in range(100):
+            if (tmp_path / "pid").exists() and (tmp_path / "pid").read_text():
+                break
+            time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGINT)
+        if escalation == "second Ctrl-C":
+            time.sleep(1.0)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    threading.Thread(target=ctrl_c).start()
+    started = time.monotonic()
+    try:
+        code = run_process_group([sys.executable, "-c", worker], dict(os.environ), grace=grace)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    took = time.monotonic() - started
+    assert code == 128 + signal.SIGINT
+    pid = int((tmp_path / "pid").read_text())
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]
+    assert took < 20, took  # killed, not waited for (the worker sleeps 120 s)
+
+
 def test_profile_variables_default_and_validate(monkeypatch):
     env = {"KDFLOW_SLURM_ACCOUNT": "mylab", "KDFLOW_GPU_TYPE": "a100"}
     values = apply_profile_defaults(env)
