@@ -17,12 +17,13 @@ import torch
 from .assets import hub_path
 from .fileio import atomic_path, read_jsonl
 from .generation import load_lm_tokenizer
+from .mapped_cache import open_topk_examples
 from .models import causal_lm_from_config, load_causal_lm, student_from_teacher, tokenizer_fingerprint
 from .prompt import ce_only_token_ids, check_same_vocabulary, make_prompt
 from .teacher_cache import open_pointer
-from .teacher_translation import check_cache_alignment, read_topk_cache, translation_examples
-from .training import train_and_save, training_arguments
-from .translation_training import TokenKDTrainer, TranslationCollator, TranslationExamples
+from .teacher_translation import check_cache_alignment, translation_examples
+from .training import process_rank, train_and_save, training_arguments
+from .translation_training import TokenKDTrainer, TranslationCollator
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +76,16 @@ def distill_student_lm(
     check_cache_alignment(
         entry, read_jsonl(data_dir / "train.jsonl"), tokenizer, prompt, entry.key_parts["targets"] == "reference"
     )
-    ids, starts, topk, _ = read_topk_cache(entry)
     args = training_arguments(
         train_cfg, point["learning_rate"], checkpoint_dir, spec["eval_batch_size"], deepspeed_config
     )
+    # Memory-mapped (mapped_cache.py): each process verifies its share of the shards, all refuse a
+    # damaged cache together, and each reads only its own batches' examples from the page cache.
+    train = open_topk_examples(entry, *process_rank(args))
     trainer = TokenKDTrainer(
         model=student,
         args=args,
-        train_dataset=TranslationExamples(ids, starts, topk),
+        train_dataset=train,
         eval_dataset=dev,
         data_collator=TranslationCollator(tokenizer.pad_token_id, spec["max_length"] if spec["packing"] else None),
         alpha=point["alpha"],

@@ -18,8 +18,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Protocol
 
 import torch
 from safetensors import safe_open
@@ -42,6 +46,75 @@ REBUILD_RULE = {"class_logits": "cache_teacher", "lm_topk": "cache_teacher_lm"}
 CHECKSUMS_KEY = "sha256"
 # A family's check of a shard's values (NaN, ranges, consistency): what is wrong, or None.
 ShardCheck = Callable[[dict[str, torch.Tensor]], str | None]
+
+
+# A streaming scan reads a shard in chunks of about this many bytes (whole rows of a tensor).
+SCAN_CHUNK_BYTES = 2**20
+SAFETENSORS_DTYPES = {
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F32": torch.float32,
+    "F64": torch.float64,
+    "I8": torch.int8,
+    "I16": torch.int16,
+    "I32": torch.int32,
+    "I64": torch.int64,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+class ShardScan(Protocol):
+    """A family's value check of one shard fed chunk by chunk (whole rows of each tensor, in the
+    file's order), so a shard of any size is checked in bounded memory: `begin` gets every
+    tensor's shape, `feed` a chunk (valid only during the call) and the index of its first row,
+    `problem` the verdict once every tensor was fed."""
+
+    def begin(self, shapes: dict[str, tuple[int, ...]]) -> None: ...
+
+    def feed(self, name: str, chunk: torch.Tensor, first_row: int) -> None: ...
+
+    def problem(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class TensorSpan:
+    """Where a tensor lies in a safetensors file: bytes [start, end), from its header."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+    @property
+    def row_bytes(self) -> int:
+        return math.prod(self.shape[1:]) * self.dtype.itemsize
+
+
+def shard_layout(f: BinaryIO) -> tuple[dict[str, TensorSpan], dict[str, str]]:
+    """The tensors' spans (in the file's order) and the metadata of an open safetensors file,
+    from its header alone; ValueError when the header does not describe the file (e.g. truncated)."""
+    f.seek(0)
+    head = f.read(8)
+    if len(head) != 8:
+        raise ValueError("shorter than a safetensors header")
+    size = os.fstat(f.fileno()).st_size
+    n = int.from_bytes(head, "little")
+    if 8 + n > size:
+        raise ValueError(f"header of {n} bytes in a file of {size}")
+    header = json.loads(f.read(n))
+    metadata = header.pop("__metadata__", None) or {}
+    base, spans, end = 8 + n, {}, 8 + n
+    for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+        dtype, shape = SAFETENSORS_DTYPES[info["dtype"]], tuple(info["shape"])
+        start, stop = info["data_offsets"]
+        if stop - start != math.prod(shape) * dtype.itemsize or base + start != end:
+            raise ValueError(f"tensor {name!r}: its offsets do not match its shape")
+        spans[name] = TensorSpan(dtype, shape, base + start, base + stop)
+        end = base + stop
+    if end != size:
+        raise ValueError(f"the tensors end at byte {end}, the file at {size}")
+    return spans, metadata
 
 
 class CacheDamaged(RuntimeError):
@@ -109,6 +182,52 @@ class CacheEntry:
                     index, f"tensor {name!r} fails its checksum (the file was changed after it was written)"
                 )
         return tensors
+
+    def scan_shard(self, index: int, scan: ShardScan | None = None, chunk_bytes: int = SCAN_CHUNK_BYTES) -> str | None:
+        """What is wrong with a shard, reading it once from its file in chunks (page cache and
+        one reused buffer: the memory it takes does not grow with the shard): every tensor's
+        SHA-256 against its checksum, and `scan`'s verdict on the values; None when it is sound.
+        The same verdicts (and messages) as shard_problem, without holding the shard in memory."""
+        path = self.shard_path(index)
+        if not path.is_file():
+            return str(self.damaged(index, "missing"))
+        try:
+            with open(path, "rb") as f:
+                with safe_open(str(path), framework="pt"):  # safetensors' own check of the header
+                    pass
+                spans, metadata = shard_layout(f)
+                checksums = json.loads(metadata.get(CHECKSUMS_KEY, "{}"))
+                if scan is not None:
+                    scan.begin({name: span.shape for name, span in spans.items()})
+                buffer = bytearray(chunk_bytes)
+                view = memoryview(buffer)
+                for name, span in spans.items():
+                    if name not in checksums:
+                        return str(self.damaged(index, f"tensor {name!r} has no checksum (written by an older kdflow)"))
+                    digest = hashlib.sha256()
+                    row_bytes = max(span.row_bytes, 1)
+                    step = max(1, chunk_bytes // row_bytes) * row_bytes
+                    if step > len(buffer):  # one row larger than the buffer
+                        buffer = bytearray(step)
+                        view = memoryview(buffer)
+                    f.seek(span.start)
+                    for at in range(span.start, span.end, step):
+                        n = min(step, span.end - at)
+                        if f.readinto(view[:n]) != n:
+                            raise ValueError(f"tensor {name!r}: the file ends inside it")
+                        digest.update(view[:n])
+                        if scan is not None:
+                            chunk = torch.frombuffer(buffer, dtype=span.dtype, count=n // span.dtype.itemsize)
+                            scan.feed(name, chunk.reshape(-1, *span.shape[1:]), (at - span.start) // row_bytes)
+                    if span.start == span.end and scan is not None:
+                        scan.feed(name, torch.zeros(span.shape, dtype=span.dtype), 0)
+                    if digest.hexdigest() != checksums[name]:
+                        what = f"tensor {name!r} fails its checksum (the file was changed after it was written)"
+                        return str(self.damaged(index, what))
+        except Exception as e:  # safetensors' errors for a truncated file or a garbled header vary
+            return str(self.damaged(index, f"unreadable ({type(e).__name__}: {e})"))
+        problem = scan.problem() if scan is not None else None
+        return str(self.damaged(index, problem)) if problem else None
 
     def shard_problem(self, index: int, check: ShardCheck | None = None) -> str | None:
         """What is wrong with a shard (missing, unreadable, checksum, or `check`'s verdict on its

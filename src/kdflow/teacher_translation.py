@@ -342,46 +342,104 @@ def topk_summary(entry: CacheEntry, num_shards: int) -> dict:
     }
 
 
-def topk_shard_problem(vocab_size: int):
-    """The value check of a top-k cache shard, run before a shard is reused or trained on: the
-    examples' lengths account for every token id and top-k row, log-probabilities are finite and
-    <= 0, the tail's log-mass is <= 0 or -inf (top-k covers the vocabulary), the log-sum-exp is
-    finite, and every token id and top-k index lies in the teacher's vocabulary."""
+# The value rules of a top-k shard's token rows, in the order their problems are named: (tensor,
+# whether a chunk passes, from its extremes: NaN fails every comparison; its bad rows). The
+# row-wise pass (slower) runs only on a chunk that fails, to count and name the rows.
+TOKEN_ROW_RULES = {
+    "non-finite top-k log-probabilities": (
+        "topk_logprobs",
+        lambda t: bool(torch.isfinite(t.min()) and torch.isfinite(t.max())),
+        lambda t: ~torch.isfinite(t).all(-1),
+    ),
+    "positive top-k log-probabilities": ("topk_logprobs", lambda t: bool(t.max() <= 0), lambda t: (t > 0).any(-1)),
+    "a NaN or positive tail log-mass": ("tail_logmass", lambda t: bool(t.max() <= 0), lambda t: t.isnan() | (t > 0)),
+    "a non-finite log-sum-exp": (
+        "lse",
+        lambda t: bool(torch.isfinite(t.min()) and torch.isfinite(t.max())),
+        lambda t: ~torch.isfinite(t),
+    ),
+}
+IN_VOCABULARY = ("topk_indices", "input_ids")
 
-    def check(shard: dict[str, torch.Tensor]) -> str | None:
-        lengths, starts = shard["lengths"], shard["response_start"]
-        rows = int((lengths - starts).sum())
-        if int(lengths.sum()) != len(shard["input_ids"]) or any(len(shard[n]) != rows for n in TOKEN_ROWS):
+
+class TopkScan:
+    """The value check of a top-k cache shard, fed whole tensors or chunks of rows (a ShardScan:
+    CacheEntry.scan_shard streams a shard through it in bounded memory): the examples' lengths
+    account for every token id and top-k row, log-probabilities are finite and <= 0, the tail's
+    log-mass is <= 0 or -inf (top-k covers the vocabulary), the log-sum-exp is finite, and every
+    token id and top-k index lies in the teacher's vocabulary."""
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+
+    def begin(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        self.shapes = shapes
+        self.small: dict[str, list[torch.Tensor]] = {"lengths": [], "response_start": []}
+        self.failed = {what: False for what in TOKEN_ROW_RULES}
+        self.bad = dict.fromkeys(TOKEN_ROW_RULES, 0)
+        self.first: dict[str, int | None] = dict.fromkeys(TOKEN_ROW_RULES)
+        self.extremes: dict[str, tuple[int, int]] = {}
+
+    def feed(self, name: str, chunk: torch.Tensor, first_row: int) -> None:
+        if name in self.small:
+            self.small[name].append(chunk.clone())
+        if not len(chunk):
+            return
+        for what, (tensor, passes, bad_rows) in TOKEN_ROW_RULES.items():
+            if tensor == name and not passes(chunk):
+                self.failed[what] = True
+                bad = bad_rows(chunk)
+                self.bad[what] += int(bad.sum())
+                if self.first[what] is None and bad.any():
+                    self.first[what] = first_row + int(bad.nonzero()[0])
+        if name in IN_VOCABULARY:
+            low, high = int(chunk.min()), int(chunk.max())
+            if name in self.extremes:
+                low, high = min(low, self.extremes[name][0]), max(high, self.extremes[name][1])
+            self.extremes[name] = (low, high)
+
+    def problem(self) -> str | None:
+        lengths, starts = (torch.cat(self.small[n]) for n in ("lengths", "response_start"))
+        rows, ids = int((lengths - starts).sum()), self.shapes["input_ids"][0]
+        if int(lengths.sum()) != ids or any(self.shapes[n][0] != rows for n in TOKEN_ROWS):
             return (
-                f"{len(shard['input_ids'])} token ids and {len(shard['topk_logprobs'])} top-k rows do not match "
+                f"{ids} token ids and {self.shapes['topk_logprobs'][0]} top-k rows do not match "
                 f"the examples' lengths ({int(lengths.sum())} ids, {rows} response tokens)"
             )
-        logprobs, tail, lse = shard["topk_logprobs"], shard["tail_logmass"], shard["lse"]
-        rules = {  # (whether the whole tensor passes, from its extremes: NaN fails every comparison; bad rows)
-            "non-finite top-k log-probabilities": (
-                lambda: bool(torch.isfinite(logprobs.min()) and torch.isfinite(logprobs.max())),
-                lambda: ~torch.isfinite(logprobs).all(-1),
-            ),
-            "positive top-k log-probabilities": (lambda: bool(logprobs.max() <= 0), lambda: (logprobs > 0).any(-1)),
-            "a NaN or positive tail log-mass": (lambda: bool(tail.max() <= 0), lambda: tail.isnan() | (tail > 0)),
-            "a non-finite log-sum-exp": (
-                lambda: bool(torch.isfinite(lse.min()) and torch.isfinite(lse.max())),
-                lambda: ~torch.isfinite(lse),
-            ),
-        }
-        for what, (passes, bad_rows) in rules.items():
-            if rows and not passes():  # the row-wise pass (slower) only to name the rows
-                bad = bad_rows()
-                where = f" (the first: row {int(bad.nonzero()[0])})" if bad.any() else ""
-                return f"{what} in {int(bad.sum())} of {rows} token rows{where}"
-        for name in ("topk_indices", "input_ids"):
-            t = shard[name]
-            if len(t) and (int(t.min()) < 0 or int(t.max()) >= vocab_size):
-                bad = int(t.min()) if int(t.min()) < 0 else int(t.max())
-                return f"{name} holds {bad}, outside the teacher's vocabulary [0, {vocab_size})"
+        for what, failed in self.failed.items():
+            if rows and failed:
+                first = self.first[what]
+                where = f" (the first: row {first})" if first is not None else ""
+                return f"{what} in {self.bad[what]} of {rows} token rows{where}"
+        for name in IN_VOCABULARY:
+            if name in self.extremes:
+                low, high = self.extremes[name]
+                if low < 0 or high >= self.vocab_size:
+                    return f"{name} holds {low if low < 0 else high}, outside the teacher's vocabulary [0, {self.vocab_size})"
         return None
 
-    return check
+
+class TopkCheck:
+    """topk_shard_problem's check: called on a shard's tensors (in memory), or `scan()` for
+    CacheEntry.scan_shard, which streams a shard through the same rules."""
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+
+    def scan(self) -> TopkScan:
+        return TopkScan(self.vocab_size)
+
+    def __call__(self, shard: dict[str, torch.Tensor]) -> str | None:
+        scan = self.scan()
+        scan.begin({name: tuple(t.shape) for name, t in shard.items()})
+        for name, t in shard.items():
+            scan.feed(name, t, 0)
+        return scan.problem()
+
+
+def topk_shard_problem(vocab_size: int) -> TopkCheck:
+    """The value check of a top-k cache shard (TopkScan), run before a shard is reused or trained on."""
+    return TopkCheck(vocab_size)
 
 
 def read_topk_cache(entry: CacheEntry) -> tuple[list[list[int]], list[int], list[tuple], list[int]]:

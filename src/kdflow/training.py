@@ -372,6 +372,12 @@ def training_arguments(
     return args
 
 
+def process_rank(args: TrainingArguments) -> tuple[int, int]:
+    """(rank, number of processes) of the job, its process group set up (as the Trainer would)."""
+    args.device  # noqa: B018 (TrainingArguments._setup_devices: torch.distributed's process group)
+    return args.process_index, args.world_size
+
+
 COMPLETE_MARKER = "kdflow-complete"
 # Slurm: preemption / time limit (--signal=USR1@<s>); a terminal's Ctrl-C (forwarded by kdflow.launch)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
