@@ -4,8 +4,16 @@
 
 - GPUs visible (CUDA_VISIBLE_DEVICES, as Slurm sets it): torchrun with one process per GPU.
 - No GPU: torchrun with --cpu-processes processes; DeepSpeed's CPU accelerator with gloo.
-- Several nodes (SLURM_NNODES > 1): srun starts one torchrun per node, which rendezvous at the
-  first node of the allocation (c10d), so every GPU of every node gets a process.
+- Several nodes (the Slurm job holds more than one): srun starts one torchrun per node, which
+  rendezvous at the first node of the allocation (c10d), so every GPU of every node gets a
+  process. The launcher itself runs in a one-task step on the first node: Snakemake's Slurm job
+  runs each job's command under `srun -n1` with the job's SLURM_* variables removed, so there
+  SLURM_NNODES=1, SLURM_JOB_NUM_NODES is unset and SLURM_JOB_NODELIST names the first node only
+  (seen on Slurm 22.05). The launcher therefore asks slurmctld for the job's nodes (`scontrol
+  show job`); the nested srun gets the job's identity but not the outer step's layout
+  (SLURM_NTASKS, SLURM_NNODES, CPU binding: they would override its own), asks for the nodes and
+  tasks explicitly, and shares the CPUs the outer step holds (--overlap; without it the step
+  waits for the outer one forever).
 The stage runs under torchrun even with one process, so RANK/WORLD_SIZE/MASTER_ADDR are always
 set (DeepSpeed needs them).
 
@@ -30,6 +38,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -46,10 +55,52 @@ def visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def head_node() -> str:
-    nodelist = os.environ["SLURM_JOB_NODELIST"]
+# Kept for the nested srun: which job it belongs to, and how to reach slurmctld; per task, the
+# CPUs the job asked for (each node's torchrun and its workers share them).
+SRUN_ENV_KEPT = {
+    "SLURM_JOB_ID",
+    "SLURM_JOBID",
+    "SLURM_ARRAY_JOB_ID",
+    "SLURM_ARRAY_TASK_ID",
+    "SLURM_CLUSTER_NAME",
+    "SLURM_CONF",
+    "SLURM_SUBMIT_DIR",
+    "SLURM_SUBMIT_HOST",
+    "SLURM_CPUS_PER_TASK",
+}
+
+
+def hostnames(nodelist: str) -> list[str]:
     out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
-    return out.stdout.split()[0]
+    return out.stdout.split()
+
+
+def job_nodelist(scontrol_show_job: str) -> str | None:
+    """The allocated NodeList in `scontrol show job -o` output (not ReqNodeList/ExcNodeList)."""
+    found = re.search(r"(?:^|\s)NodeList=(\S+)", scontrol_show_job)
+    return found.group(1) if found and found.group(1) != "(null)" else None
+
+
+def job_nodes(environ: dict[str, str] = os.environ) -> list[str]:
+    """The nodes the Slurm job holds, the first one first; [] outside Slurm. Asks slurmctld (the
+    current step's variables may describe a one-node step); falls back to the variables."""
+    job = environ.get("SLURM_JOB_ID")
+    if not job:
+        return []
+    shown = subprocess.run(["scontrol", "show", "job", "--oneliner", job], capture_output=True, text=True)
+    nodelist = job_nodelist(shown.stdout) if shown.returncode == 0 else None
+    if nodelist:
+        return hostnames(nodelist)
+    print(f"kdflow.launch: scontrol show job {job} failed, using SLURM_JOB_NODELIST", file=sys.stderr)
+    nodelist = environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST")
+    return hostnames(nodelist) if nodelist else []
+
+
+def srun_env(env: dict[str, str]) -> dict[str, str]:
+    """env without the SLURM_*/SRUN_* variables of the step the launcher runs in (the job's identity
+    stays): srun reads them as options, and the outer one-task step's would override the nested
+    step's nodes, tasks and CPU binding."""
+    return {k: v for k, v in env.items() if not (k.startswith(("SLURM_", "SRUN_")) and k not in SRUN_ENV_KEPT)}
 
 
 def launch_command(
@@ -67,7 +118,8 @@ def launch_command(
         "--rdzv-backend=c10d",
         f"--rdzv-endpoint={head}:{RDZV_PORT}",
     ]
-    return ["srun", f"--nodes={nnodes}", "--ntasks-per-node=1", *torchrun, "-m", "kdflow", *stage_args]
+    srun = ["srun", "--overlap", f"--nodes={nnodes}", f"--ntasks={nnodes}", "--ntasks-per-node=1"]
+    return [*srun, *torchrun, "-m", "kdflow", *stage_args]
 
 
 def launch_env(gpus: int, nproc: int) -> dict[str, str]:
@@ -93,15 +145,17 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("give the stage to run after --")
     gpus = visible_gpus()
     nproc = gpus or args.cpu_processes
-    nnodes = int(os.environ.get("SLURM_NNODES", "1"))
-    head = head_node() if nnodes > 1 else None
+    nodes = job_nodes()
+    nnodes = max(1, len(nodes))
+    head = nodes[0] if nnodes > 1 else None
     cmd = launch_command(stage_args, nproc, nnodes, head, os.environ.get("SLURM_JOB_ID", "kdflow"))
+    env = launch_env(gpus, nproc)
     print(
         f"kdflow.launch: {nnodes} node(s) x {nproc} process(es) ({'GPU' if gpus else 'CPU'}): {' '.join(cmd)}",
         file=sys.stderr,
         flush=True,
     )
-    sys.exit(run_process_group(cmd, launch_env(gpus, nproc)))
+    sys.exit(run_process_group(cmd, srun_env(env) if nnodes > 1 else env))
 
 
 def run_process_group(cmd: list[str], env: dict[str, str], grace: float | None = None) -> int:
