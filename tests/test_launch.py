@@ -41,7 +41,9 @@ def test_several_nodes_start_one_torchrun_per_node_through_srun():
     # --overlap: the launcher runs inside a step that holds the first node's CPUs; explicit
     # nodes and tasks: the outer step's SLURM_NNODES=1 / SLURM_NTASKS=1 must not leak in.
     assert cmd[:5] == ["srun", "--overlap", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1"]
-    assert cmd[5:11] == [
+    # On each node the launcher again (a node agent: it outlives the node's workers), then torchrun.
+    assert cmd[5:10] == [sys.executable, "-m", "kdflow.launch", "--node-agent", "--"]
+    assert cmd[10:16] == [
         "torchrun",
         "--nnodes=2",
         "--nproc-per-node=8",
@@ -86,6 +88,11 @@ def test_the_nested_srun_keeps_the_job_but_not_the_outer_steps_layout():
         "SLURM_CPUS_PER_TASK": "16",
         "PATH": "/usr/bin",
     }
+
+
+def test_a_node_agent_runs_its_command_and_returns_its_exit_code():
+    agent = [sys.executable, "-m", "kdflow.launch", "--node-agent", "--", sys.executable, "-c", "raise SystemExit(3)"]
+    assert subprocess.run(agent, env=dict(os.environ, PYTHONPATH=str(REPO / "src"))).returncode == 3
 
 
 def test_cpu_launch_env_hides_fake_gpus_and_splits_threads(monkeypatch):

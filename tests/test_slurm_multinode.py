@@ -178,11 +178,14 @@ def check_both_nodes_trained(job_id: str, job_log: str, state: str) -> list[dict
     rows = wait_for_accounting(job_id, 4)
     job = next(r for r in rows if r["id"] == job_id)
     assert job["partition"] == "multinode" and hostnames(job["nodelist"]) == NODES and job["state"] == state, rows
-    # The launcher's srun: one torchrun task on each node (a step on both nodes); Snakemake's own
-    # step and the batch script run on the first node only.
-    torchrun = [r for r in rows if r["name"] == "torchrun"]
-    assert len(torchrun) == 1 and hostnames(torchrun[0]["nodelist"]) == NODES, show(rows)
-    assert torchrun[0]["nnodes"] == "2", show(rows)
+    # The batch script and Snakemake's own step (.0, the launcher) run on the first node; the
+    # launcher's srun (.1) runs a task on each node: the node agent and its torchrun.
+    assert {r["id"]: hostnames(r["nodelist"]) for r in rows if r["id"] != job_id} == {
+        f"{job_id}.batch": {"kd-n1"},
+        f"{job_id}.0": {"kd-n1"},
+        f"{job_id}.1": NODES,
+    }, show(rows)
+    assert next(r for r in rows if r["id"] == f"{job_id}.1")["nnodes"] == "2", show(rows)
     assert "kdflow.launch: 2 node(s) x 1 process(es) (CPU): srun --overlap --nodes=2" in job_log, job_log[-3000:]
     assert "training on 2 process(es) (cpu), DeepSpeed ZeRO-2" in job_log, job_log[-3000:]
     by_host = re.search(r"ranks by host: (.*)", job_log)

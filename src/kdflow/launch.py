@@ -27,7 +27,13 @@ through /proc; workers orphaned by a dead torchrun are re-parented to the launch
 only once none of them is left, with 128 + the first signal received. The workers treat all
 three alike (kdflow.training.STOP_SIGNALS): a checkpoint at the end of the current step, then
 exit. torchrun itself stops its workers on SIGINT/SIGTERM and kills them after its shutdown
-timeout (TORCH_ELASTIC_SHUTDOWN_TIMEOUT, 30 s by default).
+timeout (TORCH_ELASTIC_SHUTDOWN_TIMEOUT, 30 s by default); SIGUSR1, which it does not handle,
+kills it at once, and its workers save on as orphans under this launcher.
+On several nodes srun's task on each node is not torchrun itself but this launcher again
+(--node-agent: it only runs the given command under run_process_group). A task that died of
+SIGUSR1 would end the node's step, and Slurm would kill what is left of it (with
+proctrack/cgroup, as on most clusters: the workers mid-checkpoint); the node agent forwards the
+signals and outlives the node's workers instead, exactly as the launcher does on one node.
 Escalation, after Ctrl-C only (Slurm bounds the others itself): a second SIGINT, or the job still
 running STOP_GRACE_S seconds (KDFLOW_STOP_GRACE) after the first, kills every process of the job
 with SIGKILL; the newest complete checkpoint stays, one killed mid-write is never resumed.
@@ -119,7 +125,8 @@ def launch_command(
         f"--rdzv-endpoint={head}:{RDZV_PORT}",
     ]
     srun = ["srun", "--overlap", f"--nodes={nnodes}", f"--ntasks={nnodes}", "--ntasks-per-node=1"]
-    return [*srun, *torchrun, "-m", "kdflow", *stage_args]
+    node_agent = [sys.executable, "-m", "kdflow.launch", "--node-agent", "--"]
+    return [*srun, *node_agent, *torchrun, "-m", "kdflow", *stage_args]
 
 
 def launch_env(gpus: int, nproc: int) -> dict[str, str]:
@@ -138,11 +145,16 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m kdflow.launch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--cpu-processes", type=int, default=2, help="processes when no GPU is visible")
+    parser.add_argument(
+        "--node-agent", action="store_true", help="run the command after -- as srun's task on one node (internal)"
+    )
     parser.add_argument("stage_args", nargs=argparse.REMAINDER, help="-- <kdflow stage> <its arguments>")
     args = parser.parse_args(argv)
     stage_args = args.stage_args[1:] if args.stage_args[:1] == ["--"] else args.stage_args
     if not stage_args:
         parser.error("give the stage to run after --")
+    if args.node_agent:  # one node's torchrun, started by the launcher's srun
+        sys.exit(run_process_group(stage_args, dict(os.environ)))
     gpus = visible_gpus()
     nproc = gpus or args.cpu_processes
     nodes = job_nodes()
