@@ -87,6 +87,7 @@ def env() -> dict:
         KDFLOW_PARTITION_MULTIGPU="multinode",  # the partition of kd-n1 and kd-n2
         KDFLOW_DISTILL_NODES="2",
         KDFLOW_DISTILL_GPUS="1",
+        KDFLOW_PROGRESS_SECONDS="0",  # a progress line (the step counter) at every step
     )
     e["PATH"] = str(Path(sys.executable).parent) + os.pathsep + e["PATH"]
     # The jobs run in the results folder: this checkout's kdflow, whatever the caller's PYTHONPATH.
@@ -234,12 +235,12 @@ def test_a_two_node_distillation_is_preempted_and_resumes_on_both_nodes(two_node
     stop = re.search(r"stopped by SIGUSR1; saved \S+checkpoint-(\d+); rerun to resume", stopped_log)
     assert stop and int(stop.group(1)) == max(saved) < MAX_STEPS, stopped_log[-3000:]
     step = max(saved)
-    # Both ranks (one per node) wrote their ZeRO-2 partition of that same step.
-    partitions = sorted(p.name for p in (checkpoints / f"checkpoint-{step}").glob("global_step*/*optim_states.pt"))
-    assert len(partitions) == 2, partitions
-    assert len(re.findall(r"received SIGUSR1: saving a checkpoint and stopping", stopped_log)) >= 1
     rows = check_both_nodes_trained(signalled, stopped_log, "FAILED")
     print(f"\nsacct, the signalled job (checkpoint-{step}):\n{show(rows)}")
+    # Both ranks (one per node) got the signal and wrote their ZeRO-2 partition of that same step.
+    assert len(re.findall(r"received SIGUSR1: saving a checkpoint and stopping", stopped_log)) >= 2, stopped_log
+    partitions = sorted(p.name for p in (checkpoints / f"checkpoint-{step}").glob("global_step*/*optim_states.pt"))
+    assert len(partitions) == 2, partitions
 
     # 2. The plan: the distillation only.
     plan = subprocess.run(
@@ -260,10 +261,13 @@ def test_a_two_node_distillation_is_preempted_and_resumes_on_both_nodes(two_node
     rerun_job = distill_job(rerun_since)
     rows = check_both_nodes_trained(rerun_job, job_log, "COMPLETED")
     print(f"sacct, the rerun (resumed from step {step}):\n{show(rows)}")
-    # The step counter went on from the checkpoint: the rerun's progress starts after it, and the
-    # log history holds every logged step once.
+    # The step counter went on from the checkpoint: the rerun's first step is the one after it
+    # (not 1), and the log history holds every logged step once.
     progress = [int(m) for m in re.findall(r"train: (\d+)/\d+ steps", job_log)]
-    assert progress and min(progress) > step and progress[-1] == MAX_STEPS, job_log[-3000:]
+    assert progress[:1] == [step + 1] and progress[-1] == MAX_STEPS, progress
+    first_progress = [int(m) for m in re.findall(r"train: (\d+)/\d+ steps", stopped_log)]
+    assert first_progress[:1] == [1] and first_progress[-1] == step, first_progress
+    print(f"step counter: first run 1..{first_progress[-1]}, rerun {progress[0]}..{progress[-1]}")
     steps = [h["step"] for h in read_jsonl(paths.distill_log("mnli", POINT)) if "loss" in h]
     assert steps == list(range(5, MAX_STEPS + 1, 5)), steps
     assert Path(paths.distill_model("mnli", POINT), "config.json").exists()
