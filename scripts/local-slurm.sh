@@ -28,8 +28,10 @@
 # kd-n2 and this machine's name (slurmctld's host) resolve to their bridge addresses, as on a
 # real cluster: a node's hostname is its address, so torchrun's rendezvous and gloo bind the
 # bridge address without any setting. slurmctld (on this machine, listening on all addresses)
-# restarts once when the nodes are added or removed (Slurm 22.05 cannot add nodes by
-# reconfiguring). Jobs running then survive (their state is saved).
+# and this machine's slurmd restart once when the nodes are added or removed (Slurm 22.05 cannot
+# add nodes by reconfiguring); start the mode before submitting jobs (running jobs through such
+# a restart is not tested). The slurmds of kd-n1/kd-n2 are not started with `ip netns exec`: it
+# remounts /sys, which hides the cgroup mounts slurmd needs.
 set -euo pipefail
 BASE=${LOCAL_SLURM_DIR:-/tmp/kdflow-slurm}
 ACCOUNT=${LOCAL_SLURM_ACCOUNT:-kdflow}
@@ -293,8 +295,7 @@ start_multinode() {
     alive "$BASE/run/slurmd-$m.pid" && continue
     log "starting slurmd $m in network namespace $m ($(maddr "$m"))"
     # The node's network namespace, plus a UTS namespace (its own hostname, which torchrun and
-    # gloo resolve) and a mount namespace (its own /etc/hosts). Not `ip netns exec`: it remounts
-    # /sys, which hides the cgroup mounts slurmd needs.
+    # gloo resolve) and a mount namespace (its own /etc/hosts); jobs inherit all three.
     nsenter --net="/run/netns/$m" unshare --uts --mount --propagation slave \
       sh -c "mount --bind /etc/netns/$m/hosts /etc/hosts && hostname $m && exec slurmd -N $m"
   done
