@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import kdflow
 from kdflow.cluster import ClusterSettingError, apply_profile_defaults
 from kdflow.config import validate_config
 from kdflow.fileio import read_jsonl
-from kdflow.launch import launch_command, launch_env, run_process_group
+from kdflow.launch import job_nodelist, job_nodes, launch_command, launch_env, run_process_group, srun_env
 from kdflow.training import COMPLETE_MARKER, last_complete_checkpoint
 
 
@@ -37,8 +38,12 @@ def test_single_node_runs_torchrun_standalone():
 
 def test_several_nodes_start_one_torchrun_per_node_through_srun():
     cmd = launch_command(["distill"], nproc=8, nnodes=2, head="gpu001", job_id="4242")
-    assert cmd[:3] == ["srun", "--nodes=2", "--ntasks-per-node=1"]
-    assert cmd[3:9] == [
+    # --overlap: the launcher runs inside a step that holds the first node's CPUs; explicit
+    # nodes and tasks: the outer step's SLURM_NNODES=1 / SLURM_NTASKS=1 must not leak in.
+    assert cmd[:5] == ["srun", "--overlap", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1"]
+    # On each node the launcher again (a node agent: it outlives the node's workers), then torchrun.
+    assert cmd[5:10] == [sys.executable, "-m", "kdflow.launch", "--node-agent", "--"]
+    assert cmd[10:16] == [
         "torchrun",
         "--nnodes=2",
         "--nproc-per-node=8",
@@ -47,6 +52,47 @@ def test_several_nodes_start_one_torchrun_per_node_through_srun():
         "--rdzv-endpoint=gpu001:29500",
     ]
     assert cmd[-3:] == ["-m", "kdflow", "distill"]
+
+
+# `scontrol show job -o` of a 2-node job on the local 2-node Slurm (scripts/local-slurm.sh).
+SHOW_JOB = (
+    "JobId=149 JobName=job3.sh UserId=root(0) Partition=multinode AllocNode:Sid=localhost:18117 "
+    "ReqNodeList=(null) ExcNodeList=(null) NodeList=kd-n[1-2] BatchHost=kd-n1 NumNodes=2 NumCPUs=4"
+)
+
+
+def test_the_nodes_are_the_jobs_not_the_steps():
+    assert job_nodelist(SHOW_JOB) == "kd-n[1-2]"
+    assert job_nodelist("JobId=7 ReqNodeList=gpu[1-4] NodeList=(null) NumNodes=2") is None  # pending
+    assert job_nodes({}) == []  # outside Slurm: one node, no srun
+
+
+def test_the_nested_srun_keeps_the_job_but_not_the_outer_steps_layout():
+    # What Snakemake's `srun -n1` step of a 2-node job holds (seen on the local 2-node Slurm).
+    step = {
+        "SLURM_JOB_ID": "148",
+        "SLURM_JOBID": "148",
+        "SLURM_CONF": "/etc/slurm/slurm.conf",
+        "SLURM_NNODES": "1",
+        "SLURM_NTASKS": "1",
+        "SLURM_JOB_NODELIST": "kd-n1",
+        "SLURM_CPU_BIND": "quiet,mask_cpu:0x3",
+        "SLURM_CPUS_PER_TASK": "16",
+        "SLURM_STEP_ID": "0",
+        "PATH": "/usr/bin",
+    }
+    assert srun_env(step) == {
+        "SLURM_JOB_ID": "148",
+        "SLURM_JOBID": "148",
+        "SLURM_CONF": "/etc/slurm/slurm.conf",
+        "SLURM_CPUS_PER_TASK": "16",
+        "PATH": "/usr/bin",
+    }
+
+
+def test_a_node_agent_runs_its_command_and_returns_its_exit_code():
+    agent = [sys.executable, "-m", "kdflow.launch", "--node-agent", "--", sys.executable, "-c", "raise SystemExit(3)"]
+    assert subprocess.run(agent, env=dict(os.environ, PYTHONPATH=str(REPO / "src"))).returncode == 3
 
 
 def test_cpu_launch_env_hides_fake_gpus_and_splits_threads(monkeypatch):
@@ -169,7 +215,9 @@ def test_profile_variables_default_and_validate(monkeypatch):
 
 def test_profile_plans_every_rule_with_its_partition(tmp_path):
     """The README's cluster command, as a dry run: the profile is found and every job gets its resources."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", KDFLOW_SLURM_ACCOUNT="mylab", KDFLOW_GPU_TYPE="a100")
+    env = dict(
+        os.environ, HF_HUB_OFFLINE="1", KDFLOW_SLURM_ACCOUNT="mylab", KDFLOW_GPU_TYPE="a100", KDFLOW_DISTILL_NODES="2"
+    )
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run(
@@ -196,6 +244,8 @@ def test_profile_plans_every_rule_with_its_partition(tmp_path):
     distill = text[text.index("rule distill:") :][:1500]
     assert "slurm_partition=multigpu" in distill and "--gpus-per-node=a100:2 --signal=USR1@600" in distill
     assert "slurm_account=mylab" in distill and "runtime=1440" in distill
+    # A task per node: sbatch's --ntasks=1 (the plugin's default) would cut the job to one node.
+    assert re.search(r"\bnodes=2\b", distill) and re.search(r"\btasks=2\b", distill), distill
     prepare = text[text.index("rule prepare_glue:") :][:1500]
     assert "slurm_partition=short" in prepare and "gpus-per-node" not in prepare
 

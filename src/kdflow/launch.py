@@ -4,8 +4,16 @@
 
 - GPUs visible (CUDA_VISIBLE_DEVICES, as Slurm sets it): torchrun with one process per GPU.
 - No GPU: torchrun with --cpu-processes processes; DeepSpeed's CPU accelerator with gloo.
-- Several nodes (SLURM_NNODES > 1): srun starts one torchrun per node, which rendezvous at the
-  first node of the allocation (c10d), so every GPU of every node gets a process.
+- Several nodes (the Slurm job holds more than one): srun starts one torchrun per node, which
+  rendezvous at the first node of the allocation (c10d), so every GPU of every node gets a
+  process. The launcher itself runs in a one-task step on the first node: Snakemake's Slurm job
+  runs each job's command under `srun -n1` with the job's SLURM_* variables removed, so there
+  SLURM_NNODES=1, SLURM_JOB_NUM_NODES is unset and SLURM_JOB_NODELIST names the first node only
+  (seen on Slurm 22.05). The launcher therefore asks slurmctld for the job's nodes (`scontrol
+  show job`); the nested srun gets the job's identity but not the outer step's layout
+  (SLURM_NTASKS, SLURM_NNODES, CPU binding: they would override its own), asks for the nodes and
+  tasks explicitly, and shares the CPUs the outer step holds (--overlap; without it the step
+  waits for the outer one forever).
 The stage runs under torchrun even with one process, so RANK/WORLD_SIZE/MASTER_ADDR are always
 set (DeepSpeed needs them).
 
@@ -21,8 +29,16 @@ three alike (kdflow.training.STOP_SIGNALS): the ranks agree on the stop at the e
 step, save one checkpoint, and exit 128 + signal. When the signal reached only a worker, torchrun
 reports a failed child (exit 1); the workers also write the signal to the file named by
 KDFLOW_STOP_REPORT (set here, one per launch), so this launcher still returns the preemption
-code, 128 + signal, which sacct shows as the job's exit code. torchrun itself stops its workers on SIGINT/SIGTERM and kills them after its shutdown
-timeout (TORCH_ELASTIC_SHUTDOWN_TIMEOUT, 30 s by default).
+code, 128 + signal, which sacct shows as the job's exit code. torchrun itself stops its workers
+on SIGINT/SIGTERM and kills them after its shutdown timeout (TORCH_ELASTIC_SHUTDOWN_TIMEOUT, 30 s
+by default); SIGUSR1, which it does not handle, kills it at once, and its workers save on as
+orphans under this launcher.
+On several nodes srun's task on each node is not torchrun itself but this launcher again
+(--node-agent: it only runs the given command under run_process_group). A task that died of
+SIGUSR1 would end the node's step, and Slurm would kill what is left of it (with
+proctrack/cgroup, as on most clusters: the workers mid-checkpoint); the node agent forwards the
+signals and outlives the node's workers instead, exactly as the launcher does on one node. Each
+node agent returns its workers' preemption code, and srun the largest of them.
 Escalation, after Ctrl-C only (Slurm bounds the others itself): a second SIGINT, or the job still
 running STOP_GRACE_S seconds (KDFLOW_STOP_GRACE) after the first, kills every process of the job
 with SIGKILL; the newest complete checkpoint stays, one killed mid-write is never resumed.
@@ -33,6 +49,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -52,10 +69,52 @@ def visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def head_node() -> str:
-    nodelist = os.environ["SLURM_JOB_NODELIST"]
+# Kept for the nested srun: which job it belongs to, and how to reach slurmctld; per task, the
+# CPUs the job asked for (each node's torchrun and its workers share them).
+SRUN_ENV_KEPT = {
+    "SLURM_JOB_ID",
+    "SLURM_JOBID",
+    "SLURM_ARRAY_JOB_ID",
+    "SLURM_ARRAY_TASK_ID",
+    "SLURM_CLUSTER_NAME",
+    "SLURM_CONF",
+    "SLURM_SUBMIT_DIR",
+    "SLURM_SUBMIT_HOST",
+    "SLURM_CPUS_PER_TASK",
+}
+
+
+def hostnames(nodelist: str) -> list[str]:
     out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
-    return out.stdout.split()[0]
+    return out.stdout.split()
+
+
+def job_nodelist(scontrol_show_job: str) -> str | None:
+    """The allocated NodeList in `scontrol show job -o` output (not ReqNodeList/ExcNodeList)."""
+    found = re.search(r"(?:^|\s)NodeList=(\S+)", scontrol_show_job)
+    return found.group(1) if found and found.group(1) != "(null)" else None
+
+
+def job_nodes(environ: dict[str, str] = os.environ) -> list[str]:
+    """The nodes the Slurm job holds, the first one first; [] outside Slurm. Asks slurmctld (the
+    current step's variables may describe a one-node step); falls back to the variables."""
+    job = environ.get("SLURM_JOB_ID")
+    if not job:
+        return []
+    shown = subprocess.run(["scontrol", "show", "job", "--oneliner", job], capture_output=True, text=True)
+    nodelist = job_nodelist(shown.stdout) if shown.returncode == 0 else None
+    if nodelist:
+        return hostnames(nodelist)
+    print(f"kdflow.launch: scontrol show job {job} failed, using SLURM_JOB_NODELIST", file=sys.stderr)
+    nodelist = environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST")
+    return hostnames(nodelist) if nodelist else []
+
+
+def srun_env(env: dict[str, str]) -> dict[str, str]:
+    """env without the SLURM_*/SRUN_* variables of the step the launcher runs in (the job's identity
+    stays): srun reads them as options, and the outer one-task step's would override the nested
+    step's nodes, tasks and CPU binding."""
+    return {k: v for k, v in env.items() if not (k.startswith(("SLURM_", "SRUN_")) and k not in SRUN_ENV_KEPT)}
 
 
 def launch_command(
@@ -73,7 +132,9 @@ def launch_command(
         "--rdzv-backend=c10d",
         f"--rdzv-endpoint={head}:{RDZV_PORT}",
     ]
-    return ["srun", f"--nodes={nnodes}", "--ntasks-per-node=1", *torchrun, "-m", "kdflow", *stage_args]
+    srun = ["srun", "--overlap", f"--nodes={nnodes}", f"--ntasks={nnodes}", "--ntasks-per-node=1"]
+    node_agent = [sys.executable, "-m", "kdflow.launch", "--node-agent", "--"]
+    return [*srun, *node_agent, *torchrun, "-m", "kdflow", *stage_args]
 
 
 def launch_env(gpus: int, nproc: int) -> dict[str, str]:
@@ -92,22 +153,29 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m kdflow.launch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--cpu-processes", type=int, default=2, help="processes when no GPU is visible")
+    parser.add_argument(
+        "--node-agent", action="store_true", help="run the command after -- as srun's task on one node (internal)"
+    )
     parser.add_argument("stage_args", nargs=argparse.REMAINDER, help="-- <kdflow stage> <its arguments>")
     args = parser.parse_args(argv)
     stage_args = args.stage_args[1:] if args.stage_args[:1] == ["--"] else args.stage_args
     if not stage_args:
         parser.error("give the stage to run after --")
+    if args.node_agent:  # one node's torchrun, started by the launcher's srun
+        sys.exit(run_process_group(stage_args, dict(os.environ)))
     gpus = visible_gpus()
     nproc = gpus or args.cpu_processes
-    nnodes = int(os.environ.get("SLURM_NNODES", "1"))
-    head = head_node() if nnodes > 1 else None
+    nodes = job_nodes()
+    nnodes = max(1, len(nodes))
+    head = nodes[0] if nnodes > 1 else None
     cmd = launch_command(stage_args, nproc, nnodes, head, os.environ.get("SLURM_JOB_ID", "kdflow"))
+    env = launch_env(gpus, nproc)
     print(
         f"kdflow.launch: {nnodes} node(s) x {nproc} process(es) ({'GPU' if gpus else 'CPU'}): {' '.join(cmd)}",
         file=sys.stderr,
         flush=True,
     )
-    sys.exit(run_process_group(cmd, launch_env(gpus, nproc)))
+    sys.exit(run_process_group(cmd, srun_env(env) if nnodes > 1 else env))
 
 
 def run_process_group(cmd: list[str], env: dict[str, str], grace: float | None = None) -> int:

@@ -441,6 +441,19 @@ def agreed_stop(signum: int | None, device: torch.device) -> int | None:
     return int(flag.item()) or None
 
 
+def ranks_by_host() -> dict[str, list[int]]:
+    """{hostname: [rank, ...]} of the job's processes (every process must call it)."""
+    host = socket.gethostname()
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return {host: [0]}
+    hosts: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(hosts, host)
+    by_host: dict[str, list[int]] = {}
+    for rank, name in enumerate(hosts):
+        by_host.setdefault(name, []).append(rank)
+    return by_host
+
+
 def lock_checkpoint_dir(path: str | Path):
     """Hold an exclusive lock on <path>/kdflow.lock while the returned file is open: the kernel
     releases it when the holder exits or dies (even by SIGKILL). A second holder, e.g. a rerun
@@ -728,6 +741,7 @@ def _train_and_save(trainer, job_spec, model_out, log_out, tokenizer, held: cont
         raise RuntimeError(last)
     if outcome == "universal":  # read by the DeepSpeed engine, which train() creates
         trainer.args.hf_deepspeed_config.config.setdefault("checkpoint", {})["load_universal"] = True
+    hosts = ranks_by_host()
     if main:
         log.info(
             "training on %d process(es) (%s), %s",
@@ -735,6 +749,7 @@ def _train_and_save(trainer, job_spec, model_out, log_out, tokenizer, held: cont
             trainer.args.device.type,
             f"DeepSpeed ZeRO-{stage}" if stage is not None else "no DeepSpeed",
         )
+        log.info("ranks by host: %s", ", ".join(f"{host} {ranks}" for host, ranks in hosts.items()))
     if last:
         log.info("resuming from %s (step %s)", last, last.rsplit("-", 1)[-1])
     trainer.train(resume_from_checkpoint=last)
