@@ -37,10 +37,14 @@ def test_single_node_runs_torchrun_standalone():
 
 
 def test_several_nodes_start_one_torchrun_per_node_through_srun():
-    cmd = launch_command(["distill"], nproc=8, nnodes=2, head="gpu001", job_id="4242")
+    cmd = launch_command(["distill"], nproc=8, nnodes=2, head="gpu001", job_id="4242", cpus_per_task="16")
     # --overlap: the launcher runs inside a step that holds the first node's CPUs; explicit
-    # nodes and tasks: the outer step's SLURM_NNODES=1 / SLURM_NTASKS=1 must not leak in.
-    assert cmd[:5] == ["srun", "--overlap", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1"]
+    # nodes, tasks and CPUs: the outer step's SLURM_NNODES=1 / SLURM_NTASKS=1 must not leak in,
+    # and srun >= 22.05 does not read SLURM_CPUS_PER_TASK. One node ending first (preempted)
+    # must not get the other killed while it saves.
+    assert cmd[:6] == ["srun", "--overlap", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--cpus-per-task=16"]
+    assert cmd[6:8] == ["--kill-on-bad-exit=0", "--wait=0"]
+    cmd = cmd[:5] + cmd[8:]
     # On each node the launcher again (a node agent: it outlives the node's workers), then torchrun.
     assert cmd[5:10] == [sys.executable, "-m", "kdflow.launch", "--node-agent", "--"]
     assert cmd[10:16] == [
@@ -151,9 +155,9 @@ def test_a_signal_only_a_worker_got_still_gives_the_preemption_code(tmp_path):
     parent = f"import subprocess, sys; sys.exit(1 if subprocess.call([sys.executable, '-c', {worker!r}]) else 0)"
 
     def slurm_signals_the_worker():
-        for _ in range(100):
-            if (tmp_path / "pid").exists() and (tmp_path / "pid").read_text():
-                break
+        deadline = time.monotonic() + 60
+        while not ((tmp_path / "pid").exists() and (tmp_path / "pid").read_text()):
+            assert time.monotonic() < deadline, "the fake worker never started"
             time.sleep(0.1)
         os.kill(int((tmp_path / "pid").read_text()), signal.SIGUSR1)
 
@@ -178,9 +182,9 @@ def test_a_job_that_does_not_stop_after_ctrl_c_is_killed(escalation, tmp_path):
     grace = 2.0 if escalation == "grace runs out" else 60.0
 
     def ctrl_c():
-        for _ in range(100):
-            if (tmp_path / "pid").exists() and (tmp_path / "pid").read_text():
-                break
+        deadline = time.monotonic() + 60
+        while not ((tmp_path / "pid").exists() and (tmp_path / "pid").read_text()):
+            assert time.monotonic() < deadline, "the fake worker never started"
             time.sleep(0.1)
         os.kill(os.getpid(), signal.SIGINT)
         if escalation == "second Ctrl-C":
@@ -200,6 +204,32 @@ def test_a_job_that_does_not_stop_after_ctrl_c_is_killed(escalation, tmp_path):
     pid = int((tmp_path / "pid").read_text())
     assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]
     assert took < 20, took  # killed, not waited for (the worker sleeps 120 s)
+
+
+def test_a_job_that_finished_despite_a_late_signal_is_not_reported_preempted(tmp_path):
+    # Slurm's warning signal after the last training step: the workers go on to write the model
+    # and exit 0; the launcher must return 0 (a failure code would make Snakemake delete the model
+    # and retry a job whose checkpoints are already gone).
+    job = textwrap.dedent(f"""
+        import signal, time, pathlib
+        signal.signal(signal.SIGUSR1, lambda *a: None)  # noted, too late to stop anything
+        pathlib.Path({str(tmp_path / "ready")!r}).touch()
+        time.sleep(1.5)
+    """)
+
+    def slurm_signals_the_launcher():
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "ready").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    threading.Thread(target=slurm_signals_the_launcher).start()
+    try:
+        assert run_process_group([sys.executable, "-c", job], dict(os.environ)) == 0
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def test_profile_variables_default_and_validate(monkeypatch):

@@ -134,12 +134,12 @@ def distill_inputs_here(workdir: Path) -> None:
 
 def sacct_rows(job_id: str) -> list[dict]:
     out = subprocess.run(
-        ["sacct", "-P", "-n", "-j", job_id, "-o", "JobID,JobName,Partition,NNodes,NodeList,State"],
+        ["sacct", "-P", "-n", "-j", job_id, "-o", "JobID,JobName,Partition,NNodes,NodeList,State,ExitCode"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    keys = ("id", "name", "partition", "nnodes", "nodelist", "state")
+    keys = ("id", "name", "partition", "nnodes", "nodelist", "state", "exitcode")
     return [dict(zip(keys, line.split("|"), strict=True)) for line in out.splitlines() if line]
 
 
@@ -170,12 +170,13 @@ def wait_for_accounting(job_id: str, n_steps: int) -> list[dict]:
 
 def show(rows: list[dict]) -> str:
     return "\n".join(
-        f"  {r['id']:<12} {r['name']:<10} {r['partition']:<10} {r['nnodes']:>2} {r['nodelist']:<12} {r['state']}"
+        f"  {r['id']:<12} {r['name']:<10} {r['partition']:<10} {r['nnodes']:>2} {r['nodelist']:<12} {r['state']:<10}"
+        f" {r['exitcode']}"
         for r in rows
     )
 
 
-def check_both_nodes_trained(job_id: str, job_log: str, state: str) -> list[dict]:
+def check_both_nodes_trained(job_id: str, job_log: str, state: str, exit_code: str) -> list[dict]:
     rows = wait_for_accounting(job_id, 4)
     job = next(r for r in rows if r["id"] == job_id)
     assert job["partition"] == "multinode" and hostnames(job["nodelist"]) == NODES and job["state"] == state, rows
@@ -186,7 +187,9 @@ def check_both_nodes_trained(job_id: str, job_log: str, state: str) -> list[dict
         f"{job_id}.0": {"kd-n1"},
         f"{job_id}.1": NODES,
     }, show(rows)
-    assert next(r for r in rows if r["id"] == f"{job_id}.1")["nnodes"] == "2", show(rows)
+    step = next(r for r in rows if r["id"] == f"{job_id}.1")
+    # The training step's exit code: the node agents' (srun's largest), 138 = 128 + SIGUSR1 when preempted.
+    assert step["nnodes"] == "2" and step["exitcode"] == exit_code, show(rows)
     assert "kdflow.launch: 2 node(s) x 1 process(es) (CPU): srun --overlap --nodes=2" in job_log, job_log[-3000:]
     assert "training on 2 process(es) (cpu), DeepSpeed ZeRO-2" in job_log, job_log[-3000:]
     by_host = re.search(r"ranks by host: (.*)", job_log)
@@ -235,7 +238,7 @@ def test_a_two_node_distillation_is_preempted_and_resumes_on_both_nodes(two_node
     stop = re.search(r"stopped by SIGUSR1; saved \S+checkpoint-(\d+); rerun to resume", stopped_log)
     assert stop and int(stop.group(1)) == max(saved) < MAX_STEPS, stopped_log[-3000:]
     step = max(saved)
-    rows = check_both_nodes_trained(signalled, stopped_log, "FAILED")
+    rows = check_both_nodes_trained(signalled, stopped_log, "FAILED", "138:0")
     print(f"\nsacct, the signalled job (checkpoint-{step}):\n{show(rows)}")
     # Both ranks (one per node) got the signal and wrote their ZeRO-2 partition of that same step.
     assert len(re.findall(r"received SIGUSR1: saving a checkpoint and stopping", stopped_log)) >= 2, stopped_log
@@ -259,7 +262,7 @@ def test_a_two_node_distillation_is_preempted_and_resumes_on_both_nodes(two_node
     resumed = re.search(r"resuming from \S+checkpoint-(\d+) \(step (\d+)\)", job_log)
     assert resumed and int(resumed.group(1)) == int(resumed.group(2)) == step, job_log[-3000:]
     rerun_job = distill_job(rerun_since)
-    rows = check_both_nodes_trained(rerun_job, job_log, "COMPLETED")
+    rows = check_both_nodes_trained(rerun_job, job_log, "COMPLETED", "0:0")
     print(f"sacct, the rerun (resumed from step {step}):\n{show(rows)}")
     # The step counter went on from the checkpoint: the rerun's first step is the one after it
     # (not 1), and the log history holds every logged step once.

@@ -323,6 +323,28 @@ def test_signal_saves_a_checkpoint_and_stops_then_rerun_resumes(teacher_dir, glu
             signal.signal(s, handler)
 
 
+class SignalAtTrainEnd(TrainerCallback):
+    """A signal after the last step's end (in a distributed job: after the ranks last agreed)."""
+
+    def on_train_end(self, args, state, control, **kwargs):
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def test_a_signal_after_the_last_step_stops_nothing_and_the_model_is_written(teacher_dir, glue_data, tmp_path):
+    """The ranks act only on the stop they agreed on at a step's end: a signal that lands after
+    the last agreement (on one rank, in a distributed job) must not make that rank alone skip the
+    evaluation and model save that the others run (they would wait in their collectives)."""
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    try:
+        trainer = make_trainer(teacher_dir, glue_data["data"], tmp_path, callbacks=[SignalAtTrainEnd()])
+        train_and_save(trainer, {"job": 1}, tmp_path / "model", tmp_path / "log.jsonl")
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+    assert [h["step"] for h in read_jsonl(tmp_path / "log.jsonl") if "loss" in h] == [1, 2, 3, 4, 5, 6]
+
+
 def test_a_checkpoint_killed_mid_write_is_not_resumed(tmp_path):
     (tmp_path / "checkpoint-3").mkdir()
     (tmp_path / "checkpoint-3" / COMPLETE_MARKER).touch()

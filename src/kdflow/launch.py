@@ -29,10 +29,10 @@ three alike (kdflow.training.STOP_SIGNALS): the ranks agree on the stop at the e
 step, save one checkpoint, and exit 128 + signal. When the signal reached only a worker, torchrun
 reports a failed child (exit 1); the workers also write the signal to the file named by
 KDFLOW_STOP_REPORT (set here, one per launch), so this launcher still returns the preemption
-code, 128 + signal, which sacct shows as the job's exit code. torchrun itself stops its workers
-on SIGINT/SIGTERM and kills them after its shutdown timeout (TORCH_ELASTIC_SHUTDOWN_TIMEOUT, 30 s
-by default); SIGUSR1, which it does not handle, kills it at once, and its workers save on as
-orphans under this launcher.
+code, 128 + signal, which sacct shows as the training step's exit code. torchrun itself stops
+its workers on SIGINT/SIGTERM and kills them after its shutdown timeout
+(TORCH_ELASTIC_SHUTDOWN_TIMEOUT, 30 s by default); SIGUSR1, which it does not handle, kills it at
+once, and its workers save on as orphans under this launcher.
 On several nodes srun's task on each node is not torchrun itself but this launcher again
 (--node-agent: it only runs the given command under run_process_group). A task that died of
 SIGUSR1 would end the node's step, and Slurm would kill what is left of it (with
@@ -41,7 +41,10 @@ signals and outlives the node's workers instead, exactly as the launcher does on
 node agent returns its workers' preemption code, and srun the largest of them.
 Escalation, after Ctrl-C only (Slurm bounds the others itself): a second SIGINT, or the job still
 running STOP_GRACE_S seconds (KDFLOW_STOP_GRACE) after the first, kills every process of the job
-with SIGKILL; the newest complete checkpoint stays, one killed mid-write is never resumed.
+with SIGKILL; the newest complete checkpoint stays, one killed mid-write is never resumed. On
+several nodes that kills this node's srun client only; the other nodes' agents are Slurm's
+children, and Slurm ends the step (a job's end, or `scancel <job>`).
+A job that finishes (exit 0) returns 0 even if a signal came after its last training step.
 """
 
 from __future__ import annotations
@@ -101,13 +104,24 @@ def job_nodes(environ: dict[str, str] = os.environ) -> list[str]:
     job = environ.get("SLURM_JOB_ID")
     if not job:
         return []
-    shown = subprocess.run(["scontrol", "show", "job", "--oneliner", job], capture_output=True, text=True)
-    nodelist = job_nodelist(shown.stdout) if shown.returncode == 0 else None
-    if nodelist:
-        return hostnames(nodelist)
-    print(f"kdflow.launch: scontrol show job {job} failed, using SLURM_JOB_NODELIST", file=sys.stderr)
-    nodelist = environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST")
-    return hostnames(nodelist) if nodelist else []
+    try:
+        shown = subprocess.run(["scontrol", "show", "job", "--oneliner", job], capture_output=True, text=True)
+        nodelist = job_nodelist(shown.stdout) if shown.returncode == 0 else None
+        if nodelist:
+            return hostnames(nodelist)
+        why = shown.stderr.strip() or f"no NodeList for job {job}"
+    except (OSError, subprocess.CalledProcessError) as error:  # no scontrol here (a container?)
+        why = str(error)
+    nodelist = environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST") or ""
+    print(
+        f"kdflow.launch: could not ask slurmctld for the nodes of job {job} ({why}); using SLURM_JOB_NODELIST="
+        f"{nodelist!r}, which inside a one-node step names one node only",
+        file=sys.stderr,
+    )
+    try:
+        return hostnames(nodelist) if nodelist else []
+    except (OSError, subprocess.CalledProcessError):
+        return [nodelist] if "," not in nodelist and "[" not in nodelist else []
 
 
 def srun_env(env: dict[str, str]) -> dict[str, str]:
@@ -118,9 +132,20 @@ def srun_env(env: dict[str, str]) -> dict[str, str]:
 
 
 def launch_command(
-    stage_args: list[str], nproc: int, nnodes: int = 1, head: str | None = None, job_id: str = "kdflow"
+    stage_args: list[str],
+    nproc: int,
+    nnodes: int = 1,
+    head: str | None = None,
+    job_id: str = "kdflow",
+    cpus_per_task: str | None = None,
 ) -> list[str]:
-    """The command that runs `python -m kdflow <stage_args>` on nnodes x nproc processes."""
+    """The command that runs `python -m kdflow <stage_args>` on nnodes x nproc processes.
+
+    Several nodes: srun gets the job's CPUs per task on its command line (since Slurm 22.05 srun
+    does not take them from SLURM_CPUS_PER_TASK, and a step's task would get one CPU), and is
+    told not to kill the other nodes' tasks when one node's ends first (--kill-on-bad-exit=0,
+    --wait=0, whatever slurm.conf says): after a preemption each node's workers finish writing
+    their part of the checkpoint."""
     if nnodes == 1:
         torchrun = ["torchrun", "--standalone", f"--nproc-per-node={nproc}"]
         return [*torchrun, "-m", "kdflow", *stage_args]
@@ -133,6 +158,8 @@ def launch_command(
         f"--rdzv-endpoint={head}:{RDZV_PORT}",
     ]
     srun = ["srun", "--overlap", f"--nodes={nnodes}", f"--ntasks={nnodes}", "--ntasks-per-node=1"]
+    srun += [f"--cpus-per-task={cpus_per_task}"] if cpus_per_task else []
+    srun += ["--kill-on-bad-exit=0", "--wait=0"]
     node_agent = [sys.executable, "-m", "kdflow.launch", "--node-agent", "--"]
     return [*srun, *node_agent, *torchrun, "-m", "kdflow", *stage_args]
 
@@ -168,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     nodes = job_nodes()
     nnodes = max(1, len(nodes))
     head = nodes[0] if nnodes > 1 else None
-    cmd = launch_command(stage_args, nproc, nnodes, head, os.environ.get("SLURM_JOB_ID", "kdflow"))
+    job_id, cpus = os.environ.get("SLURM_JOB_ID", "kdflow"), os.environ.get("SLURM_CPUS_PER_TASK")
+    cmd = launch_command(stage_args, nproc, nnodes, head, job_id, cpus)
     env = launch_env(gpus, nproc)
     print(
         f"kdflow.launch: {nnodes} node(s) x {nproc} process(es) ({'GPU' if gpus else 'CPU'}): {' '.join(cmd)}",
@@ -195,8 +223,8 @@ def run_process_group(cmd: list[str], env: dict[str, str], grace: float | None =
 
 def report_stop(signum: int) -> None:
     """Called by a worker that saved a checkpoint on a signal and is about to exit: tell the
-    launcher (run_process_group) which signal stopped the job. Best effort: on another node of a
-    multi-node job the launcher's folder does not exist, and the head node's workers report."""
+    process that started it (run_process_group: the launcher, or on several nodes that node's
+    agent, each with a report file of its own) which signal stopped the job."""
     path = os.environ.get(STOP_REPORT)
     if path:
         try:
@@ -241,6 +269,8 @@ def _run(cmd: list[str], env: dict[str, str], grace: float) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+    if code == 0:  # finished: a signal that came after the last training step changed nothing
+        return 0
     if received:
         return 128 + received[0]
     return code if code >= 0 else 128 - code

@@ -17,8 +17,9 @@ full Europarl (~400 B per response token at k = 64) that is tens of GB per rank.
   kernel's page cache, shared by every rank of the node that maps the same file: no rank holds an
   anonymous copy of the cache.
 
-A shard replaced while a job runs (the cache rule writes by atomic rename) leaves the job's
-mappings on the file it verified; the cache is never written in place.
+The cache is never written in place (the cache rule writes shards by atomic rename); a shard
+replaced between a job's verification and its mapping (a rebuild while the job starts) would be
+mapped unverified: do not rebuild a cache that running jobs read.
 """
 
 from __future__ import annotations

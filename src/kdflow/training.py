@@ -399,7 +399,8 @@ class CheckpointGuard(TrainerCallback):
     forward one Ctrl-C); kdflow.launch kills the job on a second Ctrl-C."""
 
     def __init__(self):
-        self.signum: int | None = None
+        self.signum: int | None = None  # received by this process (set by the handler, any time)
+        self.stopped: int | None = None  # agreed by every process at a step's end: training stopped
         for signum in STOP_SIGNALS:
             signal.signal(signum, self._request_stop)
 
@@ -417,8 +418,8 @@ class CheckpointGuard(TrainerCallback):
         # on different sides of a step boundary, or reach one rank only. A rank that saved alone
         # would wait in the checkpoint's collectives while the others ran the next step's
         # all-reduce: the job would hang until a collective time-out.
-        self.signum = agreed_stop(self.signum, args.device)
-        if self.signum is not None:
+        self.stopped = agreed_stop(self.signum, args.device)
+        if self.stopped is not None:
             control.should_save = True
             control.should_training_stop = True
         return control
@@ -581,31 +582,38 @@ def zero_partitions(checkpoint: str | Path) -> int:
 def to_universal(checkpoint: str | Path) -> None:
     """Convert the ZeRO checkpoint in `checkpoint` (global_step<N>/, partitioned over the
     processes that wrote it) to a DeepSpeed universal checkpoint (global_step<N>_universal/ and
-    the `latest_universal` tag), which loads into any number of processes. Written under a
-    temporary name and renamed, the tag last: a conversion killed midway is redone. Done once;
-    the conversion reads the whole optimizer state (about 12 bytes per parameter) on one process."""
+    the `latest_universal` tag), which loads into any number of processes. ds_to_universal writes
+    into a scratch folder (it also writes a tag of its own next to its output), which is renamed
+    into place, and the tag is written last: a conversion killed midway is redone, never used.
+    Done once; the conversion reads the whole optimizer state (about 12 bytes per parameter) on
+    the main process while the others wait (within the process group's time-out, ddp_timeout)."""
     checkpoint = Path(checkpoint)
     tag = checkpoint / "latest_universal"
     if tag.is_file() and (checkpoint / tag.read_text().strip()).is_dir():
         return
     (source,) = [p for p in checkpoint.glob("global_step*") if p.is_dir() and not p.name.endswith("_universal")]
     target = checkpoint / f"{source.name}_universal"
+    scratch = checkpoint / ".universal-partial"
     log.info("%s: converting the ZeRO checkpoint to a DeepSpeed universal checkpoint", checkpoint)
-    shutil.rmtree(target, ignore_errors=True)
-    with atomic_path(target, is_dir=True) as tmp:
-        shutil.rmtree(tmp)  # ds_to_universal creates its output folder
-        command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(source)]
-        command += ["--output_folder", str(tmp), "--inject_missing_state", "--num_extract_workers", "1"]
-        command += ["--num_merge_workers", "1"]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            log.error("ds_to_universal failed:\n%s", done.stderr[-8000:])
-            error = (done.stderr.strip().splitlines() or ["no message"])[-1]
-            raise RuntimeError(
-                f"{checkpoint}: DeepSpeed could not convert it to a universal checkpoint (to resume with another "
-                f"number of processes): {error}. Rerun with the processes that wrote it, or delete "
-                f"{checkpoint.parent} to start over"
-            )
+    for stale in (scratch, target):  # left by a conversion killed midway
+        shutil.rmtree(stale, ignore_errors=True)
+    workers = str(min(4, os.cpu_count() or 1))
+    command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(source)]
+    command += ["--output_folder", str(scratch / target.name), "--inject_missing_state"]
+    command += ["--num_extract_workers", workers, "--num_merge_workers", workers]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        shutil.rmtree(scratch, ignore_errors=True)
+        log.error("ds_to_universal failed:\n%s", done.stderr[-8000:])
+        error = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise RuntimeError(
+            f"{checkpoint}: DeepSpeed could not convert it to a universal checkpoint (to resume with another "
+            f"number of processes): {error}. Rerun with the processes that wrote it, or delete "
+            f"{checkpoint.parent} to start over"
+        )
+    apply_umask(scratch / target.name)
+    os.replace(scratch / target.name, target)
+    shutil.rmtree(scratch)
     with atomic_path(tag) as tmp:
         tmp.write_text(f"{target.name}\n")
 
@@ -734,8 +742,10 @@ def _train_and_save(trainer, job_spec, model_out, log_out, tokenizer, held: cont
             if universal:
                 to_universal(last)
             decision = [("universal" if universal else "ok", last)]
-        except RuntimeError as error:
-            decision = [("error", str(error))]
+        except Exception as error:  # the other processes wait in the broadcast: never leave them there
+            decision = [
+                ("error", f"{type(error).__name__}: {error}" if not isinstance(error, RuntimeError) else str(error))
+            ]
     (outcome, last), *_ = broadcast_object_list(decision)
     if outcome == "error":
         raise RuntimeError(last)
@@ -753,8 +763,11 @@ def _train_and_save(trainer, job_spec, model_out, log_out, tokenizer, held: cont
     if last:
         log.info("resuming from %s (step %s)", last, last.rsplit("-", 1)[-1])
     trainer.train(resume_from_checkpoint=last)
-    if guard.signum is not None:
-        raise Preempted(guard.signum, last_complete_checkpoint(checkpoints))
+    # What the processes agreed on, not this process's own flag: a signal after the last step's
+    # agreement may reach one rank only, which would leave the others alone in the evaluation's
+    # collectives. Such a late signal stops nothing: the model is written.
+    if guard.stopped is not None:
+        raise Preempted(guard.stopped, last_complete_checkpoint(checkpoints))
     problem = trainer.health.problem()
     if problem:
         raise TrainingDiverged(
