@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import wait_for_a_checkpoint
 
 import kdflow
 from kdflow.cluster import ClusterSettingError, apply_profile_defaults
 from kdflow.config import validate_config
 from kdflow.fileio import read_jsonl
 from kdflow.launch import job_nodelist, job_nodes, launch_command, launch_env, run_process_group, srun_env
-from kdflow.training import COMPLETE_MARKER, last_complete_checkpoint
+from kdflow.training import last_complete_checkpoint
 
 
 def test_single_node_runs_torchrun_standalone():
@@ -363,10 +364,7 @@ def test_ctrl_c_stops_every_process_of_a_distillation_and_a_rerun_resumes(teache
     with open(tmp_path / "first.log", "w") as log:
         first = subprocess.Popen(cmd, env=job_env(), stdout=log, stderr=subprocess.STDOUT, process_group=0)
         try:
-            deadline = time.monotonic() + 300
-            while not list((out / "ckpt").glob(f"checkpoint-*/{COMPLETE_MARKER}")):  # training runs
-                assert first.poll() is None and time.monotonic() < deadline, (tmp_path / "first.log").read_text()
-                time.sleep(0.05)
+            wait_for_a_checkpoint(first, out / "ckpt", tmp_path / "first.log")
             os.killpg(first.pid, signal.SIGINT)
             interrupted = time.monotonic()
             code = first.wait(timeout=120)
@@ -428,10 +426,7 @@ def test_kill_9_mid_distillation_resumes_to_the_uninterrupted_model(uninterrupte
     out = tmp_path / "killed"
     cmd = distill_command(teacher_dir, glue_data["data"], cache, out, max_steps)
     first = subprocess.Popen(cmd, env=job_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not list((out / "ckpt").glob(f"checkpoint-*/{COMPLETE_MARKER}")):
-        assert first.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_for_a_checkpoint(first, out / "ckpt")
     for line in processes_mentioning(str(out)):
         os.kill(int(line.split(":")[0]), signal.SIGKILL)
     first.wait(timeout=60)
@@ -505,10 +500,7 @@ def test_a_preemption_signal_stops_every_rank_at_the_same_step(to, uninterrupted
     with open(tmp_path / "first.log", "w") as log:
         first = subprocess.Popen(cmd, env=job_env(), stdout=log, stderr=subprocess.STDOUT)
         try:
-            deadline = time.monotonic() + 300
-            while not list((out / "ckpt").glob(f"checkpoint-*/{COMPLETE_MARKER}")):
-                assert first.poll() is None and time.monotonic() < deadline, (tmp_path / "first.log").read_text()
-                time.sleep(0.05)
+            wait_for_a_checkpoint(first, out / "ckpt", tmp_path / "first.log")
             send_usr1(to, str(out))
             code = first.wait(timeout=90)  # a rank saving alone would hang far longer (collective time-out)
         finally:
@@ -549,10 +541,7 @@ def test_two_processes_without_deepspeed_resume_to_the_uninterrupted_model(
     out = tmp_path / "job"
     cmd = distill_command(teacher_dir, glue_data["data"], cache, out, max_steps, zero2=False)
     first = subprocess.Popen(cmd, env=job_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not list((out / "ckpt").glob(f"checkpoint-*/{COMPLETE_MARKER}")):
-        assert first.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_for_a_checkpoint(first, out / "ckpt")
     first.send_signal(signal.SIGUSR1)
     assert first.wait(timeout=90) == 128 + signal.SIGUSR1
     last = last_complete_checkpoint(out / "ckpt")

@@ -9,12 +9,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from tiny import DEMO_PROMPT, tiny_llama
+from tiny import DEMO_PROMPT, tiny_llama, wait_for_a_checkpoint
 
 from kdflow.config import validate_config
 from kdflow.distill_translation import distill_student_lm
@@ -193,7 +192,7 @@ def test_the_loss_curve_is_the_same_on_1_and_2_processes_and_after_resuming_on_f
     signal after step S resumes on 1 process (its checkpoint converted to a DeepSpeed universal
     checkpoint, since ZeRO-2 partitions the optimizer state over the processes that wrote it) and
     continues the same curve from step S + 1 to the same weights."""
-    from kdflow.training import COMPLETE_MARKER, last_complete_checkpoint
+    from kdflow.training import last_complete_checkpoint
 
     max_steps = 30
     reference = steps(run_in_process(setup, "curve_one", 1, max_steps=max_steps))
@@ -205,10 +204,7 @@ def test_the_loss_curve_is_the_same_on_1_and_2_processes_and_after_resuming_on_f
     with open(setup / "curve_first.log", "w") as log:
         cmd = launched(setup, out, 2, max_steps, save_steps=3)
         first = subprocess.Popen(cmd, stdout=log, stderr=log, env=launch_env())
-        deadline = time.monotonic() + 300
-        while not list((out / "ckpt").glob(f"checkpoint-*/{COMPLETE_MARKER}")):
-            assert first.poll() is None and time.monotonic() < deadline, (setup / "curve_first.log").read_text()[-4000:]
-            time.sleep(0.02)
+        wait_for_a_checkpoint(first, out / "ckpt", setup / "curve_first.log")
         first.send_signal(signal.SIGUSR1)  # the launcher forwards it to both ranks
         assert first.wait(timeout=90) == 128 + signal.SIGUSR1, (setup / "curve_first.log").read_text()[-4000:]
     last = last_complete_checkpoint(out / "ckpt")

@@ -26,6 +26,7 @@ import pytest
 import yaml
 from tiny import small_glue_config
 
+from kdflow import launch
 from kdflow.fileio import read_jsonl
 from kdflow.paths import RunPaths
 
@@ -144,8 +145,7 @@ def sacct_rows(job_id: str) -> list[dict]:
 
 
 def hostnames(nodelist: str) -> set[str]:
-    out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
-    return set(out.stdout.split())
+    return set(launch.hostnames(nodelist))
 
 
 def distill_job(since: str) -> str:

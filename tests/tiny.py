@@ -78,3 +78,18 @@ def lm_training(**over) -> dict:
     from kdflow.config import training_block
 
     return training_block(**over)
+
+
+def wait_for_a_checkpoint(job, checkpoints, log=None, timeout: float = 300) -> None:
+    """Wait until the training process `job` (a Popen) has written a complete checkpoint in the
+    folder `checkpoints`; fail (with the tail of the file `log`) if it exits or times out first."""
+    import time
+    from pathlib import Path
+
+    from kdflow.training import COMPLETE_MARKER
+
+    deadline = time.monotonic() + timeout
+    while not list(Path(checkpoints).glob(f"checkpoint-*/{COMPLETE_MARKER}")):
+        alive = job.poll() is None and time.monotonic() < deadline
+        assert alive, Path(log).read_text()[-4000:] if log else f"no checkpoint in {checkpoints}"
+        time.sleep(0.05)
