@@ -29,7 +29,7 @@ three alike (kdflow.training.STOP_SIGNALS): the ranks agree on the stop at the e
 step, save one checkpoint, and exit 128 + signal. When the signal reached only a worker, torchrun
 reports a failed child (exit 1); the workers also write the signal to the file named by
 KDFLOW_STOP_REPORT (set here, one per launch), so this launcher still returns the preemption
-code, 128 + signal, which sacct shows as the training step's exit code. torchrun itself stops
+code, 128 + signal (sacct shows 138 as the training step's ExitCode 10:0). torchrun itself stops
 its workers on SIGINT/SIGTERM and kills them after its shutdown timeout
 (TORCH_ELASTIC_SHUTDOWN_TIMEOUT, 30 s by default); SIGUSR1, which it does not handle, kills it at
 once, and its workers save on as orphans under this launcher.
