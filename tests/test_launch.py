@@ -244,8 +244,10 @@ def test_profile_variables_default_and_validate(monkeypatch):
         apply_profile_defaults({"KDFLOW_SLURM_ACCOUNT": "x", "KDFLOW_DISTILL_GPUS": "0"})
 
 
-def test_profile_plans_every_rule_with_its_partition(tmp_path):
-    """The README's cluster command, as a dry run: the profile is found and every job gets its resources."""
+@pytest.mark.parametrize("profile", ["slurm", "profiles/slurm"])
+def test_profile_plans_every_rule_with_its_partition(profile, tmp_path):
+    """The README's cluster command as written (`--profile slurm`, from the repository root: the
+    ./slurm link), as a dry run: the profile is found and every job gets its resources."""
     env = dict(
         os.environ, HF_HUB_OFFLINE="1", KDFLOW_SLURM_ACCOUNT="mylab", KDFLOW_GPU_TYPE="a100", KDFLOW_DISTILL_NODES="2"
     )
@@ -257,7 +259,7 @@ def test_profile_plans_every_rule_with_its_partition(tmp_path):
             "-m",
             "snakemake",
             "--profile",
-            "profiles/slurm",
+            profile,
             "-n",
             "--directory",
             str(tmp_path),
