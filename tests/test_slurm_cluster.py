@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from tiny import small_glue_config
+from tiny import run_and_signal_distill, small_glue_config
 
 from kdflow.fileio import read_jsonl
 from kdflow.paths import RunPaths
@@ -142,30 +142,11 @@ def test_profile_partitions_gpus_and_resume_after_a_killed_job(cluster, tmp_path
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 1))
 
     # 1. The whole workflow through the profile; one distillation job is cancelled mid-run.
-    first = subprocess.Popen(
-        snakemake_cmd(tmp_path, "--retries", "0"),
-        cwd=REPO,
-        env=env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    killed_job, output, code = run_and_signal_distill(
+        snakemake_cmd(tmp_path, "--retries", "0"), REPO, env(), checkpoints, f"rule_distill_wildcards_mnli_{KILLED}"
     )
-    killed_job = None
-    deadline = time.time() + 900
-    while time.time() < deadline and first.poll() is None:
-        if killed_job is None and list(checkpoints.glob("checkpoint-*/kdflow-complete")):
-            squeue = subprocess.run(["squeue", "-h", "-t", "R", "-o", "%i|%k"], capture_output=True, text=True).stdout
-            running = [
-                line.split("|")[0] for line in squeue.splitlines() if f"rule_distill_wildcards_mnli_{KILLED}" in line
-            ]
-            if running:
-                killed_job = running[0]
-                # What Slurm sends before a time limit or preemption, to every process of the job's steps.
-                subprocess.run(["scancel", "--signal=USR1", killed_job], check=True)
-        time.sleep(0.2)
-    output = first.communicate(timeout=600)[0]
     assert killed_job, "the distillation job was never seen running with a checkpoint:\n" + output[-5000:]
-    assert first.returncode != 0, output[-3000:]  # the killed job failed the run...
+    assert code != 0, output[-3000:]  # the killed job failed the run...
     assert not Path(paths.distill_model("mnli", KILLED)).exists()  # ...left no output a rerun could trust
     saved = sorted(int(p.parent.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*/kdflow-complete"))
     assert saved, "no complete checkpoint survived the kill"

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tiny import small_glue_config
+from tiny import run_and_signal_distill, small_glue_config
 
 from kdflow import launch
 from kdflow.fileio import read_jsonl
@@ -209,30 +209,11 @@ def test_a_two_node_distillation_is_preempted_and_resumes_on_both_nodes(two_node
 
     # 1. The workflow through the profile up to the distilled model; the 2-node distill job gets
     #    Slurm's warning signal once it has saved a checkpoint.
-    first = subprocess.Popen(
-        snakemake_cmd(tmp_path, "--retries", "0"),
-        cwd=REPO,
-        env=env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    signalled, output, code = run_and_signal_distill(
+        snakemake_cmd(tmp_path, "--retries", "0"), REPO, env(), checkpoints, f"rule_distill_wildcards_mnli_{POINT}"
     )
-    signalled = None
-    deadline = time.time() + 900
-    while time.time() < deadline and first.poll() is None:
-        if signalled is None and list(checkpoints.glob("checkpoint-*/kdflow-complete")):
-            squeue = subprocess.run(["squeue", "-h", "-t", "R", "-o", "%i|%k"], capture_output=True, text=True).stdout
-            running = [
-                line.split("|")[0] for line in squeue.splitlines() if f"rule_distill_wildcards_mnli_{POINT}" in line
-            ]
-            if running:
-                signalled = running[0]
-                # As --signal=USR1@600 does: every process of the job's steps, on every node.
-                subprocess.run(["scancel", "--signal=USR1", signalled], check=True)
-        time.sleep(0.2)
-    output = first.communicate(timeout=600)[0]
     assert signalled, "the distill job was never seen running with a checkpoint:\n" + output[-5000:]
-    assert first.returncode != 0, output[-3000:]
+    assert code != 0, output[-3000:]
     assert not Path(paths.distill_model("mnli", POINT)).exists()
     stopped_log = job_log_path.read_text()
     saved = sorted(int(p.parent.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*/kdflow-complete"))

@@ -93,3 +93,27 @@ def wait_for_a_checkpoint(job, checkpoints, log=None, timeout: float = 300) -> N
         alive = job.poll() is None and time.monotonic() < deadline
         assert alive, Path(log).read_text()[-4000:] if log else f"no checkpoint in {checkpoints}"
         time.sleep(0.05)
+
+
+def run_and_signal_distill(cmd, cwd, env, checkpoints, job_tag: str, timeout: float = 900):
+    """Run a Snakemake command (Slurm profile); once the distill job whose comment contains
+    `job_tag` runs and has a complete checkpoint in `checkpoints`, send it Slurm's warning signal
+    (`scancel --signal=USR1`: what --signal=USR1@600 sends, to every process of the job's steps,
+    on every node). Returns (the signalled job id or None, the run's output, its exit code)."""
+    import subprocess
+    import time
+    from pathlib import Path
+
+    run = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    signalled = None
+    deadline = time.time() + timeout
+    while time.time() < deadline and run.poll() is None:
+        if signalled is None and list(Path(checkpoints).glob("checkpoint-*/kdflow-complete")):
+            squeue = subprocess.run(["squeue", "-h", "-t", "R", "-o", "%i|%k"], capture_output=True, text=True).stdout
+            running = [line.split("|")[0] for line in squeue.splitlines() if job_tag in line]
+            if running:
+                signalled = running[0]
+                subprocess.run(["scancel", "--signal=USR1", signalled], check=True)
+        time.sleep(0.2)
+    output = run.communicate(timeout=600)[0]
+    return signalled, output, run.returncode
