@@ -1,4 +1,4 @@
-# kdflow: the two commands a new user needs. Both create (or reuse) .venv with the pinned
+# kdsweep: the two commands a new user needs. Both create (or reuse) .venv with the pinned
 # dependencies first (scripts/setup-venv.sh: torch first, then requirements/lock.txt).
 SHELL := /bin/bash
 VENV ?= .venv

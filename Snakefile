@@ -1,16 +1,17 @@
-# kdflow: knowledge distillation, from data preparation to the study's tables.
+# kdsweep: knowledge distillation, from data preparation to the study's tables.
 #
 #   snakemake --cores 2                                    the embedded demo (config/demo.yaml)
 #   snakemake --cores 2 --configfile config/config.yaml    the study
 #
 # The config is validated against workflow/schemas/config.schema.yaml (defaults filled in)
-# before any job is planned. Rules are thin: each calls a stage of the kdflow package.
+# before any job is planned. Rules are thin: each calls a stage of the kdsweep package.
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from kdflow.config import check_config_files, validate_config  # noqa: E402
+from kdsweep.core.config import check_config_files  # noqa: E402
+from kdsweep.families import validate_config  # noqa: E402
 
 if not config:  # nothing given with --configfile/--config: run the embedded demo
 

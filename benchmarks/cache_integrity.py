@@ -16,8 +16,8 @@ import time
 import torch
 from safetensors.torch import load_file, save_file
 
-from kdflow.teacher_cache import CacheEntry
-from kdflow.teacher_translation import TOKEN_ROWS, topk_shard_problem
+from kdsweep.core.cache import CacheEntry
+from kdsweep.translation.teacher import TOKEN_ROWS, topk_shard_problem
 
 VOCAB, K = 128256, 64
 

@@ -1,5 +1,5 @@
 """The teacher cache at scale: memory per rank and training speed of the real distillation job
-(kdflow.distill_translation.distill_student_lm under torchrun, DeepSpeed ZeRO-2 on gloo, the HF
+(kdsweep.translation.distill.distill_student_lm under torchrun, DeepSpeed ZeRO-2 on gloo, the HF
 Trainer and its distributed sampler) reading its top-k cache in memory (before: read_topk_cache,
 every shard read and verified by every rank, its token ids as Python lists) or memory-mapped
 (after: mapped_cache.open_topk_examples, the shards' verification split over the ranks and each
@@ -8,7 +8,7 @@ rank reading only its own batches' examples from the page cache), for 1 and 2 ra
     HF_HUB_OFFLINE=1 python benchmarks/cache_memory.py [--pairs 16000] [--steps 60] [--repeats 2]
 
 First builds (once, under --work) synthetic Europarl pairs, a BPE tokenizer, a tiny random Llama
-teacher and its top-64 cache with kdflow's own cache writer (cache_teacher_topk: the real shard
+teacher and its top-64 cache with kdsweep's own cache writer (cache_teacher_topk: the real shard
 format), of at least 200k response tokens at the default 16000 pairs; then runs the job for
 in memory / mapped x 1 / 2 ranks, the two modes alternating, `--repeats` times. Each rank samples its /proc/self/status every 10 ms and
 reports: VmHWM (peak resident set), the peaks of RssAnon (anonymous memory: the process's own)
@@ -61,11 +61,11 @@ def llama(hidden: int, layers: int) -> dict:
 
 def build(root: Path, pairs: int) -> dict:
     """Data, tokenizer, teacher, student and the top-64 cache under root (reused when there)."""
-    from kdflow.fileio import read_jsonl
-    from kdflow.models import causal_lm_from_config, train_bpe_tokenizer
-    from kdflow.prepare_translation import prepare_translation
-    from kdflow.synthetic_translation import write_synthetic_europarl
-    from kdflow.teacher_translation import cache_teacher_topk
+    from kdsweep.core.io import read_jsonl
+    from kdsweep.core.models import causal_lm_from_config, train_bpe_tokenizer
+    from kdsweep.translation.data import prepare_translation
+    from kdsweep.translation.synthetic import write_synthetic_europarl
+    from kdsweep.translation.teacher import cache_teacher_topk
 
     if not (root / "data" / "manifest.json").is_file():
         write_synthetic_europarl(root / "raw", size=pairs + 100, seed=7)
@@ -86,7 +86,7 @@ def build(root: Path, pairs: int) -> dict:
 
 
 def spec(steps: int, batch_size: int) -> dict:
-    from kdflow.config import training_block
+    from kdsweep.core.config import training_block
 
     quiet = {"logging_steps": 10**6, "eval_steps": 10**6, "save_steps": 10**6, "lr_scheduler": "constant"}
     training = training_block(**quiet, max_steps=steps, batch_size=batch_size, warmup_ratio=0.0)
@@ -124,9 +124,9 @@ def worker(args) -> None:
     `--worker` way, measured."""
     from transformers import TrainerCallback
 
-    from kdflow import distill_translation
-    from kdflow.teacher_translation import read_topk_cache
-    from kdflow.translation_training import TranslationExamples
+    from kdsweep.translation import distill as distill_translation
+    from kdsweep.translation.teacher import read_topk_cache
+    from kdsweep.translation.training import TranslationExamples
 
     root, rank = Path(args.work), int(os.environ.get("RANK", "0"))
     peaks = dict.fromkeys(FIELDS, 0)
@@ -189,7 +189,7 @@ def worker(args) -> None:
 
 
 def run(root: Path, mode: str, ranks: int, steps: int, batch_size: int) -> list[dict]:
-    from kdflow.launch import launch_env
+    from kdsweep.cluster.launch import launch_env
 
     out = root / "runs" / f"{mode}-{ranks}"
     subprocess.run(["rm", "-rf", str(out)], check=True)
@@ -215,14 +215,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="runs of each mode and rank count (alternating)")
     parser.add_argument("--batch-size", type=int, default=32, help="global batch (pairs)")
     parser.add_argument(
-        "--work", help="where the data, models and cache are built once (/tmp/kdflow-cache-memory-<pairs>)"
+        "--work", help="where the data, models and cache are built once (/tmp/kdsweep-cache-memory-<pairs>)"
     )
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
-    root = Path(args.work or f"/tmp/kdflow-cache-memory-{args.pairs}")
+    root = Path(args.work or f"/tmp/kdsweep-cache-memory-{args.pairs}")
     start = time.perf_counter()
     manifest = build(root, args.pairs)
     size = sum(p.stat().st_size for p in (Path(json.loads((root / "cache.json").read_text())["dir"])).glob("shard-*"))

@@ -1,5 +1,5 @@
 """Student distillation throughput with the teacher's top-k read from the cache vs the teacher
-run online in the same process: same student, same batches, same loss (kdflow's chunked top-k KD).
+run online in the same process: same student, same batches, same loss (kdsweep's chunked top-k KD).
 
     python benchmarks/cached_vs_online.py [--steps 20] [--repeats 3] [--device cpu|cuda] [--shape tiny|real]
 
@@ -17,9 +17,9 @@ import time
 import torch
 from common import SHAPES, build, example_lengths, examples, sync
 
-from kdflow.losses import chunked_token_losses
-from kdflow.teacher_translation import teacher_topk
-from kdflow.translation_training import TranslationCollator, response_hidden_states
+from kdsweep.core.losses import chunked_token_losses
+from kdsweep.translation.teacher import teacher_topk
+from kdsweep.translation.training import TranslationCollator, response_hidden_states
 
 
 def student_step(student, optimizer, batch, topk_logprobs, topk_indices, chunk_size: int) -> None:

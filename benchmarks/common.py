@@ -55,7 +55,7 @@ H100_BF16_TFLOPS = 989.4  # dense bf16 peak of an H100 SXM
 
 def training_config(**over) -> dict:
     """The schema's `training` defaults with `over` set; evaluation and checkpoints beyond the run."""
-    from kdflow.config import training_block
+    from kdsweep.core.config import training_block
 
     quiet = {"logging_steps": 10**6, "eval_steps": 10**6, "save_steps": 10**6, "lr_scheduler": "constant"}
     return training_block(**{**quiet, **over})
@@ -70,11 +70,11 @@ def build(shape: dict, device: str, dtype: torch.dtype) -> LlamaForCausalLM:
 def example_lengths(spec: str, n: int, seed: int = 0) -> list[tuple[int, int]]:
     """(length, response start) of n examples. spec: "fixed:L/R" (all L tokens, the last R the
     response), "demo" (the demo's translation cache: `make demo` first) or "cache:<pointer.json>"
-    (any kdflow top-k cache: the real tokenized pairs of a run, drawn at random)."""
+    (any kdsweep top-k cache: the real tokenized pairs of a run, drawn at random)."""
     if spec.startswith("fixed:"):
         length, response = (int(x) for x in spec[len("fixed:") :].split("/"))
         return [(length, length - response)] * n
-    from kdflow.teacher_cache import open_pointer
+    from kdsweep.core.cache import open_pointer
 
     pointer = "results/demo/cache/europarl_en_fr.json" if spec == "demo" else spec[len("cache:") :]
     if not Path(pointer).is_file():
@@ -108,7 +108,7 @@ def examples(lengths: list[tuple[int, int]], vocab: int, top_k: int | None = Non
 
 def computed_per_real_token(lengths: list[tuple[int, int]], batch_size: int, pack_length: int | None) -> float:
     """Token positions the model computes (padding included) per real token, batches in order."""
-    from kdflow.translation_training import pack_rows
+    from kdsweep.translation.training import pack_rows
 
     computed = 0
     for b in range(0, len(lengths), batch_size):
@@ -139,7 +139,7 @@ def peak_memory(device: str) -> str:
 def training_flops(config, lengths: list[tuple[int, int]]) -> float:
     """Model FLOPs of one training step (forward + backward) on these examples, as counted for
     MFU: 6 x non-embedding parameters x tokens, the LM head (6 x d x V) on the response tokens
-    only (the only rows kdflow computes logits for), and attention 12 x layers x d x n per token
+    only (the only rows kdsweep computes logits for), and attention 12 x layers x d x n per token
     of a length-n sequence (PaLM's convention). Recomputation is not counted."""
     d, layers, vocab = config.hidden_size, config.num_hidden_layers, config.vocab_size
     kv = config.num_key_value_heads * (d // config.num_attention_heads)

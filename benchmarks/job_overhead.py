@@ -1,11 +1,11 @@
 """Where a demo job's time goes besides its work: Snakemake's own cost per job, and the Python
-start-up (imports) every kdflow job pays, plus the per-rule times of a finished demo run.
+start-up (imports) every kdsweep job pays, plus the per-rule times of a finished demo run.
 
     python benchmarks/job_overhead.py [--jobs 40] [--demo results/demo]
 
 1. Snakemake per job: a throw-away workflow of N jobs that do nothing (`true`), run with the
    same snakemake and --cores 2 as the demo; (wall time) / N.
-2. Start-up per kdflow job: wall time of `python -m kdflow --help` (no stage imports) and of
+2. Start-up per kdsweep job: wall time of `python -m kdsweep --help` (no stage imports) and of
    importing what a training stage imports (transformers, deepspeed, the stage modules).
 3. The demo run's benchmark files (Snakemake's `benchmark:` per job): seconds per rule, summed.
 """
@@ -57,12 +57,12 @@ def snakemake_per_job(jobs: int) -> None:
 def python_startup(repeats: int = 3) -> None:
     cases = {
         "python -c pass": [sys.executable, "-c", "pass"],
-        "python -m kdflow --help": [sys.executable, "-m", "kdflow", "--help"],
-        "import a training stage": [sys.executable, "-c", "import kdflow.distill_translation, kdflow.teacher"],
+        "python -m kdsweep --help": [sys.executable, "-m", "kdsweep", "--help"],
+        "import a training stage": [sys.executable, "-c", "import kdsweep.translation.distill, kdsweep.glue.teacher"],
         "import the evaluation stage": [
             sys.executable,
             "-c",
-            "import kdflow.evaluate_translation, kdflow.translation_metrics",
+            "import kdsweep.translation.evaluate, kdsweep.translation.metrics",
         ],
     }
     print(f"## Python start-up per job (median of {repeats})")

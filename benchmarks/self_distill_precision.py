@@ -4,7 +4,7 @@ the CPU: the check of issue 12 for a lent GPU (Llama-3.2-1B shape from its confi
     python benchmarks/self_distill_precision.py                                  # tiny shape, CPU only
     python benchmarks/self_distill_precision.py --shape real --device cuda       # Llama-3.2-1B shape on a GPU
 
-The student is the teacher. The teacher's top-k rows are cached with kdflow's caching code
+The student is the teacher. The teacher's top-k rows are cached with kdsweep's caching code
 (teacher_topk: fp32 LM head; the model in precision.inference_dtype() on the device: bf16 where
 native), stored as the cache stores them (fp16 log-probabilities), and the TokenKDTrainer's loss
 (alpha 0.5, forward KL, T = 1) is computed on them under the Trainer's own mixed-precision
@@ -23,17 +23,17 @@ import tempfile
 import torch
 from common import SHAPES, build, example_lengths, examples, training_config
 
-from kdflow.precision import current_device, inference_dtype, training_precision
-from kdflow.teacher_translation import fp32_head, teacher_topk
-from kdflow.training import training_arguments
-from kdflow.translation_training import TokenKDTrainer, TranslationCollator
+from kdsweep.core.precision import current_device, inference_dtype, training_precision
+from kdsweep.core.trainer import training_arguments
+from kdsweep.translation.teacher import fp32_head, teacher_topk
+from kdsweep.translation.training import TokenKDTrainer, TranslationCollator
 
 TRAIN = training_config(batch_size=8, max_steps=1, seed=0)
 
 
 def run(model, batch: dict, top_k: int, device: str) -> dict[str, torch.Tensor]:
     """Cache the model's top-k on the batch, then the trainer's per-token CE and KD with the model
-    as its own student, on `device` in the precision kdflow picks there."""
+    as its own student, on `device` in the precision kdsweep picks there."""
     cache_dtype = inference_dtype() if device.startswith("cuda") else torch.float32
     teacher = copy.deepcopy(model).to(device=device, dtype=cache_dtype).eval()
     logprobs, indices, tail, _ = teacher_topk(teacher, batch, top_k, 1024, fp32_head(teacher))

@@ -1,4 +1,4 @@
-"""Student training throughput from the teacher cache: kdflow's TokenKDTrainer (the distill_lm
+"""Student training throughput from the teacher cache: kdsweep's TokenKDTrainer (the distill_lm
 stage's Hugging Face Trainer: fp32 master weights, bf16 autocast on a GPU, AdamW, chunked top-k
 KD + CE) on examples with cached top-k rows, batches padded vs packed, timed alternately in one
 run. Prints tokens/s, peak memory, MFU (GPU) and the collator's share of the step.
@@ -34,8 +34,8 @@ from common import (
 )
 from transformers import TrainerCallback
 
-from kdflow.training import training_arguments
-from kdflow.translation_training import TokenKDTrainer, TranslationCollator, TranslationExamples
+from kdsweep.core.trainer import training_arguments
+from kdsweep.translation.training import TokenKDTrainer, TranslationCollator, TranslationExamples
 
 
 class TimedCollator(TranslationCollator):

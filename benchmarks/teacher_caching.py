@@ -1,4 +1,4 @@
-"""Teacher caching throughput and peak memory: kdflow's top-k pass (teacher_translation.topk_rows,
+"""Teacher caching throughput and peak memory: kdsweep's top-k pass (teacher_translation.topk_rows,
 the loop of the cache_teacher_lm stage) over the same examples, batches padded to their longest
 pair vs packed into rows of max_length tokens, timed alternately in one run.
 
@@ -28,7 +28,7 @@ from common import (
     sync,
 )
 
-from kdflow.teacher_translation import topk_rows
+from kdsweep.translation.teacher import topk_rows
 
 
 def main() -> None:

@@ -2,10 +2,10 @@
 
     python benchmarks/topk_cache.py [--demo results/demo] [--point lr0.003_a0.5_T1]
 
-1. Bytes/token of real cache shards (kdflow's shard format: fp16 top-k log-probabilities, int32
+1. Bytes/token of real cache shards (kdsweep's shard format: fp16 top-k log-probabilities, int32
    indices, fp32 tail log-mass and log-sum-exp per response token) for k in {8, 16, 32, 64, 128}
    at Llama-3's vocabulary (128256), against full bf16 rows (128256 x 2 bytes).
-2. Relative error of the sparse KD loss (kdflow.losses.topk_kd) against the dense one, for every
+2. Relative error of the sparse KD loss (kdsweep.core.losses.topk_kd) against the dense one, for every
    kind (forward KL, reverse KL, JSD) and tail option (ignore, bucket), with the teacher mass the
    top-k captures: on synthetic peaked distributions at V = 128256, and on the demo teacher's real
    distributions (dev split of a finished demo run, --demo) against two students: the base
@@ -23,15 +23,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kdflow.losses import TAIL_OPTIONS, TOKEN_KD_LOSSES, topk_kd
-from kdflow.teacher_cache import CacheEntry
+from kdsweep.core.cache import CacheEntry
+from kdsweep.core.losses import TAIL_OPTIONS, TOKEN_KD_LOSSES, topk_kd
 
 KS = (8, 16, 32, 64, 128)
 LLAMA3_VOCAB = 128256
 
 
 def dense_kd(student: torch.Tensor, teacher: torch.Tensor, kind: str, temperature: float = 1.0) -> torch.Tensor:
-    """The divergence over the full vocabulary, per token, times T^2 (written out, not kdflow's)."""
+    """The divergence over the full vocabulary, per token, times T^2 (written out, not kdsweep's)."""
     log_p, log_q = F.log_softmax(teacher / temperature, -1), F.log_softmax(student / temperature, -1)
     p, q = log_p.exp(), log_q.exp()
     if kind == "forward_kl":
@@ -112,12 +112,12 @@ def synthetic_peaked(tokens: int = 256, seed: int = 0) -> tuple[torch.Tensor, to
 @torch.no_grad()
 def demo_logits(run: Path, model_dirs: list[Path], max_examples: int = 100) -> list[torch.Tensor]:
     """Each model's logits on the response tokens of the demo's dev split (unpacked batches)."""
-    from kdflow.config import load_config
-    from kdflow.generation import load_lm_tokenizer
-    from kdflow.models import load_causal_lm
-    from kdflow.prompt import make_prompt
-    from kdflow.teacher_translation import translation_examples
-    from kdflow.translation_training import TranslationCollator
+    from kdsweep.core.models import load_causal_lm
+    from kdsweep.families import load_config
+    from kdsweep.translation.generation import load_lm_tokenizer
+    from kdsweep.translation.prompt import make_prompt
+    from kdsweep.translation.teacher import translation_examples
+    from kdsweep.translation.training import TranslationCollator
 
     tok = load_lm_tokenizer(str(run / "teacher" / "europarl_en_fr" / "model"))
     prompt_cfg = load_config(Path(__file__).parents[1] / "config" / "demo.yaml")["translation"]["prompt"]

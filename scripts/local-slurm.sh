@@ -19,7 +19,7 @@
 # accounting through slurmdbd so that sacct works (the Snakemake Slurm plugin polls it).
 # The node claims 64 CPUs and 500 GB (SlurmdParameters=config_overrides) so that the profile's
 # Discovery-sized requests fit. Needs root and Debian's packages. State, config, logs and PID files live in $LOCAL_SLURM_DIR
-# (default /tmp/kdflow-slurm); /etc/slurm/*.conf are symlinks to it.
+# (default /tmp/kdsweep-slurm); /etc/slurm/*.conf are symlinks to it.
 #
 # The multi-node mode: bridge kdbr0 at 10.203.0.1/24 on this machine; namespaces kd-n1 and kd-n2
 # with one end of a veth pair each (10.203.0.11, 10.203.0.12) and no route out: traffic stays
@@ -33,8 +33,8 @@
 # a restart is not tested). The slurmds of kd-n1/kd-n2 are not started with `ip netns exec`: it
 # remounts /sys, which hides the cgroup mounts slurmd needs.
 set -euo pipefail
-BASE=${LOCAL_SLURM_DIR:-/tmp/kdflow-slurm}
-ACCOUNT=${LOCAL_SLURM_ACCOUNT:-kdflow}
+BASE=${LOCAL_SLURM_DIR:-/tmp/kdsweep-slurm}
+ACCOUNT=${LOCAL_SLURM_ACCOUNT:-kdsweep}
 PKGS="slurmctld slurmd slurm-client slurmdbd munge mariadb-server"
 BRIDGE=kdbr0
 NET=10.203.0
@@ -85,8 +85,8 @@ write_config() {
     [ -c "$BASE/fakegpu/nvidia$i" ] || { rm -f "$BASE/fakegpu/nvidia$i"; mknod "$BASE/fakegpu/nvidia$i" c 1 3; }
   done
   cat > "$BASE/etc/slurm.conf" <<EOF
-# Single-node cluster with partitions like Northeastern's Discovery (kdflow tests)
-ClusterName=kdflowtest
+# Single-node cluster with partitions like Northeastern's Discovery (kdsweep tests)
+ClusterName=kdsweeptest
 SlurmctldHost=$n
 SlurmUser=root
 SlurmdUser=root
@@ -151,7 +151,7 @@ LogFile=$BASE/logs/slurmdbd.log
 PidFile=$BASE/run/slurmdbd.pid
 StorageType=accounting_storage/mysql
 StorageHost=localhost
-StorageLoc=kdflow_slurm_acct
+StorageLoc=kdsweep_slurm_acct
 StorageUser=slurm
 StoragePass=slurmpw
 EOF
@@ -180,9 +180,9 @@ start_daemons() {
       --log-error="$BASE/mysql/mariadb.log" --innodb-buffer-pool-size=256M </dev/null >/dev/null 2>&1 &
     wait_for 30 mysqladmin --socket=/run/mysqld/mysqld.sock ping || { log "mariadbd did not come up"; exit 1; }
   fi
-  mysql --socket=/run/mysqld/mysqld.sock -e "CREATE DATABASE IF NOT EXISTS kdflow_slurm_acct;
+  mysql --socket=/run/mysqld/mysqld.sock -e "CREATE DATABASE IF NOT EXISTS kdsweep_slurm_acct;
     CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'slurmpw';
-    GRANT ALL ON kdflow_slurm_acct.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;"
+    GRANT ALL ON kdsweep_slurm_acct.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;"
   if ! alive "$BASE/run/slurmdbd.pid"; then
     log "starting slurmdbd"
     slurmdbd
@@ -202,9 +202,9 @@ start_daemons() {
   done
   node_ready || { log "node $(node) not usable; see $BASE/logs/slurmd-$(node).log"; exit 1; }
   wait_for 30 sacctmgr -n show cluster format=cluster%-30 || true
-  sacctmgr -n show cluster format=cluster%-30 | grep -qw kdflowtest || sacctmgr -i add cluster kdflowtest >/dev/null
+  sacctmgr -n show cluster format=cluster%-30 | grep -qw kdsweeptest || sacctmgr -i add cluster kdsweeptest >/dev/null
   sacctmgr -n show account "$ACCOUNT" format=account%-30 | grep -qw "$ACCOUNT" \
-    || sacctmgr -i add account "$ACCOUNT" Description=kdflow Organization=kdflow >/dev/null
+    || sacctmgr -i add account "$ACCOUNT" Description=kdsweep Organization=kdsweep >/dev/null
   sacctmgr -n show assoc where user="$(id -un)" account="$ACCOUNT" format=user%-30 | grep -qw "$(id -un)" \
     || sacctmgr -i add user "$(id -un)" Account="$ACCOUNT" DefaultAccount="$ACCOUNT" >/dev/null
   log "ready: node $(node), account $ACCOUNT"

@@ -2,12 +2,12 @@
 # Create (or reuse) the project's virtual environment with the pinned dependencies.
 # torch is installed first and alone: an unpinned torch pulled in by another package would
 # fetch the CUDA build; with torch==2.13.0 already present, the rest leaves it alone.
-# Usage: scripts/setup-venv.sh [VENV_DIR]   (default .venv; KDFLOW_PYTHON picks the interpreter)
+# Usage: scripts/setup-venv.sh [VENV_DIR]   (default .venv; KDSWEEP_PYTHON picks the interpreter)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${1:-.venv}
-python=${KDFLOW_PYTHON:-python3}
-stamp="$venv/.kdflow-requirements.sha256"
+python=${KDSWEEP_PYTHON:-python3}
+stamp="$venv/.kdsweep-requirements.sha256"
 want=$(cat requirements/torch.txt requirements/lock.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$venv/bin/python" ]; then

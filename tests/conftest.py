@@ -21,8 +21,8 @@ TINY_BERT = tiny_bert(layers=4)
 @pytest.fixture(scope="session")
 def glue_data(tmp_path_factory):
     """Synthetic MNLI in GLUE TSV layout, prepared to JSONL: {"raw": dir, "data": dir}."""
-    from kdflow.prepare_glue import prepare_glue
-    from kdflow.synthetic_glue import write_synthetic_glue
+    from kdsweep.glue.data import prepare_glue
+    from kdsweep.glue.synthetic import write_synthetic_glue
 
     root = tmp_path_factory.mktemp("glue")
     write_synthetic_glue("mnli", root / "raw", train_size=200, dev_size=40, seed=0)
@@ -32,8 +32,8 @@ def glue_data(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tokenizer_dir(glue_data, tmp_path_factory):
-    from kdflow.fileio import read_jsonl
-    from kdflow.models import train_wordpiece_tokenizer
+    from kdsweep.core.io import read_jsonl
+    from kdsweep.core.models import train_wordpiece_tokenizer
 
     rows = read_jsonl(glue_data["data"] / "train.jsonl")
     out = tmp_path_factory.mktemp("tok")
@@ -44,7 +44,7 @@ def tokenizer_dir(glue_data, tmp_path_factory):
 @pytest.fixture(scope="session")
 def teacher_dir(tokenizer_dir, tmp_path_factory):
     """A tiny 4-layer BERT classifier (random weights) saved with its tokenizer."""
-    from kdflow.models import classifier_from_config, load_tokenizer
+    from kdsweep.core.models import classifier_from_config, load_tokenizer
 
     tok = load_tokenizer(str(tokenizer_dir))
     model = classifier_from_config(TINY_BERT, 3, tok, seed=0)

@@ -75,7 +75,7 @@ DEMO_PROMPT = {"template": DEMO_TEMPLATE, "end_marker": "<|end_of_translation|>"
 
 def lm_training(**over) -> dict:
     """A `training` block with the schema's defaults filled in, `over` set."""
-    from kdflow.config import training_block
+    from kdsweep.core.config import training_block
 
     return training_block(**over)
 
@@ -86,7 +86,7 @@ def wait_for_a_checkpoint(job, checkpoints, log=None, timeout: float = 300) -> N
     import time
     from pathlib import Path
 
-    from kdflow.training import COMPLETE_MARKER
+    from kdsweep.core.trainer import COMPLETE_MARKER
 
     deadline = time.monotonic() + timeout
     while not list(Path(checkpoints).glob(f"checkpoint-*/{COMPLETE_MARKER}")):
@@ -108,7 +108,7 @@ def run_and_signal_distill(cmd, cwd, env, checkpoints, job_tag: str, timeout: fl
     signalled = None
     deadline = time.time() + timeout
     while time.time() < deadline and run.poll() is None:
-        if signalled is None and list(Path(checkpoints).glob("checkpoint-*/kdflow-complete")):
+        if signalled is None and list(Path(checkpoints).glob("checkpoint-*/kdsweep-complete")):
             squeue = subprocess.run(["squeue", "-h", "-t", "R", "-o", "%i|%k"], capture_output=True, text=True).stdout
             running = [line.split("|")[0] for line in squeue.splitlines() if job_tag in line]
             if running:

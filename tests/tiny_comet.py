@@ -10,8 +10,8 @@ import yaml
 from comet.models import RegressionMetric
 from transformers import BertConfig
 
-from kdflow.models import train_wordpiece_tokenizer
-from kdflow.synthetic_translation import synthetic_pairs
+from kdsweep.core.models import train_wordpiece_tokenizer
+from kdsweep.translation.synthetic import synthetic_pairs
 
 
 def build_tiny_comet(out_dir) -> str:

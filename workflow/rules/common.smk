@@ -1,15 +1,15 @@
-# Helpers shared by the rules: paths (kdflow.paths, built in one place), sweep expansion and
-# the per-job settings passed to the kdflow CLI as JSON. A config runs the GLUE family (glue:)
+# Helpers shared by the rules: paths (kdsweep.core.paths, built in one place), sweep expansion and
+# the per-job settings passed to the kdsweep CLI as JSON. A config runs the GLUE family (glue:)
 # and/or the translation family (translation:); each family's rules exist only when configured.
 import json
 import os
 import re
 from dataclasses import asdict
 
-from kdflow import plan
-from kdflow.assets import config_assets, hub_environment
-from kdflow.cluster import apply_profile_defaults, outlive_slurm_signals
-from kdflow.config import (
+from kdsweep.core import plan
+from kdsweep.core.hub import config_assets, hub_environment
+from kdsweep.cluster.slurm import apply_profile_defaults, outlive_slurm_signals
+from kdsweep.core.config import (
     distill_points,
     experiment_base,
     experiment_tables,
@@ -19,8 +19,8 @@ from kdflow.config import (
     swept_axes,
     translation_task,
 )
-from kdflow.paths import RunPaths
-from kdflow.prepare_glue import GLUE_TASKS
+from kdsweep.core.paths import RunPaths
+from kdsweep.glue.data import GLUE_TASKS
 
 apply_profile_defaults()  # variables of profiles/slurm: exported values win
 outlive_slurm_signals()  # in a Slurm job: let training save its checkpoint on USR1/TERM
@@ -97,7 +97,7 @@ def tokenizer_inputs(block, task):
 
 
 def teacher_model_input(block, task):
-    """kdflow's trained teacher (a file dependency); a named model is not a file input."""
+    """kdsweep's trained teacher (a file dependency); a named model is not a file input."""
     return [P.teacher_model(task)] if plan.teacher_is_finetuned_here(block) else []
 
 
@@ -116,11 +116,11 @@ def deepspeed_arg(input):
 
 
 def launch(dist):
-    """How a distillation job starts: one process per GPU the job holds (kdflow/launch.py)."""
+    """How a distillation job starts: one process per GPU the job holds (kdsweep/cluster/launch.py)."""
     return [
         "python",
         "-m",
-        "kdflow.launch",
+        "kdsweep.cluster.launch",
         "--cpu-processes",
         dist["cpu_processes"],
         "--",
@@ -128,7 +128,7 @@ def launch(dist):
 
 
 def translation_local_dir():
-    """Where prepare_translation reads Europarl files: kdflow's synthetic output, a local folder, or none (hub)."""
+    """Where prepare_translation reads Europarl files: kdsweep's synthetic output, a local folder, or none (hub)."""
     source = TR["source"]
     if source == "synthetic":
         return P.raw_europarl_dir(TR_TASK)
@@ -172,7 +172,7 @@ def reference_file():
 
 def report_spec():
     spec = {
-        "title": f"kdflow report: {config['run_name']}",
+        "title": f"kdsweep report: {config['run_name']}",
         "reference": (reference_file() or [None])[0],
     }
     if GLUE:

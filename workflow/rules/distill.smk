@@ -1,7 +1,7 @@
 # Stage distill: one student per sweep point, from the teacher cache, one process per GPU the
-# job holds (kdflow/launch.py: torchrun, srun across nodes) with the DeepSpeed ZeRO config
-# named by distributed (workflow/deepspeed/). GLUE: kdflow/distill.py; translation:
-# kdflow/distill_translation.py, from the base student (init_student_lm builds it when the
+# job holds (kdsweep/cluster/launch.py: torchrun, srun across nodes) with the DeepSpeed ZeRO config
+# named by distributed (workflow/deepspeed/). GLUE: kdsweep/glue/distill.py; translation:
+# kdsweep/translation/distill.py, from the base student (init_student_lm builds it when the
 # config does not name one). Checkpoints go to distill/<task>/<point>/checkpoints/, which is
 # not an output, so a failed or preempted job resumes from them when rerun.
 
@@ -22,7 +22,7 @@ if GLUE:
         benchmark:
             P.benchmark("distill", "{task}", "{point}")
         conda:
-            "../../envs/kdflow.yaml"
+            "../../envs/kdsweep.yaml"
         threads: 2
         params:
             launch=launch(config["distill"]["distributed"]),
@@ -45,7 +45,7 @@ if GLUE:
                 }
             ),
         shell:
-            "KDFLOW_THREADS={threads} {params.launch:q} "
+            "KDSWEEP_THREADS={threads} {params.launch:q} "
             "distill --task {wildcards.task:q} {params.deepspeed:q} "
             "--teacher {params.teacher:q} --teacher-tokenizer {params.teacher_tokenizer:q} "
             "--student-tokenizer {params.student_tokenizer:q} --data-dir {input.data:q} --cache {input.cache:q} "
@@ -67,7 +67,7 @@ if TR:
         benchmark:
             P.benchmark("init_student_lm")
         conda:
-            "../../envs/kdflow.yaml"
+            "../../envs/kdsweep.yaml"
         params:
             teacher=lambda w: plan.teacher_model(TR, TR_TASK, P),
             tokenizer=lambda w: plan.student_tokenizer(TR, TR_TASK, P),
@@ -78,7 +78,7 @@ if TR:
                 }
             ),
         shell:
-            "python -m kdflow init-student-lm --teacher {params.teacher:q} --tokenizer {params.tokenizer:q} "
+            "python -m kdsweep init-student-lm --teacher {params.teacher:q} --tokenizer {params.tokenizer:q} "
             "--out {output:q} --spec {params.spec:q} > {log:q} 2>&1"
 
     rule distill_lm:
@@ -96,7 +96,7 @@ if TR:
         benchmark:
             P.benchmark("distill_lm", "{point}")
         conda:
-            "../../envs/kdflow.yaml"
+            "../../envs/kdsweep.yaml"
         threads: 2
         params:
             launch=launch(TR["distill"]["distributed"]),
@@ -117,7 +117,7 @@ if TR:
                 }
             ),
         shell:
-            "KDFLOW_THREADS={threads} {params.launch:q} distill-lm {params.deepspeed:q} "
+            "KDSWEEP_THREADS={threads} {params.launch:q} distill-lm {params.deepspeed:q} "
             "--student {params.student:q} --teacher-tokenizer {params.teacher_tokenizer:q} "
             "--data-dir {input.data:q} --cache {input.cache:q} --model-out {output.model:q} "
             "--log-out {output.log:q} --checkpoints {params.checkpoints:q} --spec {params.spec:q} > {log:q} 2>&1"

@@ -1,5 +1,5 @@
-# Stage evaluate. GLUE (kdflow/evaluate.py): accuracy, macro-F1 and per-class F1 on every dev
-# split. Translation (kdflow/evaluate_translation.py): generation on the test split, SacreBLEU,
+# Stage evaluate. GLUE (kdsweep/glue/evaluate.py): accuracy, macro-F1 and per-class F1 on every dev
+# split. Translation (kdsweep/translation/evaluate.py): generation on the test split, SacreBLEU,
 # chrF, COMET, runaway rate, for the base student, the teacher and every distilled student.
 
 if GLUE:
@@ -15,7 +15,7 @@ if GLUE:
         benchmark:
             P.benchmark("evaluate_student", "{task}", "{point}")
         conda:
-            "../../envs/kdflow.yaml"
+            "../../envs/kdsweep.yaml"
         params:
             spec=lambda w: as_json(
                 {
@@ -25,7 +25,7 @@ if GLUE:
                 }
             ),
         shell:
-            "KDFLOW_THREADS={threads} python -m kdflow evaluate --task {wildcards.task:q} --model {input.model:q} "
+            "KDSWEEP_THREADS={threads} python -m kdsweep evaluate --task {wildcards.task:q} --model {input.model:q} "
             "--data-dir {input.data:q} --out {output:q} --name {wildcards.point:q} --spec {params.spec:q} > {log:q} 2>&1"
 
     rule evaluate_teacher:
@@ -39,7 +39,7 @@ if GLUE:
         benchmark:
             P.benchmark("evaluate_teacher", "{task}")
         conda:
-            "../../envs/kdflow.yaml"
+            "../../envs/kdsweep.yaml"
         params:
             model=lambda w: plan.teacher_model(config, w.task, P),
             spec=as_json(
@@ -49,7 +49,7 @@ if GLUE:
                 }
             ),
         shell:
-            "KDFLOW_THREADS={threads} python -m kdflow evaluate --task {wildcards.task:q} --model {params.model:q} "
+            "KDSWEEP_THREADS={threads} python -m kdsweep evaluate --task {wildcards.task:q} --model {params.model:q} "
             "--data-dir {input.data:q} --out {output:q} --name teacher --spec {params.spec:q} > {log:q} 2>&1"
 
 
@@ -69,7 +69,7 @@ if TR:
         wildcard_constraints:
             name="|".join(re.escape(n) for n in ["base", "teacher", *TR_POINTS]),
         conda:
-            "../../envs/kdflow.yaml"
+            "../../envs/kdsweep.yaml"
         threads: 2
         params:
             model=lambda w: translation_model(w.name),
@@ -84,6 +84,6 @@ if TR:
                 }
             ),
         shell:
-            "KDFLOW_THREADS={threads} python -m kdflow evaluate-translation --model {params.model:q} "
+            "KDSWEEP_THREADS={threads} python -m kdsweep evaluate-translation --model {params.model:q} "
             "--data-dir {input.data:q} --out {output.metrics:q} --translations {output.translations:q} "
             "--name {wildcards.name:q} --spec {params.spec:q} > {log:q} 2>&1"

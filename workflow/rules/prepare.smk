@@ -1,7 +1,7 @@
 # Stage prepare: normalized splits with a manifest, and tokenizers trained locally for models
-# built from a config. GLUE (kdflow/prepare_glue.py): MNLI/QQP to JSONL. Translation
-# (kdflow/prepare_translation.py): Europarl en-fr pairs to train/dev/test JSONL. The hub
-# assets the config names are prefetched first (kdflow/assets.py), where Snakemake runs.
+# built from a config. GLUE (kdsweep/glue/data.py): MNLI/QQP to JSONL. Translation
+# (kdsweep/translation/data.py): Europarl en-fr pairs to train/dev/test JSONL. The hub
+# assets the config names are prefetched first (kdsweep/core/hub.py), where Snakemake runs.
 
 if ASSETS:
 
@@ -14,12 +14,12 @@ if ASSETS:
             P.benchmark("prefetch_assets")
         localrule: True
         conda:
-            "../../envs/kdflow.yaml"
+            "../../envs/kdsweep.yaml"
         params:
             env=prefetch_env(),
             spec=prefetch_spec(),
         shell:
-            "{params.env:q} python -m kdflow prefetch --out {output:q} --spec {params.spec:q} > {log:q} 2>&1"
+            "{params.env:q} python -m kdsweep prefetch --out {output:q} --spec {params.spec:q} > {log:q} 2>&1"
 
 
 if GLUE:
@@ -32,11 +32,11 @@ if GLUE:
         benchmark:
             P.benchmark("synthesize_glue", "{task}")
         conda:
-            "../../envs/kdflow.yaml"
+            "../../envs/kdsweep.yaml"
         params:
             spec=as_json(config["glue"]["synthetic"]),
         shell:
-            "python -m kdflow synthesize-glue --task {wildcards.task:q} --out {output:q} "
+            "python -m kdsweep synthesize-glue --task {wildcards.task:q} --out {output:q} "
             "--spec {params.spec:q} > {log:q} 2>&1"
 
     rule prepare_glue:
@@ -50,7 +50,7 @@ if GLUE:
         benchmark:
             P.benchmark("prepare_glue", "{task}")
         conda:
-            "../../envs/kdflow.yaml"
+            "../../envs/kdsweep.yaml"
         params:
             tsv=glue_tsv_arg,
             spec=as_json(
@@ -65,7 +65,7 @@ if GLUE:
                 }
             ),
         shell:
-            "python -m kdflow prepare-glue --task {wildcards.task:q} {params.tsv:q} --out {output:q} "
+            "python -m kdsweep prepare-glue --task {wildcards.task:q} {params.tsv:q} --out {output:q} "
             "--spec {params.spec:q} > {log:q} 2>&1"
 
     rule train_tokenizer:
@@ -78,11 +78,11 @@ if GLUE:
         benchmark:
             P.benchmark("train_tokenizer", "{task}")
         conda:
-            "../../envs/kdflow.yaml"
+            "../../envs/kdsweep.yaml"
         params:
             spec=as_json(config["glue"]["tokenizer_training"]),
         shell:
-            "python -m kdflow train-tokenizer --train {input:q}/train.jsonl --out {output:q} "
+            "python -m kdsweep train-tokenizer --train {input:q}/train.jsonl --out {output:q} "
             "--spec {params.spec:q} > {log:q} 2>&1"
 
 
@@ -96,11 +96,11 @@ if TR:
         benchmark:
             P.benchmark("synthesize_europarl")
         conda:
-            "../../envs/kdflow.yaml"
+            "../../envs/kdsweep.yaml"
         params:
             spec=as_json({**TR["synthetic"], "file_stem": TR["file_stem"]}),
         shell:
-            "python -m kdflow synthesize-europarl --out {output:q} --spec {params.spec:q} > {log:q} 2>&1"
+            "python -m kdsweep synthesize-europarl --out {output:q} --spec {params.spec:q} > {log:q} 2>&1"
 
     rule prepare_translation:
         input:
@@ -113,7 +113,7 @@ if TR:
         benchmark:
             P.benchmark("prepare_translation")
         conda:
-            "../../envs/kdflow.yaml"
+            "../../envs/kdsweep.yaml"
         params:
             local_dir=(
                 ["--local-dir", translation_local_dir()]
@@ -143,7 +143,7 @@ if TR:
                 }
             ),
         shell:
-            "python -m kdflow prepare-translation {params.local_dir:q} --out {output:q} "
+            "python -m kdsweep prepare-translation {params.local_dir:q} --out {output:q} "
             "--spec {params.spec:q} > {log:q} 2>&1"
 
     rule train_tokenizer_lm:
@@ -156,9 +156,9 @@ if TR:
         benchmark:
             P.benchmark("train_tokenizer_lm")
         conda:
-            "../../envs/kdflow.yaml"
+            "../../envs/kdsweep.yaml"
         params:
             spec=as_json({"kind": "bpe", **TR["tokenizer_training"]}),
         shell:
-            "python -m kdflow train-tokenizer --train {input:q}/train.jsonl --out {output:q} "
+            "python -m kdsweep train-tokenizer --train {input:q}/train.jsonl --out {output:q} "
             "--spec {params.spec:q} > {log:q} 2>&1"

@@ -1,5 +1,5 @@
-# Stage report: the study's tables, the experiments' tables, kdflow vs the study, loss curves,
-# sample translations, the runtime/GPU-hours table and report.md (kdflow/report.py), from the
+# Stage report: the study's tables, the experiments' tables, kdsweep vs the study, loss curves,
+# sample translations, the runtime/GPU-hours table and report.md (kdsweep/core/report.py), from the
 # runs' output files only. The files marked report() make up Snakemake's HTML report:
 #   snakemake --report results/<run>/report.html --configfile ...
 
@@ -50,9 +50,9 @@ rule report:
     benchmark:
         P.benchmark("report")
     conda:
-        "../../envs/kdflow.yaml"
+        "../../envs/kdsweep.yaml"
     params:
         root=lambda w, output: os.path.dirname(output.md),
         spec=as_json(report_spec()),
     shell:
-        "python -m kdflow report --root {params.root:q} --spec {params.spec:q} > {log:q} 2>&1"
+        "python -m kdsweep report --root {params.root:q} --spec {params.spec:q} > {log:q} 2>&1"

@@ -1,7 +1,7 @@
 # Stage teacher: optional training, then the cache of what the student needs from it.
-# GLUE (kdflow/teacher.py): class logits. Translation (kdflow/teacher_translation.py): top-k
+# GLUE (kdsweep/glue/teacher.py): class logits. Translation (kdsweep/translation/teacher.py): top-k
 # token logits, sharded and resumable. The cache lives in a content-addressed store; the rule's
-# output is a pointer to the entry (kdflow/teacher_cache.py).
+# output is a pointer to the entry (kdsweep/core/cache.py).
 
 if GLUE:
 
@@ -17,7 +17,7 @@ if GLUE:
         benchmark:
             P.benchmark("finetune_teacher", "{task}")
         conda:
-            "../../envs/kdflow.yaml"
+            "../../envs/kdsweep.yaml"
         threads: 2
         params:
             tokenizer=lambda w: plan.teacher_tokenizer(config, w.task, P),
@@ -31,7 +31,7 @@ if GLUE:
                 }
             ),
         shell:
-            "KDFLOW_THREADS={threads} python -m kdflow finetune-teacher --task {wildcards.task:q} "
+            "KDSWEEP_THREADS={threads} python -m kdsweep finetune-teacher --task {wildcards.task:q} "
             "--tokenizer {params.tokenizer:q} --data-dir {input.data:q} --model-out {output.model:q} "
             "--log-out {output.log:q} --checkpoints {params.checkpoints:q} --spec {params.spec:q} > {log:q} 2>&1"
 
@@ -47,7 +47,7 @@ if GLUE:
         benchmark:
             P.benchmark("cache_teacher", "{task}")
         conda:
-            "../../envs/kdflow.yaml"
+            "../../envs/kdsweep.yaml"
         threads: 2
         params:
             teacher=lambda w: plan.teacher_model(config, w.task, P),
@@ -60,7 +60,7 @@ if GLUE:
                 }
             ),
         shell:
-            "KDFLOW_THREADS={threads} python -m kdflow cache-teacher --task {wildcards.task:q} "
+            "KDSWEEP_THREADS={threads} python -m kdsweep cache-teacher --task {wildcards.task:q} "
             "--teacher {params.teacher:q} --tokenizer {params.tokenizer:q} --data-dir {input.data:q} "
             "--store {params.store:q} --out {output:q} --spec {params.spec:q} > {log:q} 2>&1"
 
@@ -79,7 +79,7 @@ if TR:
         benchmark:
             P.benchmark("train_teacher_lm")
         conda:
-            "../../envs/kdflow.yaml"
+            "../../envs/kdsweep.yaml"
         threads: 2
         params:
             tokenizer=lambda w: plan.teacher_tokenizer(TR, TR_TASK, P),
@@ -96,7 +96,7 @@ if TR:
                 }
             ),
         shell:
-            "KDFLOW_THREADS={threads} python -m kdflow train-teacher-lm --tokenizer {params.tokenizer:q} "
+            "KDSWEEP_THREADS={threads} python -m kdsweep train-teacher-lm --tokenizer {params.tokenizer:q} "
             "--data-dir {input.data:q} --model-out {output.model:q} --log-out {output.log:q} "
             "--checkpoints {params.checkpoints:q} --spec {params.spec:q} > {log:q} 2>&1"
 
@@ -112,7 +112,7 @@ if TR:
         benchmark:
             P.benchmark("cache_teacher_lm")
         conda:
-            "../../envs/kdflow.yaml"
+            "../../envs/kdsweep.yaml"
         threads: 2
         params:
             teacher=lambda w: plan.teacher_model(TR, TR_TASK, P),
@@ -127,6 +127,6 @@ if TR:
                 }
             ),
         shell:
-            "KDFLOW_THREADS={threads} python -m kdflow cache-teacher-lm --teacher {params.teacher:q} "
+            "KDSWEEP_THREADS={threads} python -m kdsweep cache-teacher-lm --teacher {params.teacher:q} "
             "--tokenizer {params.tokenizer:q} --data-dir {input.data:q} --store {params.store:q} --out {output:q} "
             "--spec {params.spec:q} > {log:q} 2>&1"

@@ -1,0 +1,1 @@
+"""Running jobs on a cluster: the torchrun/srun launcher and the Slurm profile's variables."""

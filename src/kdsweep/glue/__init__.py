@@ -1,0 +1,1 @@
+"""The GLUE family (sentence-pair classification): data -> teacher -> distill -> evaluate -> report."""

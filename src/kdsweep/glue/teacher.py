@@ -1,0 +1,146 @@
+"""Stage `teacher` for classification: fine-tune the teacher on the task (optional), then cache
+its class logits and pseudo-labels (argmax) for every training example.
+
+The cache entry's key covers the teacher's weights, the tokenizer, the training data file and
+max_length (see teacher_cache.py): an unchanged input reuses the entry, a changed one rebuilds.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from kdsweep.core.cache import CacheEntry, write_pointer
+from kdsweep.core.io import read_json, read_jsonl, sha256_file
+from kdsweep.core.models import (
+    check_tokenizer_fits,
+    classifier_from_config,
+    load_classifier,
+    load_tokenizer,
+    model_fingerprint,
+    name_labels,
+    tokenizer_fingerprint,
+)
+from kdsweep.core.trainer import (
+    KDTrainer,
+    PairClassificationDataset,
+    PairCollator,
+    predict_logits,
+    train_and_save,
+    training_arguments,
+)
+from kdsweep.glue.data import GLUE_TASKS
+
+log = logging.getLogger(__name__)
+
+
+def finetune_teacher(
+    task: str,
+    model_spec: str | dict,
+    tokenizer_path: str,
+    data_dir: str | Path,
+    finetune_cfg: dict,
+    max_length: int,
+    model_out: str | Path,
+    log_out: str | Path,
+    checkpoint_dir: str | Path,
+    eval_batch_size: int = 128,
+) -> dict:
+    """Train the teacher on the task's train split (CE only); eval loss on the first dev split."""
+    labels = GLUE_TASKS[task].labels
+    tokenizer = load_tokenizer(tokenizer_path)
+    seed = finetune_cfg["training"]["seed"]
+    if isinstance(model_spec, dict):
+        model = classifier_from_config(model_spec, len(labels), tokenizer, seed)
+    else:
+        model = load_classifier(model_spec, len(labels))
+    name_labels(model, labels)  # it is trained on kdsweep's label order: its config says so
+    data_dir = Path(data_dir)
+    train = PairClassificationDataset(read_jsonl(data_dir / "train.jsonl"), tokenizer, max_length)
+    dev = PairClassificationDataset(
+        read_jsonl(data_dir / f"{GLUE_TASKS[task].eval_splits[0]}.jsonl"), tokenizer, max_length
+    )
+    args = training_arguments(finetune_cfg["training"], finetune_cfg["learning_rate"], checkpoint_dir, eval_batch_size)
+    trainer = KDTrainer(
+        model=model, args=args, train_dataset=train, eval_dataset=dev, data_collator=PairCollator(tokenizer)
+    )
+    job = {
+        "stage": "teacher_finetune",
+        "task": task,
+        "model": model_spec,
+        "finetune": finetune_cfg,
+        "data": sha256_file(data_dir / "train.jsonl"),
+        "max_length": max_length,
+    }
+    return train_and_save(trainer, job, model_out, log_out, tokenizer=tokenizer)
+
+
+def cache_teacher_logits(
+    task: str,
+    teacher_path: str,
+    tokenizer_path: str,
+    data_dir: str | Path,
+    max_length: int,
+    store: str | Path,
+    pointer_out: str | Path,
+    batch_size: int = 128,
+) -> dict:
+    """Cache the teacher's logits on the train split (reused when the key is unchanged). The
+    teacher must be a classifier trained for the task's labels in kdsweep's order, and the
+    tokenizer's ids must fit it (models.load_classifier, check_tokenizer_fits): checked before
+    anything is predicted."""
+    labels = GLUE_TASKS[task].labels
+    train_file = Path(data_dir) / "train.jsonl"
+    tokenizer = load_tokenizer(tokenizer_path)
+    model = load_classifier(teacher_path, len(labels), trained_labels=labels, key="teacher.model")
+    check_tokenizer_fits(tokenizer, model, "teacher.tokenizer", teacher_path)
+    key_parts = {
+        "kind": "class_logits",
+        "teacher": model_fingerprint(model),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "data": sha256_file(train_file),
+        "max_length": max_length,
+    }
+    entry = CacheEntry(store, key_parts)
+    reused = entry.reuse(class_logits_problem(len(labels)))
+    if reused:
+        log.info("teacher cache %s is up to date, not recomputed", entry.dir)
+    else:
+        log.info("building teacher cache %s", entry.dir)
+        rows = read_jsonl(train_file)
+        dataset = PairClassificationDataset(rows, tokenizer, max_length)
+        logits = predict_logits(model, dataset, PairCollator(tokenizer), batch_size, desc=f"cache {task}")
+        pseudo = logits.argmax(-1)
+        entry.write_shard(0, {"logits": logits, "pseudo_labels": pseudo})
+        gold = torch.tensor([r["label"] for r in rows])
+        entry.finish(
+            1,
+            {
+                "task": task,
+                "rows": len(rows),
+                "teacher_path": str(teacher_path),
+                "teacher_train_accuracy": (pseudo == gold).float().mean().item(),
+            },
+        )
+    write_pointer(pointer_out, entry, reused)
+    return read_json(entry.manifest_path)
+
+
+def class_logits_problem(num_labels: int):
+    """The value check of a GLUE cache shard: finite logits, one row of num_labels per example,
+    pseudo-labels that are the logits' argmax."""
+
+    def check(shard: dict[str, torch.Tensor]) -> str | None:
+        logits, pseudo = shard["logits"], shard["pseudo_labels"]
+        if logits.ndim != 2 or logits.shape[1] != num_labels or len(pseudo) != len(logits):
+            return f"logits of shape {tuple(logits.shape)} and {len(pseudo)} pseudo-labels for {num_labels} classes"
+        bad = (~torch.isfinite(logits)).any(-1).nonzero()
+        if len(bad):
+            return f"non-finite teacher logits for {len(bad)} examples (the first: training example {int(bad[0])})"
+        if not torch.equal(pseudo, logits.argmax(-1)):
+            return "pseudo-labels that are not the logits' argmax"
+        return None
+
+    return check

@@ -1,0 +1,53 @@
+"""The translation family's config checks beyond the schema, each failing with the config key:
+languages and prompt, top_k against a local teacher's vocabulary, the COMET checkpoint, and
+temperatures a top-k cache cannot serve exactly. Run by kdsweep.families.validate_config after
+the shared checks (kdsweep.core.config)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from kdsweep.core.config import ConfigError
+from kdsweep.core.hub import is_repo_id
+from kdsweep.translation.prompt import Prompt, PromptError
+
+
+def check_config(config: dict) -> None:
+    tr = config.get("translation")
+    if not tr:
+        return
+    if tr["source_lang"] == tr["target_lang"]:
+        raise ConfigError(f"translation.target_lang: {tr['target_lang']!r} is also the source language")
+    if tr["prompt"]["template"] is None and (tr["source_lang"], tr["target_lang"]) != ("en", "fr"):
+        raise ConfigError(
+            f"translation.prompt.template: null is the study's prompt, which asks for a translation from English "
+            f"to French; write a template for {tr['source_lang']} -> {tr['target_lang']}"
+        )
+    if tr["prompt"]["template"] is not None:
+        try:
+            Prompt(template=tr["prompt"]["template"])
+        except PromptError as e:
+            raise ConfigError(f"translation.{e}") from None
+    teacher, top_k = tr["teacher"]["model"], tr["teacher"]["cache"]["top_k"]
+    if isinstance(teacher, str) and (Path(teacher) / "config.json").is_file():
+        vocab = json.loads((Path(teacher) / "config.json").read_text()).get("vocab_size")
+        if vocab and top_k > vocab:
+            raise ConfigError(
+                f"translation.teacher.cache.top_k: {top_k} is larger than the teacher's vocabulary ({vocab} tokens, "
+                f"{teacher}/config.json); top_k = {vocab} caches every token"
+            )
+    comet = tr["evaluate"]["comet"]
+    name = comet["model"]
+    if comet["enabled"] and not Path(name).exists() and (name.endswith(".ckpt") or not is_repo_id(name)):
+        raise ConfigError(
+            f"translation.evaluate.comet.model: {name!r} is neither an existing local checkpoint nor a hub name"
+        )
+    tempered = [t for t in tr["distill"]["sweep"]["temperature"] if t != 1]
+    if tempered and not tr["distill"]["allow_tempered_topk"]:
+        raise ConfigError(
+            f"translation.distill.sweep.temperature: {tempered[0]:g} with a top-k teacher cache, which holds "
+            "the teacher at temperature 1 only: its tail cannot be tempered exactly and the KD loss is far "
+            "from the dense one at T != 1 (benchmarks/README.md). Use temperature 1, or set "
+            "translation.distill.allow_tempered_topk: true to accept the bias"
+        )

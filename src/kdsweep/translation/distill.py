@@ -1,0 +1,99 @@
+"""Stage `distill` for translation: train one student LM per sweep point (learning rate,
+alpha, temperature) with token-level KD from the teacher's cached top-k (losses.topk_kd, with
+the config's loss kind and tail option) mixed with CE on the cached targets (the references, or
+the teacher's translations); `ce_only_tokens` take CE only. The student trains on the token ids
+stored in the cache, so teacher and student must share a vocabulary (checked before training,
+naming both sizes) and the student's own tokenization of the data must give the cached ids
+(checked example by example against the cache's digests). The teacher model is never loaded,
+except by init_student_lm, which builds the base student when the config does not name one."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from kdsweep.core.cache import open_pointer
+from kdsweep.core.hub import hub_path
+from kdsweep.core.io import atomic_path, read_jsonl
+from kdsweep.core.models import causal_lm_from_config, load_causal_lm, student_from_teacher, tokenizer_fingerprint
+from kdsweep.core.trainer import process_rank, train_and_save, training_arguments
+from kdsweep.translation.generation import load_lm_tokenizer
+from kdsweep.translation.mapped_cache import open_topk_examples
+from kdsweep.translation.prompt import ce_only_token_ids, check_same_vocabulary, make_prompt
+from kdsweep.translation.teacher import check_cache_alignment, translation_examples
+from kdsweep.translation.training import TokenKDTrainer, TranslationCollator
+
+log = logging.getLogger(__name__)
+
+
+def init_student_lm(student_spec: dict, teacher_path: str, tokenizer_path: str, out: str | Path, seed: int) -> None:
+    """The base student, before distillation, for a student kdsweep builds: from teacher layers
+    (DistilBERT's construction; the only case that loads the teacher's weights) or from a config.
+    Saved with its tokenizer, after checking its vocabulary against the teacher's."""
+    from transformers import AutoConfig
+
+    tokenizer = load_lm_tokenizer(tokenizer_path)
+    if "from_teacher" in student_spec:
+        opts = student_spec["from_teacher"]
+        teacher = load_causal_lm(teacher_path, torch.float32)
+        student = student_from_teacher(teacher, opts.get("layers"), opts.get("copy_head", True), seed)
+    else:
+        student = causal_lm_from_config(student_spec, tokenizer, seed)
+    teacher_vocab = AutoConfig.from_pretrained(hub_path(teacher_path, needs=("config.json",))).vocab_size
+    check_same_vocabulary(load_lm_tokenizer(teacher_path), tokenizer, teacher_vocab, student.config.vocab_size)
+    with atomic_path(out, is_dir=True) as tmp:
+        student.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+
+def distill_student_lm(
+    point: dict,
+    spec: dict,
+    student_path: str,
+    teacher_tokenizer: str,
+    data_dir: str | Path,
+    cache_pointer: str | Path,
+    model_out: str | Path,
+    log_out: str | Path,
+    checkpoint_dir: str | Path,
+    deepspeed_config: str | None = None,
+) -> dict:
+    """spec: {"point", "distill" (without its sweep), "prompt", "max_length", "packing", "eval_batch_size"}.
+    student_path: the base student (a hub name or kdsweep's init_student output)."""
+    distill_cfg, train_cfg = spec["distill"], spec["distill"]["training"]
+    data_dir = Path(data_dir)
+    entry = open_pointer(cache_pointer, data_dir / "train.jsonl")
+    tokenizer = load_lm_tokenizer(student_path)
+    teacher_tok = load_lm_tokenizer(teacher_tokenizer)
+    if tokenizer_fingerprint(teacher_tok) != entry.key_parts["tokenizer"]:
+        raise RuntimeError(f"{cache_pointer}: cache built with another tokenizer than {teacher_tokenizer}")
+    student = load_causal_lm(student_path, torch.float32)  # fp32 master weights; mixed precision: precision.py
+    check_same_vocabulary(teacher_tok, tokenizer, entry.manifest()["teacher_vocab_size"], student.config.vocab_size)
+    prompt = make_prompt(tokenizer, spec["prompt"])
+    dev = translation_examples(data_dir / "dev.jsonl", tokenizer, prompt, spec["max_length"])  # fails if none fits
+    check_cache_alignment(
+        entry, read_jsonl(data_dir / "train.jsonl"), tokenizer, prompt, entry.key_parts["targets"] == "reference"
+    )
+    args = training_arguments(
+        train_cfg, point["learning_rate"], checkpoint_dir, spec["eval_batch_size"], deepspeed_config
+    )
+    # Memory-mapped (mapped_cache.py): each process verifies its share of the shards, all refuse a
+    # damaged cache together, and each reads only its own batches' examples from the page cache.
+    train = open_topk_examples(entry, *process_rank(args))
+    trainer = TokenKDTrainer(
+        model=student,
+        args=args,
+        train_dataset=train,
+        eval_dataset=dev,
+        data_collator=TranslationCollator(tokenizer.pad_token_id, spec["max_length"] if spec["packing"] else None),
+        alpha=point["alpha"],
+        temperature=point["temperature"],
+        kd_loss=distill_cfg["loss"],
+        tail=distill_cfg["tail"],
+        chunk_size=distill_cfg["chunk_size"],
+        ce_only_ids=ce_only_token_ids(tokenizer, spec["prompt"], distill_cfg["ce_only_tokens"]),
+    )
+    job = {"stage": "distill_lm", "point": point, "spec": spec, "student": student_path, "cache": entry.key}
+    return train_and_save(trainer, job, model_out, log_out, tokenizer=tokenizer)

@@ -1,0 +1,132 @@
+"""Stage `evaluate` for translation: one model (the base student, the teacher or a distilled
+student) translates the test split; SacreBLEU BLEU and chrF (with their signatures), COMET
+(unbabel-comet) when the config turns it on, why the outputs stopped (the shares that ended with
+the end marker, with an end token such as <|eot_id|>, and that ran to max_new_tokens: the runaway
+rate) and the hypothesis/reference length ratio. Writes the metrics JSON and the translations
+(JSONL, with each output's stop reason, for the report's samples).
+
+A test source whose prompt is longer than the pipeline's max_length tokens (or than leaves room for
+max_new_tokens in the model's context) is not translated and not scored; the metrics JSON counts
+them (dropped_prompt_too_long) next to the limit (max_prompt_tokens), and the translations file
+keeps the row with stop "prompt_too_long" and no hypothesis."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from kdsweep.core.io import read_jsonl, write_json, write_jsonl
+from kdsweep.core.models import load_causal_lm
+from kdsweep.translation.generation import (
+    PROMPT_TOO_LONG,
+    STOP_REASONS,
+    generate_translations,
+    load_lm_tokenizer,
+    prompt_token_limit,
+)
+from kdsweep.translation.prompt import make_prompt
+
+log = logging.getLogger(__name__)
+
+
+def comet_not_computed(comet_cfg: dict) -> str:
+    return "not computed: evaluate.comet.enabled is false in the config" + (
+        f" ({comet_cfg['reason']})" if comet_cfg.get("reason") else ""
+    )
+
+
+def stop_rates(outputs: list[dict]) -> dict[str, float]:
+    """The share of outputs per stop reason (generation.STOP_REASONS): marker, eos, max_new_tokens."""
+    return {reason: sum(o["stop"] == reason for o in outputs) / max(len(outputs), 1) for reason in STOP_REASONS}
+
+
+def evaluate_translation(
+    model_path: str,
+    data_dir: str | Path,
+    prompt_cfg: dict,
+    eval_cfg: dict,
+    out: str | Path,
+    translations_out: str | Path,
+    name: str,
+    params: dict | None = None,
+    split: str = "test",
+    *,
+    max_length: int,
+) -> dict:
+    """eval_cfg: batch_size, max_new_tokens, num_beams, comet {enabled, model, batch_size, gpus};
+    max_length: the config's translation.max_length (tokens, prompt + response)."""
+    from kdsweep.translation.metrics import comet_score, sacrebleu_scores
+
+    data_file = Path(data_dir) / f"{split}.jsonl"
+    rows = read_jsonl(data_file)
+    tokenizer = load_lm_tokenizer(model_path)
+    model = load_causal_lm(model_path)
+    prompt = make_prompt(tokenizer, prompt_cfg)
+    # Over-long prompts are dropped, not truncated: a translation of a cut source, scored against
+    # the whole reference, would measure the cut rather than the model; the pairs trained on and
+    # cached obey the same max_length (longer ones are dropped there too). Every model of a run
+    # has the same tokenizer and max_length, so all drop the same rows unless one's context is
+    # shorter; each model's count is in its metrics and in the report's table.
+    limit = prompt_token_limit(model, max_length, eval_cfg["max_new_tokens"])
+    outputs = generate_translations(
+        model,
+        tokenizer,
+        prompt,
+        [r["source"] for r in rows],
+        eval_cfg["batch_size"],
+        eval_cfg["max_new_tokens"],
+        eval_cfg["num_beams"],
+        desc=f"translate {name} {split}",
+        max_prompt_tokens=limit,
+    )
+    scored = [i for i, o in enumerate(outputs) if o["stop"] != PROMPT_TOO_LONG]
+    dropped = len(rows) - len(scored)
+    if not scored:
+        raise ValueError(
+            f"{data_file}: the prompts of all {len(rows)} sources are longer than {limit} tokens "
+            f"(translation.max_length {max_length}, max_new_tokens {eval_cfg['max_new_tokens']}): nothing to score"
+        )
+    if dropped:
+        log.warning(
+            "%s: %d of %d prompts longer than %d tokens: not translated, not scored", name, dropped, len(rows), limit
+        )
+    sources = [rows[i]["source"] for i in scored]
+    hyps, refs = [outputs[i]["hypothesis"] for i in scored], [rows[i]["target"] for i in scored]
+    result = {
+        "model": name,
+        "model_path": str(model_path),
+        "params": params or {},
+        "split": split,
+        "examples": len(rows),
+        "scored": len(scored),
+        "dropped_prompt_too_long": dropped,
+        "max_prompt_tokens": limit,
+        "generation": {k: eval_cfg[k] for k in ("max_new_tokens", "num_beams")},
+        "stop_rates": stop_rates([outputs[i] for i in scored]),
+        **sacrebleu_scores(hyps, refs),
+    }
+    comet_cfg = eval_cfg["comet"]
+    if comet_cfg["enabled"]:
+        del model  # free the LM's memory for COMET
+        scores = comet_score(sources, hyps, refs, comet_cfg["model"], comet_cfg["batch_size"], comet_cfg["gpus"])
+        result.update({"comet": scores["comet"], "comet_model": scores["comet_model"]})
+        for i, seg in zip(scored, scores["segment_scores"], strict=True):
+            outputs[i]["comet"] = seg
+    else:
+        result.update({"comet": None, "comet_note": comet_not_computed(comet_cfg)})
+    write_jsonl(
+        translations_out,
+        [
+            {"id": r["id"], "source": r["source"], "reference": r["target"], **o}
+            for r, o in zip(rows, outputs, strict=True)
+        ],
+    )
+    write_json(out, result)
+    log.info(
+        "%s: BLEU %.2f chrF %.2f, stopped at the marker %.1f%%, at eos %.1f%%, at max_new_tokens (runaway) %.1f%%",
+        name,
+        result["bleu"],
+        result["chrf"],
+        *(100 * result["stop_rates"][r] for r in STOP_REASONS),
+    )
+    return result

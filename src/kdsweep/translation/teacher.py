@@ -1,0 +1,487 @@
+"""Stage `teacher` for translation: train the teacher LM (the demo's, built from a config; the
+study's Llama-3.2-3B-Instruct is used as it is), then cache what the student needs from it.
+
+The cache (an entry of the shared content-addressed store, teacher_cache.py) holds, per shard
+of `shard_size` training examples: the token ids of every example (prompt + response, so the
+student trains on exactly the tokens the teacher saw), a digest of each example's prompt and
+response ids (the distill stage checks its own tokenization against them), and, for every
+response token, the teacher's top-k log-probabilities (`topk_logprobs`: logits minus the full
+row's log-sum-exp, in fp16/bf16, where values near 0 keep the most precision; int32 indices),
+the log of the mass outside the top-k (`tail_logmass`, fp32, computed from the full row so a
+tiny tail stays exact; the loss's tail "bucket") and the log-sum-exp itself. The teacher's LM
+head runs in fp32 here, whatever the model's dtype, so the cached values are exact up to their
+storage type. A shard is written atomically once it is complete; a killed job restarts at the
+first missing shard. The key covers the teacher's weights, the tokenizer, the data, the prompt,
+k, max_length and the target kind.
+
+With targets "teacher" (sequence-level KD, the "pseudo-labels") the teacher first translates
+each training source, and its own translation replaces the reference as the response.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from kdsweep.core.cache import CacheEntry, write_pointer
+from kdsweep.core.io import read_jsonl, sha256_file
+from kdsweep.core.models import causal_lm_from_config, load_causal_lm, model_fingerprint, tokenizer_fingerprint
+from kdsweep.core.progress import progress
+from kdsweep.core.trainer import train_and_save, training_arguments
+from kdsweep.translation.generation import device, generate_translations, load_lm_tokenizer
+from kdsweep.translation.prompt import Prompt, encode_pair, make_prompt
+from kdsweep.translation.training import (
+    TokenKDTrainer,
+    TranslationCollator,
+    TranslationExamples,
+    response_hidden_states,
+    restore_item_order,
+)
+
+log = logging.getLogger(__name__)
+VALUE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+TOKEN_ROWS = ("topk_logprobs", "topk_indices", "tail_logmass", "lse")  # one row per response token
+
+
+def encode_rows(rows: list[dict], tokenizer, prompt: Prompt, max_length: int) -> tuple[list, list, list, int]:
+    """(input_ids, response_starts, kept row indices, number dropped): pairs longer than
+    max_length tokens are dropped, not truncated (a cut response would lose its end marker)."""
+    ids, starts, kept = [], [], []
+    for i, row in enumerate(rows):
+        seq, start = encode_pair(tokenizer, prompt, row["source"], row["target"])
+        if len(seq) > max_length:
+            continue
+        ids.append(seq)
+        starts.append(start)
+        kept.append(i)
+    dropped = len(rows) - len(kept)
+    if dropped:
+        log.warning("%d of %d pairs longer than max_length %d tokens: dropped", dropped, len(rows), max_length)
+    return ids, starts, kept, dropped
+
+
+def check_a_pair_fits(
+    rows: list[dict], tokenizer, prompt: Prompt, max_length: int, data_file: str | Path, responses: bool = True
+) -> None:
+    """At least one pair of data_file must fit in max_length tokens (rendered with the prompt;
+    responses False: with an empty response, for a cache of the teacher's own translations), else
+    a ValueError naming translation.max_length, the file and the pairs' lengths, before any work
+    (training on no pair fails deep in torch: num_samples=0). Stops at the first pair that fits."""
+    lengths = []
+    for row in rows:
+        ids, _ = encode_pair(tokenizer, prompt, row["source"], row["target"] if responses else "")
+        if len(ids) <= max_length:
+            return
+        lengths.append(len(ids))
+    if not lengths:
+        raise ValueError(f"{data_file} holds no pairs")
+    what = "pairs" if responses else "prompts (with an empty translation)"
+    raise ValueError(
+        f"translation.max_length: {max_length} tokens leaves no pair of {data_file}: all its {len(lengths)} "
+        f"{what} are longer, rendered with the prompt (the shortest {min(lengths)} tokens, the longest "
+        f"{max(lengths)}); raise translation.max_length"
+    )
+
+
+def translation_examples(data_file: str | Path, tokenizer, prompt: Prompt, max_length: int) -> TranslationExamples:
+    """The file's pairs that fit in max_length tokens; none fitting fails (check_a_pair_fits)."""
+    rows = read_jsonl(data_file)
+    ids, starts, _, _ = encode_rows(rows, tokenizer, prompt, max_length)
+    if not ids:
+        check_a_pair_fits(rows, tokenizer, prompt, max_length, data_file)
+    return TranslationExamples(ids, starts)
+
+
+def load_lm(model_spec: str | dict, tokenizer, seed: int):
+    """A causal LM named by the config (hub name, local dir) or built from {family, config}."""
+    if isinstance(model_spec, dict):
+        return causal_lm_from_config(model_spec, tokenizer, seed)
+    return load_causal_lm(model_spec, torch.float32)  # trained: fp32 master weights, mixed precision (precision.py)
+
+
+def train_teacher_lm(
+    model_spec: str | dict,
+    tokenizer_path: str,
+    data_dir: str | Path,
+    prompt_cfg: dict,
+    finetune_cfg: dict,
+    max_length: int,
+    model_out: str | Path,
+    log_out: str | Path,
+    checkpoint_dir: str | Path,
+    eval_batch_size: int = 64,
+    chunk_size: int = 1024,
+    packing: bool = True,
+) -> dict:
+    """Train the teacher on the train split (CE on the response tokens); eval loss on dev."""
+    tokenizer = load_lm_tokenizer(tokenizer_path)
+    prompt = make_prompt(tokenizer, prompt_cfg)
+    seed = finetune_cfg["training"]["seed"]
+    data_dir = Path(data_dir)
+    # Before the model is loaded: a max_length that leaves no pair fails here (check_a_pair_fits).
+    train = translation_examples(data_dir / "train.jsonl", tokenizer, prompt, max_length)
+    dev = translation_examples(data_dir / "dev.jsonl", tokenizer, prompt, max_length)
+    model = load_lm(model_spec, tokenizer, seed)
+    args = training_arguments(finetune_cfg["training"], finetune_cfg["learning_rate"], checkpoint_dir, eval_batch_size)
+    trainer = TokenKDTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=dev,
+        data_collator=TranslationCollator(tokenizer.pad_token_id, max_length if packing else None),
+        chunk_size=chunk_size,
+    )
+    job = {
+        "stage": "teacher_lm",
+        "model": model_spec,
+        "finetune": finetune_cfg,
+        "prompt": prompt_cfg,
+        "data": sha256_file(data_dir / "train.jsonl"),
+        "max_length": max_length,
+        "packing": packing,
+    }
+    return train_and_save(trainer, job, model_out, log_out, tokenizer=tokenizer)
+
+
+def fp32_head(model) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The LM head's weight (and bias) in fp32: logits are computed from them, never in bf16/fp16."""
+    head = model.get_output_embeddings()
+    bias = getattr(head, "bias", None)
+    return head.weight.detach().float(), None if bias is None else bias.detach().float()
+
+
+@torch.no_grad()
+def teacher_topk(
+    model, batch: dict, k: int, chunk_size: int = 1024, head: tuple | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-k log-probabilities, their token ids, the log of the mass outside the top-k and the
+    full-row log-sum-exp for every response token of the collated batch, in its row order. The
+    full-vocabulary logits exist one chunk at a time, computed in fp32 (`head`: fp32_head(model),
+    made once by the caller)."""
+    dev = next(model.parameters()).device
+    batch = {key: v.to(dev) for key, v in batch.items()}
+    hidden, _ = response_hidden_states(model, model, batch)
+    weight, bias = head if head is not None else fp32_head(model)
+    logprobs, indices, tail, lse = [], [], [], []
+    for start in range(0, hidden.shape[0], chunk_size):
+        logits = F.linear(hidden[start : start + chunk_size].float(), weight, bias)
+        row_lse = torch.logsumexp(logits, dim=-1)
+        top = logits.topk(k, dim=-1)
+        logprobs.append(top.values - row_lse[:, None])
+        indices.append(top.indices)
+        tail.append(torch.logsumexp(logits.scatter_(-1, top.indices, float("-inf")), dim=-1) - row_lse)
+        lse.append(row_lse)
+    return torch.cat(logprobs), torch.cat(indices), torch.cat(tail), torch.cat(lse)
+
+
+def topk_rows(
+    model, ids: list[list[int]], starts: list[int], settings: dict, pad_token_id: int, desc: str = "cache"
+) -> dict[str, torch.Tensor]:
+    """The teacher's top-k log-probabilities (value_dtype), indices (int32), tail log-mass and
+    row log-sum-exp (fp32) for every response token of the examples, in their order, on the CPU:
+    `batch_size` examples at a time, padded or packed (`packing`) into rows of `max_length` tokens."""
+    collate = TranslationCollator(pad_token_id, settings["max_length"] if settings["packing"] else None)
+    head = fp32_head(model)
+    size, k = settings["batch_size"], settings["top_k"]
+    dtypes = {
+        "topk_logprobs": VALUE_DTYPES[settings["value_dtype"]],
+        "topk_indices": torch.int32,
+        "tail_logmass": torch.float32,
+        "lse": torch.float32,
+    }
+    out: dict[str, list[torch.Tensor]] = {name: [] for name in dtypes}
+    for b in progress(range(0, len(ids), size), desc=f"{desc} top-k", unit="batches"):
+        items = [
+            {"input_ids": s, "response_start": r} for s, r in zip(ids[b : b + size], starts[b : b + size], strict=True)
+        ]
+        batch = collate(items)
+        rows = restore_item_order(batch, items, *teacher_topk(model, batch, k, settings["chunk_size"], head))
+        for (name, dtype), tensor in zip(dtypes.items(), rows, strict=True):
+            out[name].append(tensor.to(dtype).cpu())
+    empty = {"topk_logprobs": (0, k), "topk_indices": (0, k), "tail_logmass": (0,), "lse": (0,)}
+    return {
+        name: torch.cat(parts) if parts else torch.zeros(empty[name], dtype=dtypes[name]) for name, parts in out.items()
+    }
+
+
+def token_digest(ids: list[int]) -> torch.Tensor:
+    """16 bytes of the SHA-256 of a token-id sequence (as int32), as a uint8 tensor."""
+    data = torch.tensor(ids, dtype=torch.int32).numpy().tobytes()
+    return torch.frombuffer(bytearray(hashlib.sha256(data).digest()[:16]), dtype=torch.uint8)
+
+
+def pair_digests(ids: list[list[int]], starts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Digests [n, 16] of each example's prompt ids and of its response ids."""
+    if not ids:
+        return torch.zeros((0, 16), dtype=torch.uint8), torch.zeros((0, 16), dtype=torch.uint8)
+    prompts = torch.stack([token_digest(seq[:start]) for seq, start in zip(ids, starts, strict=True)])
+    responses = torch.stack([token_digest(seq[start:]) for seq, start in zip(ids, starts, strict=True)])
+    return prompts, responses
+
+
+def _cache_shard(model, tokenizer, prompt, rows, first_index, settings, desc: str = "cache") -> dict[str, torch.Tensor]:
+    if settings["targets"] == "teacher":
+        outputs = generate_translations(
+            model,
+            tokenizer,
+            prompt,
+            [r["source"] for r in rows],
+            settings["batch_size"],
+            settings["max_new_tokens"],
+            desc=f"{desc} translate",
+        )
+        rows = [{**r, "target": o["hypothesis"]} for r, o in zip(rows, outputs, strict=True)]
+    ids, starts, kept, dropped = encode_rows(rows, tokenizer, prompt, settings["max_length"])
+    prompt_digest, response_digest = pair_digests(ids, starts)
+    topk = topk_rows(model, ids, starts, settings, tokenizer.pad_token_id, desc)
+    for name in ("topk_logprobs", "lse"):  # the tail log-mass may be -inf (k = V)
+        if not torch.isfinite(topk[name]).all():
+            raise RuntimeError(
+                f"{desc}: the teacher gave non-finite {name} on training examples {first_index}.."
+                f"{first_index + len(rows) - 1} (NaN weights, or fp16 overflow): nothing of this shard is cached"
+            )
+    return {
+        "example_index": torch.tensor([first_index + i for i in kept], dtype=torch.int64),
+        "lengths": torch.tensor([len(s) for s in ids], dtype=torch.int64),
+        "response_start": torch.tensor(starts, dtype=torch.int64),
+        "input_ids": torch.tensor([t for s in ids for t in s], dtype=torch.int32),
+        "prompt_digest": prompt_digest,
+        "response_digest": response_digest,
+        **topk,
+        "dropped_too_long": torch.tensor([dropped], dtype=torch.int64),
+    }
+
+
+def cache_teacher_topk(
+    teacher_path: str,
+    tokenizer_path: str,
+    data_dir: str | Path,
+    prompt_cfg: dict,
+    cache_cfg: dict,
+    max_length: int,
+    store: str | Path,
+    pointer_out: str | Path,
+    packing: bool = True,
+) -> dict:
+    """Cache the teacher's top-k on the train split, shard by shard (resuming a killed job at
+    its first missing shard; an unchanged entry is reused). cache_cfg: top_k, batch_size,
+    shard_size, value_dtype, targets (reference | teacher), max_new_tokens, chunk_size. Packing
+    changes the batches' layout, not the values (up to float rounding): not part of the key."""
+    train_file = Path(data_dir) / "train.jsonl"
+    tokenizer = load_lm_tokenizer(tokenizer_path)
+    prompt = make_prompt(tokenizer, prompt_cfg)
+    settings = {"max_length": max_length, "packing": packing, **cache_cfg}
+    rows = read_jsonl(train_file)
+    # Before the teacher is loaded: a max_length that leaves no pair would cache nothing.
+    check_a_pair_fits(rows, tokenizer, prompt, max_length, train_file, responses=settings["targets"] == "reference")
+    model = load_causal_lm(teacher_path).to(device()).eval()
+    if settings["top_k"] > model.config.vocab_size:  # a hub or kdsweep-trained teacher (local ones: config.py)
+        raise ValueError(
+            f"translation.teacher.cache.top_k: {settings['top_k']} is larger than the vocabulary of the teacher "
+            f"{teacher_path} ({model.config.vocab_size} tokens); top_k = {model.config.vocab_size} caches every token"
+        )
+    key_parts = {
+        "kind": "lm_topk",
+        "values": "logprob",  # top-k log-probabilities (teacher logits minus the row's log-sum-exp)
+        "teacher": model_fingerprint(model),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "data": sha256_file(train_file),
+        "prompt": prompt.template,
+        "marker": prompt.marker,
+        **{k: settings[k] for k in ("max_length", "top_k", "value_dtype", "targets", "shard_size")},
+        **({"max_new_tokens": settings["max_new_tokens"]} if settings["targets"] == "teacher" else {}),
+    }
+    entry = CacheEntry(store, key_parts)
+    check = topk_shard_problem(model.config.vocab_size)
+    reused = entry.reuse(check)  # a complete entry is verified first: damaged shards are rebuilt
+    if reused:
+        log.info("teacher cache %s is up to date, not recomputed", entry.dir)
+    else:
+        size = settings["shard_size"]
+        num_shards = max(1, math.ceil(len(rows) / size))
+        for index in range(num_shards):
+            if entry.has_shard(index):
+                problem = entry.shard_problem(index, check)
+                if not problem:
+                    log.info("shard %d/%d already cached", index + 1, num_shards)
+                    continue
+                log.warning("%s", problem)  # recomputed below, replacing the file
+            shard_rows = rows[index * size : (index + 1) * size]
+            desc = f"cache shard {index + 1}/{num_shards}"
+            entry.write_shard(index, _cache_shard(model, tokenizer, prompt, shard_rows, index * size, settings, desc))
+            log.info("cached shard %d/%d", index + 1, num_shards)
+        info = {"rows": len(rows), "teacher_path": str(teacher_path), "teacher_vocab_size": model.config.vocab_size}
+        entry.finish(num_shards, {**info, **topk_summary(entry, num_shards)})
+    write_pointer(pointer_out, entry, reused)
+    return entry.manifest()
+
+
+def topk_summary(entry: CacheEntry, num_shards: int) -> dict:
+    """Examples, tokens, dropped pairs, mean captured probability mass and bytes per token."""
+    examples = tokens = dropped = 0
+    mass = 0.0
+    topk_bytes = 0
+    for index in range(num_shards):
+        shard = entry.read_shard(index)
+        examples += len(shard["lengths"])
+        tokens += len(shard["lse"])
+        dropped += int(shard["dropped_too_long"][0])
+        mass += shard["topk_logprobs"].float().exp().sum(-1).sum().item()
+        topk_bytes += sum(shard[k].numel() * shard[k].element_size() for k in TOKEN_ROWS)
+    return {
+        "examples": examples,
+        "response_tokens": tokens,
+        "dropped_too_long": dropped,
+        "mean_captured_mass": mass / max(tokens, 1),
+        "bytes_per_token": topk_bytes / max(tokens, 1),
+    }
+
+
+# The value rules of a top-k shard's token rows, in the order their problems are named: (tensor,
+# whether a chunk passes, from its extremes: NaN fails every comparison; its bad rows). The
+# row-wise pass (slower) runs only on a chunk that fails, to count and name the rows.
+TOKEN_ROW_RULES = {
+    "non-finite top-k log-probabilities": (
+        "topk_logprobs",
+        lambda t: bool(torch.isfinite(t.min()) and torch.isfinite(t.max())),
+        lambda t: ~torch.isfinite(t).all(-1),
+    ),
+    "positive top-k log-probabilities": ("topk_logprobs", lambda t: bool(t.max() <= 0), lambda t: (t > 0).any(-1)),
+    "a NaN or positive tail log-mass": ("tail_logmass", lambda t: bool(t.max() <= 0), lambda t: t.isnan() | (t > 0)),
+    "a non-finite log-sum-exp": (
+        "lse",
+        lambda t: bool(torch.isfinite(t.min()) and torch.isfinite(t.max())),
+        lambda t: ~torch.isfinite(t),
+    ),
+}
+IN_VOCABULARY = ("topk_indices", "input_ids")
+
+
+class TopkScan:
+    """The value check of a top-k cache shard, fed whole tensors or chunks of rows (a ShardScan:
+    CacheEntry.scan_shard streams a shard through it in bounded memory): the examples' lengths
+    account for every token id and top-k row, log-probabilities are finite and <= 0, the tail's
+    log-mass is <= 0 or -inf (top-k covers the vocabulary), the log-sum-exp is finite, and every
+    token id and top-k index lies in the teacher's vocabulary."""
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+
+    def begin(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        self.shapes = shapes
+        self.small: dict[str, list[torch.Tensor]] = {"lengths": [], "response_start": []}
+        self.failed = {what: False for what in TOKEN_ROW_RULES}
+        self.bad = dict.fromkeys(TOKEN_ROW_RULES, 0)
+        self.first: dict[str, int | None] = dict.fromkeys(TOKEN_ROW_RULES)
+        self.extremes: dict[str, tuple[int, int]] = {}
+
+    def feed(self, name: str, chunk: torch.Tensor, first_row: int) -> None:
+        if name in self.small:
+            self.small[name].append(chunk.clone())
+        if not len(chunk):
+            return
+        for what, (tensor, passes, bad_rows) in TOKEN_ROW_RULES.items():
+            if tensor == name and not passes(chunk):
+                self.failed[what] = True
+                bad = bad_rows(chunk)
+                self.bad[what] += int(bad.sum())
+                if self.first[what] is None and bad.any():
+                    self.first[what] = first_row + int(bad.nonzero()[0])
+        if name in IN_VOCABULARY:
+            low, high = int(chunk.min()), int(chunk.max())
+            if name in self.extremes:
+                low, high = min(low, self.extremes[name][0]), max(high, self.extremes[name][1])
+            self.extremes[name] = (low, high)
+
+    def problem(self) -> str | None:
+        lengths, starts = (torch.cat(self.small[n]) for n in ("lengths", "response_start"))
+        rows, ids = int((lengths - starts).sum()), self.shapes["input_ids"][0]
+        if int(lengths.sum()) != ids or any(self.shapes[n][0] != rows for n in TOKEN_ROWS):
+            return (
+                f"{ids} token ids and {self.shapes['topk_logprobs'][0]} top-k rows do not match "
+                f"the examples' lengths ({int(lengths.sum())} ids, {rows} response tokens)"
+            )
+        for what, failed in self.failed.items():
+            if rows and failed:
+                first = self.first[what]
+                where = f" (the first: row {first})" if first is not None else ""
+                return f"{what} in {self.bad[what]} of {rows} token rows{where}"
+        for name in IN_VOCABULARY:
+            if name in self.extremes:
+                low, high = self.extremes[name]
+                if low < 0 or high >= self.vocab_size:
+                    return f"{name} holds {low if low < 0 else high}, outside the teacher's vocabulary [0, {self.vocab_size})"
+        return None
+
+
+class TopkCheck:
+    """topk_shard_problem's check: called on a shard's tensors (in memory), or `scan()` for
+    CacheEntry.scan_shard, which streams a shard through the same rules."""
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+
+    def scan(self) -> TopkScan:
+        return TopkScan(self.vocab_size)
+
+    def __call__(self, shard: dict[str, torch.Tensor]) -> str | None:
+        scan = self.scan()
+        scan.begin({name: tuple(t.shape) for name, t in shard.items()})
+        for name, t in shard.items():
+            scan.feed(name, t, 0)
+        return scan.problem()
+
+
+def topk_shard_problem(vocab_size: int) -> TopkCheck:
+    """The value check of a top-k cache shard (TopkScan), run before a shard is reused or trained on."""
+    return TopkCheck(vocab_size)
+
+
+def read_topk_cache(entry: CacheEntry) -> tuple[list[list[int]], list[int], list[tuple], list[int]]:
+    """Every cached example: (input_ids, response_starts, [(topk_logprobs, topk_indices, tail_logmass)],
+    example_index). Each shard's checksums and values are checked first (CacheDamaged)."""
+    ids, starts, topk, index = [], [], [], []
+    check = topk_shard_problem(entry.manifest()["teacher_vocab_size"])
+    for shard_index in range(entry.manifest()["num_shards"]):
+        shard = entry.read_checked(shard_index, check)
+        flat, row = shard["input_ids"].tolist(), 0
+        offset = 0
+        for length, start in zip(shard["lengths"].tolist(), shard["response_start"].tolist(), strict=True):
+            ids.append(flat[offset : offset + length])
+            starts.append(start)
+            n = length - start
+            topk.append(tuple(shard[name][row : row + n] for name in TOKEN_ROWS[:3]))
+            offset, row = offset + length, row + n
+        index += shard["example_index"].tolist()
+    return ids, starts, topk, index
+
+
+def check_cache_alignment(
+    entry: CacheEntry, rows: list[dict], tokenizer, prompt: Prompt, check_responses: bool = True
+) -> None:
+    """The distill stage's own tokenization of every cached example (rows: the training split)
+    must give the ids the cache was built from: each example's prompt digest, and its response
+    digest when the responses are the data's references (not the teacher's translations). A count
+    check would pass a shifted or re-tokenized sequence; a digest does not."""
+    for shard_index in range(entry.manifest()["num_shards"]):
+        shard = entry.read_shard(shard_index, ("example_index", "prompt_digest", "response_digest"))
+        if "prompt_digest" not in shard:
+            raise RuntimeError(f"{entry.shard_path(shard_index)}: a cache without token digests; rebuild the cache")
+        for i, example in enumerate(shard["example_index"].tolist()):
+            row = rows[example]
+            ids, start = encode_pair(tokenizer, prompt, row["source"], row["target"])
+            parts = [("prompt", ids[:start], shard["prompt_digest"][i])]
+            if check_responses:
+                parts.append(("response", ids[start:], shard["response_digest"][i]))
+            for name, own, cached in parts:
+                if not torch.equal(token_digest(own), cached):
+                    raise RuntimeError(
+                        f"{entry.shard_path(shard_index)}: training example {example} (line {example + 1} of the "
+                        f"training split) tokenizes to other {name} ids than the teacher cache holds: the student's "
+                        "tokenizer or prompt differs from the cache's; rebuild the cache with this tokenizer and prompt"
+                    )

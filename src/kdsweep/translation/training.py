@@ -1,0 +1,194 @@
+"""Training pieces of the translation (decoder LM) path, on top of the shared trainer in
+training.py: tokenized prompt+response examples, their collator, the final hidden states of
+the response tokens, and the Trainer whose loss is token-level KD from the cached top-k.
+
+Positions: in a sequence of L tokens whose response starts at r, the response tokens r..L-1
+are predicted from the hidden states at r-1..L-2. The teacher cache stores its top-k for
+exactly those rows, in the same order, so the student's selected rows line up with them.
+
+Packing (the default; `translation.packing`): instead of padding every sequence to the longest
+of its batch, the collator places the batch's examples into rows of at most `max_length` tokens
+(first-fit decreasing) with position ids restarting at 0 for each example and no attention mask.
+Transformers then builds a block-diagonal causal mask from the position ids (sdpa, eager; torch
+>= 2.6), so no token attends to another example: the loss and gradients equal the padded batch's
+(tested), for fewer tokens (Europarl-length pairs in batches of 32: about half of a padded batch
+is padding). Response rows, and the teacher rows the collator concatenates, follow the packed
+order; `batch["order"]` lists the items in that order (restore_item_order undoes it).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Dataset
+
+from kdsweep.core.losses import chunked_token_losses
+from kdsweep.core.trainer import KDTrainer
+from kdsweep.translation.prompt import IGNORE_INDEX
+
+
+class TranslationExamples(Dataset):
+    """Encoded examples: input_ids and the response start; with the teacher's top-k rows
+    (log-probabilities, indices, tail log-mass) for every response token when distilling."""
+
+    def __init__(self, input_ids: list[list[int]], response_starts: list[int], topk: list[tuple] | None = None):
+        if topk is not None and len(topk) != len(input_ids):
+            raise ValueError(f"teacher cache has {len(topk)} examples, the data {len(input_ids)}")
+        self.input_ids, self.response_starts, self.topk = input_ids, response_starts, topk
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def __getitem__(self, i: int) -> dict:
+        item = {"input_ids": self.input_ids[i], "response_start": self.response_starts[i]}
+        if self.topk is not None:
+            item["topk_logprobs"], item["topk_indices"], item["topk_tail"] = self.topk[i]
+        return item
+
+
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Item indices per row, first-fit decreasing: each row holds at most `capacity` tokens (an
+    item longer than that gets a row of its own). Ties keep the items' order."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for r, free in enumerate(room):
+            if lengths[i] <= free:
+                rows[r].append(i)
+                room[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            room.append(capacity - lengths[i])
+    return rows
+
+
+class TranslationCollator:
+    """Right-pads a batch, or packs it (pack_length: the row capacity in tokens, see the module
+    doc); labels are IGNORE_INDEX on the prompt and the padding. Teacher rows are concatenated in
+    the order of the items in the batch's rows, matching the student's response rows."""
+
+    def __init__(self, pad_token_id: int, pack_length: int | None = None):
+        self.pad_token_id, self.pack_length = pad_token_id, pack_length
+
+    def __call__(self, items: list[dict]) -> dict:
+        lengths = [len(it["input_ids"]) for it in items]
+        if self.pack_length:
+            rows = pack_rows(lengths, self.pack_length)
+        else:
+            rows = [[i] for i in range(len(items))]
+        width = max(sum(lengths[i] for i in row) for row in rows)
+        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            at = 0
+            for i in row:
+                ids, end = torch.as_tensor(items[i]["input_ids"], dtype=torch.long), at + lengths[i]
+                input_ids[r, at:end] = ids
+                labels[r, at + items[i]["response_start"] : end] = ids[items[i]["response_start"] :]
+                position_ids[r, at:end] = torch.arange(lengths[i])
+                at = end
+            position_ids[r, at:] = torch.arange(width - at)  # the padding: a segment of its own
+        batch = {"input_ids": input_ids, "labels": labels}
+        if self.pack_length:
+            batch["position_ids"] = position_ids
+            batch["order"] = torch.tensor([i for row in rows for i in row], dtype=torch.long)
+        else:
+            batch["attention_mask"] = (torch.arange(width) < torch.tensor(lengths)[:, None]).long()
+        order = [i for row in rows for i in row]
+        for key in ("topk_logprobs", "topk_indices", "topk_tail"):
+            if key in items[0]:
+                batch[key] = torch.cat([torch.as_tensor(items[i][key]) for i in order])
+        return batch
+
+
+def restore_item_order(batch: dict, items: list[dict], *rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Response rows computed on a (packed) batch, put back in the items' order."""
+    if "order" not in batch:
+        return rows
+    order = batch["order"].tolist()
+    counts = [len(items[i]["input_ids"]) - items[i]["response_start"] for i in order]
+    position = {item: p for p, item in enumerate(order)}
+    out = []
+    for tensor in rows:
+        pieces = tensor.split(counts)
+        out.append(torch.cat([pieces[position[i]] for i in range(len(items))]))
+    return tuple(out)
+
+
+def _final_norm(model) -> torch.nn.Module:
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
+    norm = getattr(decoder, "norm", None)
+    if norm is None:
+        raise ValueError(f"{type(model).__name__}: no final norm (decoder.norm) to read hidden states from")
+    return norm
+
+
+def response_hidden_states(model, unwrapped, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Final (normed) hidden states [N, d] of the rows that predict the N response tokens of a
+    collated batch (padded or packed), and those tokens [N]. `model` may be wrapped (DDP,
+    DeepSpeed): the forward goes through it, asking the LM for the last position's logits only;
+    the states come from a hook on the final norm."""
+    captured = {}
+    hook = _final_norm(unwrapped).register_forward_hook(lambda mod, args, out: captured.update(h=out))
+    try:
+        model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch.get("attention_mask"),
+            position_ids=batch.get("position_ids"),
+            logits_to_keep=1,
+            use_cache=False,
+        )
+    finally:
+        hook.remove()
+    labels = batch["labels"]
+    mask = labels[:, 1:] != IGNORE_INDEX
+    return captured["h"][:, :-1][mask], labels[:, 1:][mask]
+
+
+class TokenKDTrainer(KDTrainer):
+    """KDTrainer for decoder LMs: per response token alpha * T^2 * topk_kd + (1 - alpha) * CE,
+    computed in chunks over the vocabulary (losses.topk_kd: `kd_loss` and `tail`). Tokens in
+    `ce_only_ids` (targets the teacher was never trained on, e.g. the end marker for an Instruct
+    teacher) get their CE alone, with full weight. Without teacher rows (evaluation, teacher
+    training) the loss is the response CE. Summed, then divided by the global batch's response
+    tokens (KDTrainer.compute_loss)."""
+
+    def __init__(
+        self,
+        *args,
+        kd_loss: str = "forward_kl",
+        tail: str = "ignore",
+        chunk_size: int = 1024,
+        ce_only_ids: list[int] | tuple[int, ...] = (),
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        self.kd_loss, self.tail, self.chunk_size = kd_loss, tail, chunk_size
+        self.ce_only_ids = torch.tensor(sorted(ce_only_ids), dtype=torch.long)
+
+    def loss_terms(self, model, inputs):
+        topk_logprobs, topk_indices = inputs.pop("topk_logprobs", None), inputs.pop("topk_indices", None)
+        topk_tail = inputs.pop("topk_tail", None)
+        unwrapped = self.accelerator.unwrap_model(model)
+        hidden, targets = response_hidden_states(model, unwrapped, inputs)
+        use_kd = topk_logprobs is not None and self.alpha > 0
+        if topk_logprobs is not None and len(topk_logprobs) != len(targets):
+            raise RuntimeError(f"teacher cache rows ({len(topk_logprobs)}) != response tokens ({len(targets)})")
+        ce, kd = chunked_token_losses(
+            hidden,
+            unwrapped.get_output_embeddings(),
+            targets,
+            topk_logprobs if use_kd else None,
+            topk_indices if use_kd else None,
+            self.temperature,
+            self.kd_loss,
+            self.tail,
+            self.chunk_size,
+            topk_tail if use_kd else None,
+        )
+        if not use_kd:
+            return ce.sum(), {"ce": ce.sum()}, len(targets), {}
+        kd_on = ~torch.isin(targets, self.ce_only_ids.to(targets.device))
+        per_token = torch.where(kd_on, self.alpha * kd + (1 - self.alpha) * ce, ce)
+        return per_token.sum(), {"ce": ce.sum(), "kd": torch.where(kd_on, kd, 0.0).sum()}, len(targets), {}

@@ -1,0 +1,218 @@
+"""The report reads only the runs' output files: eval JSONs, training logs, data manifests."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from kdsweep.core.io import write_json, write_jsonl
+from kdsweep.core.paths import RunPaths
+from kdsweep.core.report import write_report
+
+
+def fake_run_outputs(paths, task, splits, points):
+    write_json(
+        paths.data_manifest(task),
+        {
+            "source": "synthetic",
+            "splits": {"train": {"rows_read": 10, "rows_written": 9, "dropped_by_reason": {"short row": 1}}},
+        },
+    )
+    write_json(paths.eval_json(task, "teacher"), {"splits": {s: {"accuracy": 0.9, "macro_f1": 0.88} for s in splits}})
+    for i, (pid, params) in enumerate(points.items()):
+        acc = 0.5 + 0.1 * i
+        write_json(
+            paths.eval_json(task, pid),
+            {"params": params, "splits": {s: {"accuracy": acc, "macro_f1": acc - 0.05} for s in splits}},
+        )
+        write_jsonl(
+            paths.distill_log(task, pid),
+            [{"step": 1, "loss": 1.0 - i / 10}, {"step": 2, "loss": 0.5}, {"step": 2, "eval_loss": 0.7}],
+        )
+
+
+def test_alpha_sweep_gets_its_own_table_and_numbers_are_the_runs(tmp_path):
+    paths = RunPaths(str(tmp_path / "run"))
+    points = {
+        "lr0.001_a0.5_T2": {"learning_rate": 1e-3, "alpha": 0.5, "temperature": 2.0},
+        "lr0.001_a1_T2": {"learning_rate": 1e-3, "alpha": 1.0, "temperature": 2.0},
+        "lr1e-05_a0.5_T2": {"learning_rate": 1e-5, "alpha": 0.5, "temperature": 2.0},
+        "lr1e-05_a1_T2": {"learning_rate": 1e-5, "alpha": 1.0, "temperature": 2.0},
+    }
+    fake_run_outputs(paths, "mnli", ["dev_matched", "dev_mismatched"], points)
+    fake_run_outputs(paths, "qqp", ["dev"], points)
+    md = write_report(
+        paths,
+        {
+            "title": "test report",
+            "glue": {"tasks": ["mnli", "qqp"], "points": points, "swept": ["learning_rate", "alpha"]},
+        },
+    )
+
+    by_alpha = pd.read_csv(paths.report_table("qqp", "alpha", "csv"))
+    assert list(by_alpha.columns) == ["Alpha", "Learning rate", "Accuracy (%)", "Macro-F1"]
+    row = by_alpha[(by_alpha["Alpha"] == 1.0) & (by_alpha["Learning rate"] == 1e-5)].iloc[0]
+    assert row["Accuracy (%)"] == pytest.approx(80.0) and row["Macro-F1"] == pytest.approx(75.0)  # point 3: 0.5 + 0.3
+
+    by_lr = pd.read_csv(paths.report_table("mnli", "learning_rate", "csv"))
+    assert list(by_lr.columns) == [
+        "Learning rate",
+        "Alpha",
+        "Accuracy m (%)",
+        "Macro-F1 m",
+        "Accuracy mm (%)",
+        "Macro-F1 mm",
+    ]
+    assert by_lr["Learning rate"].tolist() == [1e-3, 1e-5, 1e-3, 1e-5]  # grouped by alpha, largest LR first
+    tex = open(paths.report_table("mnli", "learning_rate", "tex")).read()
+    assert "\\begin{table}" in tex and "0.001" in tex and "60" in tex
+    text = md.read_text()
+    assert (
+        "## MNLI" in text
+        and "MNLI by alpha" in text
+        and "train: 9 rows written of 10 read (dropped: short row: 1)" in text
+    )
+    assert "Teacher: Accuracy m (%) 90, Macro-F1 m 88" in text
+    assert "![qqp loss curves](report/qqp_loss.png)" in text
+
+
+def test_loss_curves_plot_each_runs_logged_losses(tmp_path):
+    from kdsweep.core.report import loss_curve_figure
+
+    paths = RunPaths(str(tmp_path / "run"))
+    points = {"lr0.001_a0.5_T2": {}, "lr1e-05_a0.5_T2": {}}
+    fake_run_outputs(paths, "qqp", ["dev"], points)
+    fig = loss_curve_figure(paths, "qqp", points)
+    lines = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in fig.axes[0].get_lines()}
+    assert lines == {
+        "lr0.001_a0.5_T2 train": ([1, 2], [1.0, 0.5]),
+        "lr0.001_a0.5_T2 eval (CE)": ([2], [0.7]),
+        "lr1e-05_a0.5_T2 train": ([1, 2], [0.9, 0.5]),
+        "lr1e-05_a0.5_T2 eval (CE)": ([2], [0.7]),
+    }
+
+
+def test_experiment_tables_study_comparison_and_runtime(tmp_path):
+    paths = RunPaths(str(tmp_path / "run"))
+    sweep = {
+        "lr2e-05_a0.5_T2": {"learning_rate": 2e-5, "alpha": 0.5, "temperature": 2.0},
+        "lr2e-07_a0.5_T2": {"learning_rate": 2e-7, "alpha": 0.5, "temperature": 2.0},
+    }
+    extra = {
+        "lr2e-05_a1_T2": {},
+        "lr2e-05_a1_T2_cos1": {},
+        "lr2e-05_a0.5_T2_cos1": {},
+        "lr2e-05_a0.5_T2_cos1_rand": {},
+    }
+    fake_run_outputs(paths, "qqp", ["dev"], {**sweep, **extra})  # accuracy 0.5, 0.6, ... in this order
+    ablation = {
+        "KD only": "lr2e-05_a1_T2",
+        "KD + hidden cosine": "lr2e-05_a1_T2_cos1",
+        "KD + hidden cosine + CE": "lr2e-05_a0.5_T2_cos1",
+        "KD + hidden cosine + CE, random init": "lr2e-05_a0.5_T2_cos1_rand",
+    }
+    base = {"learning_rate": 2e-5, "alpha": 0.5, "temperature": 2.0}
+    reference = tmp_path / "reference.yaml"
+    reference.write_text(
+        "glue:\n  qqp:\n    split: dev\n    rows:\n"
+        "      - {learning_rate: 2.0e-5, alpha: 0.5, accuracy: 90.0, macro_f1: 89.46}\n"
+        "      - {learning_rate: 2.0e-9, alpha: 0.5, accuracy: 63.18, macro_f1: 38.72}\n"
+    )
+    # Two jobs' benchmark files: a local one (plain format) and a Slurm one (--benchmark-extended).
+    bench = Path(paths.benchmark("distill", "qqp", "lr2e-05_a0.5_T2"))
+    bench.parent.mkdir(parents=True)
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time"
+    bench.write_text(header + "\n3600.0\t1:00:00\t2048.5\t1\t1\t1\t0\t0\t90\t3000.0\n")
+    resources = {"mem_mb": 128000, "nodes": 2, "slurm_extra": "--gpus-per-node=v100-sxm2:4 --signal=USR1@600"}
+    extended = header + "\tjobid\trule_name\twildcards\tparams\tthreads\tcpu_usage\tresources\tinput_size_mb\n"
+    extended += f"1800.0\t0:30:00\t1000\t1\t1\t1\t0\t0\t90\t1500.0\t7\tdistill\t{{}}\t{{}}\t16\t90\t{resources}\t{{}}\n"
+    Path(paths.benchmark("distill", "qqp", "lr2e-07_a0.5_T2")).write_text(extended)
+    Path(paths.benchmark("report")).write_text(header + "\n5.0\t0:00:05\t100\t1\t1\t1\t0\t0\t90\t4.0\n")
+
+    md = write_report(
+        paths,
+        {
+            "title": "t",
+            "reference": str(reference),
+            "glue": {
+                "tasks": ["qqp"],
+                "points": sweep,
+                "swept": ["learning_rate"],
+                "experiments": {"ablation": {"base": base, "rows": ablation}},
+            },
+        },
+    ).read_text()
+
+    table = pd.read_csv(paths.report_file("qqp_ablation", "csv"))
+    assert table["Loss"].tolist() == list(ablation)
+    assert table["Accuracy (%)"].tolist() == [70.0, 80.0, 90.0, 100.0]  # the runs' own numbers
+    assert table["Accuracy (%), diff to full"].tolist() == [-20.0, -10.0, 0.0, 10.0]
+    assert "### QQP: loss ablation (learning rate 2e-05, alpha 0.5, temperature 2)" in md
+
+    study = pd.read_csv(paths.report_file("qqp_vs_study", "csv"))
+    first = study.iloc[0]
+    ours = [float(first[c]) for c in ("Accuracy kdsweep (%)", "Accuracy study (%)", "Accuracy diff")]
+    assert ours == [50.0, 90.0, -40.0]
+    assert [float(first["Macro-F1 kdsweep"]), float(first["Macro-F1 diff"])] == [45.0, -44.46]
+    assert study.iloc[1]["Accuracy kdsweep (%)"] == "not run"  # the study's 2e-9 was not run here
+
+    runtime = pd.read_csv(paths.report_file("runtime", "csv")).set_index("Rule")
+    assert "report" not in runtime.index  # the report's own job: left out, so a rerun has the same table
+    distill = runtime.loc["distill"]
+    assert (distill["Jobs"], distill["Wall time (s)"], distill["GPUs per job"]) == (2, 5400.0, 8)
+    assert distill["GPU-hours"] == pytest.approx(4.0)  # 0.5 h x 4 GPUs x 2 nodes; the local job held none
+    assert distill["Peak RSS (MB)"] == pytest.approx(2048.0, abs=1)
+
+    html = Path(paths.report_file("qqp_vs_study", "html")).read_text()
+    assert html.startswith("<!DOCTYPE html>") and "<td>90</td>" in html and "Accuracy diff" in html
+    assert "## Runtime and GPU-hours per rule" in md and "[.html](report/runtime.html)" in md
+    # LaTeX: special characters escaped in headers and captions (a bare % would comment out the rest).
+    tex = Path(paths.report_file("qqp_ablation", "tex")).read_text()
+    assert "Accuracy (\\%), diff to full" in tex and "(%)" not in tex
+    tex = Path(paths.report_file("runtime", "tex")).read_text()
+    assert "GPU-hours" in tex and "Peak RSS (MB)" in tex
+
+
+def test_translation_study_comparison(tmp_path):
+    from kdsweep.core.report import translation_vs_study
+
+    paths = RunPaths(str(tmp_path / "run"))
+    write_json(paths.eval_json("europarl_en_fr", "base"), {"bleu": 17.891, "comet": 0.7512})
+    write_json(paths.eval_json("europarl_en_fr", "lr0.001_a0.5_T1"), {"bleu": 27.0, "comet": None})
+    points = {"lr0.001_a0.5_T1": {"learning_rate": 1e-3, "alpha": 0.5, "temperature": 1.0}}
+    ref = {
+        "rows": [
+            {"model": "base", "bleu": 18.89, "comet": 0.73},
+            {"learning_rate": 1e-3, "bleu": 25.76, "comet": 0.80},
+            {"learning_rate": 1e-4, "bleu": 26.57, "comet": 0.82},
+        ]
+    }
+    table = translation_vs_study(paths, "europarl_en_fr", points, ref)
+    assert table["Model"].tolist() == [
+        "Base model",
+        "Distilled (learning rate 0.001)",
+        "Distilled (learning rate 0.0001)",
+    ]
+    assert table.iloc[0][["SacreBLEU kdsweep", "SacreBLEU diff", "COMET kdsweep", "COMET diff"]].tolist() == [
+        17.89,
+        -1.0,
+        0.7512,
+        0.0212,
+    ]
+    assert table.iloc[1][["SacreBLEU diff", "COMET kdsweep", "COMET diff"]].tolist() == [1.24, "not computed", ""]
+    assert table.iloc[2][["SacreBLEU kdsweep", "COMET kdsweep"]].tolist() == ["not run", "not run"]
+
+
+def test_translation_rows_count_stop_reasons_from_the_outputs(tmp_path):
+    """The runaway rate is the share that ran to max_new_tokens; a model that stops at <|eot_id|>
+    (the base model, an Instruct teacher) is not a runaway. The rates in the table are the counts
+    of the outputs' stop reasons, written by evaluate_translation."""
+    from kdsweep.core.report import translation_row
+    from kdsweep.translation.evaluate import stop_rates
+
+    outputs = [{"stop": s} for s in ["eos"] * 6 + ["marker"] * 3 + ["max_new_tokens"]]
+    result = {"bleu": 20.0, "chrf": 50.0, "comet": None, "length_ratio": 1.0, "stop_rates": stop_rates(outputs)}
+    row = translation_row(result)
+    assert (row["Ended with marker (%)"], row["Ended with eos (%)"], row["Runaway (%)"]) == (30.0, 60.0, 10.0)
+    eot_only = {**result, "stop_rates": stop_rates([{"stop": "eos"}] * 4)}
+    assert translation_row(eot_only)["Runaway (%)"] == 0.0

@@ -1,0 +1,165 @@
+"""A real Snakemake run of the translation DAG at test size: synthetic Europarl files in a local folder, a BPE
+tokenizer, a tiny Llama teacher trained from a config, the top-k cache, a student built from
+its layers distilled with 2 CPU processes (DeepSpeed ZeRO-2), generation, SacreBLEU and COMET
+(a tiny COMET model built here, loaded like the real checkpoint), and the report."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import sacrebleu
+import torch
+import yaml
+from test_workflow import REPO, planned, snakemake
+from tiny import DEMO_TEMPLATE, HOSTILE_NAME, injected, tiny_llama
+from tiny_comet import build_tiny_comet
+from transformers import AutoModelForCausalLM
+
+from kdsweep.core.cache import open_pointer
+from kdsweep.core.io import read_jsonl
+from kdsweep.core.paths import RunPaths
+from kdsweep.translation.synthetic import write_synthetic_europarl
+from kdsweep.translation.teacher import read_topk_cache
+
+pytestmark = pytest.mark.integration
+TASK = "europarl_en_fr"
+STEPS = {"batch_size": 16, "eval_steps": 5, "save_steps": 5, "logging_steps": 5}
+
+
+def small_translation_config(comet_ckpt: str) -> dict:
+    return {
+        "run_name": "tr",
+        "translation": {
+            "source": "synthetic",
+            "synthetic": {"size": 200},
+            "dev_size": 20,
+            "test_size": 24,
+            "max_length": 128,
+            "prompt": {"template": DEMO_TEMPLATE},
+            "tokenizer_training": {"vocab_size": 400},
+            "teacher": {
+                "model": tiny_llama(2),
+                "finetune": {"enabled": True, "learning_rate": 3e-3, "training": {"max_steps": 30, **STEPS}},
+                "cache": {"top_k": 8, "shard_size": 64},
+            },
+            "student": {"model": {"from_teacher": {"layers": [1]}}},
+            "distill": {
+                "sweep": {"learning_rate": [3e-3, 1e-5], "temperature": [1.0]},
+                "training": {"max_steps": 10, **STEPS},
+                "distributed": {"deepspeed": "zero2", "cpu_processes": 2},
+            },
+            "evaluate": {
+                "batch_size": 16,
+                "max_new_tokens": 24,
+                "samples": 3,
+                "comet": {"enabled": True, "model": comet_ckpt, "batch_size": 8, "gpus": 0},
+            },
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def tr_run(tmp_path_factory):
+    """The small translation run, its Europarl files (those kdsweep's synthetic rule would write)
+    read from a local folder, that folder and the results under HOSTILE_NAME."""
+    workdir = tmp_path_factory.mktemp("trwf")
+    ckpt = build_tiny_comet(workdir / "comet")
+    config = small_translation_config(ckpt)
+    local = workdir / HOSTILE_NAME / "europarl"
+    write_synthetic_europarl(local, size=config["translation"].pop("synthetic")["size"], seed=0)
+    config["translation"] |= {"source": "local", "local_dir": str(local)}
+    config["results_dir"] = HOSTILE_NAME
+    configfile = workdir / "tr.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    output = snakemake(workdir, configfile)
+    assert not injected(workdir, REPO)  # no command ran from a path
+    return workdir, configfile, RunPaths(str(workdir / HOSTILE_NAME / "tr")), output
+
+
+def test_translation_dag_runs_every_stage(tr_run, monkeypatch):
+    workdir, _, paths, output = tr_run
+    monkeypatch.chdir(workdir)  # the cache pointer names its store entry relative to the workflow's directory
+    assert planned(output) == {
+        "prepare_translation": 1,
+        "train_tokenizer_lm": 1,
+        "train_teacher_lm": 1,
+        "cache_teacher_lm": 1,
+        "init_student_lm": 1,
+        "distill_lm": 2,
+        "evaluate_translation": 4,
+        "report": 1,
+        "all": 1,
+    }
+    pointer = json.loads(Path(paths.cache_pointer(TASK)).read_text())
+    assert pointer["key_parts"]["top_k"] == 8 and pointer["key_parts"]["kind"] == "lm_topk"
+    distill_log = Path(paths.log("distill_lm", "lr0.003_a0.5_T1")).read_text()
+    assert "training on 2 process(es) (cpu), DeepSpeed ZeRO-2" in distill_log
+    assert max(h["step"] for h in read_jsonl(paths.distill_log(TASK, "lr0.003_a0.5_T1"))) == 10
+
+    # The cache holds the trained teacher's distributions: recomputed here with plain forward passes.
+    ids, starts, topk, _ = read_topk_cache(open_pointer(paths.cache_pointer(TASK)))
+    teacher = AutoModelForCausalLM.from_pretrained(paths.teacher_model(TASK)).eval()
+    for i in (0, len(ids) // 2, len(ids) - 1):
+        with torch.no_grad():
+            log_p = teacher(torch.tensor([ids[i]])).logits[0, starts[i] - 1 : -1].log_softmax(-1)
+        top = log_p.topk(8, dim=-1)
+        torch.testing.assert_close(topk[i][0].float(), top.values, rtol=1e-3, atol=2e-3)
+        assert (topk[i][1].long() == top.indices).float().mean() > 0.9  # fp16 near-ties may swap
+
+    # Distillation moved the student toward the teacher: the KD term, written out here (forward KL of
+    # the renormalized top-8 against the student's full softmax) on 32 training pairs, fell.
+    def kd(model_dir: str) -> float:
+        model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+        total, tokens = 0.0, 0
+        for i in range(32):
+            with torch.no_grad():
+                log_q = model(torch.tensor([ids[i]])).logits[0, starts[i] - 1 : -1].log_softmax(-1)
+            log_p = topk[i][0].float().log_softmax(-1)
+            total += (log_p.exp() * (log_p - log_q.gather(-1, topk[i][1].long()))).sum().item()
+            tokens += len(log_p)
+        return total / tokens
+
+    base, distilled = kd(paths.student_init(TASK)), kd(paths.distill_model(TASK, "lr0.003_a0.5_T1"))
+    assert distilled < 0.8 * base, (base, distilled)
+
+
+def test_metrics_are_sacrebleus_and_comets_and_reach_the_report(tr_run):
+    _, _, paths, _ = tr_run
+    table = pd.read_csv(paths.report_table(TASK, "learning_rate", "csv"))
+    assert list(table["Model"]) == [
+        "Base model",
+        "Distilled (learning rate 0.003)",
+        "Distilled (learning rate 1e-05)",
+        "Teacher",
+    ]
+    for name, (_, row) in zip(["base", "lr0.003_a0.5_T1", "lr1e-05_a0.5_T1", "teacher"], table.iterrows(), strict=True):
+        result = json.loads(Path(paths.eval_json(TASK, name)).read_text())
+        outputs = read_jsonl(paths.eval_translations(TASK, name))
+        hyps, refs = [o["hypothesis"] for o in outputs], [o["reference"] for o in outputs]
+        assert len(outputs) == result["examples"] == 24
+        assert result["bleu"] == sacrebleu.corpus_bleu(hyps, [refs]).score
+        assert result["chrf"] == sacrebleu.corpus_chrf(hyps, [refs]).score
+        assert row["SacreBLEU"] == round(result["bleu"], 2)
+        for reason, column in (
+            ("marker", "Ended with marker"),
+            ("eos", "Ended with eos"),
+            ("max_new_tokens", "Runaway"),
+        ):
+            share = sum(o["stop"] == reason for o in outputs) / 24
+            assert result["stop_rates"][reason] == share and row[f"{column} (%)"] == round(100 * share, 1)
+        assert isinstance(result["comet"], float) and float(row["COMET"]) == round(result["comet"], 4)
+        assert result["comet"] == pytest.approx(sum(o["comet"] for o in outputs) / 24)
+    report = Path(paths.report_md()).read_text()
+    assert "BLEU signature: `nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0`" in report
+    assert "chrF signature: `nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:2.6.0`" in report
+    samples = Path(paths.report_samples(TASK)).read_text()
+    assert samples.count("- **Source**") == 3 and "- **Distilled lr1e-05_a0.5_T1**" in samples
+
+
+def test_rerun_after_a_failed_evaluation_redoes_only_it(tr_run):
+    workdir, configfile, paths, _ = tr_run
+    assert "Nothing to be done" in snakemake(workdir, configfile, "-n")
+    Path(paths.eval_json(TASK, "teacher")).unlink()
+    Path(paths.report_md()).unlink()
+    assert planned(snakemake(workdir, configfile, "-n")) == {"evaluate_translation": 1, "report": 1, "all": 1}
