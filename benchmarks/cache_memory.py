@@ -125,8 +125,8 @@ def worker(args) -> None:
     from transformers import TrainerCallback
 
     from kdsweep.translation import distill as distill_translation
+    from kdsweep.translation.batching import TranslationExamples
     from kdsweep.translation.teacher import read_topk_cache
-    from kdsweep.translation.training import TranslationExamples
 
     root, rank = Path(args.work), int(os.environ.get("RANK", "0"))
     peaks = dict.fromkeys(FIELDS, 0)

@@ -18,8 +18,8 @@ import torch
 from common import SHAPES, build, example_lengths, examples, sync
 
 from kdsweep.core.losses import chunked_token_losses
+from kdsweep.translation.batching import TranslationCollator, response_hidden_states
 from kdsweep.translation.teacher import teacher_topk
-from kdsweep.translation.training import TranslationCollator, response_hidden_states
 
 
 def student_step(student, optimizer, batch, topk_logprobs, topk_indices, chunk_size: int) -> None:

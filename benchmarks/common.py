@@ -108,7 +108,7 @@ def examples(lengths: list[tuple[int, int]], vocab: int, top_k: int | None = Non
 
 def computed_per_real_token(lengths: list[tuple[int, int]], batch_size: int, pack_length: int | None) -> float:
     """Token positions the model computes (padding included) per real token, batches in order."""
-    from kdsweep.translation.training import pack_rows
+    from kdsweep.translation.batching import pack_rows
 
     computed = 0
     for b in range(0, len(lengths), batch_size):

@@ -6,7 +6,7 @@ the CPU: the check of issue 12 for a lent GPU (Llama-3.2-1B shape from its confi
 
 The student is the teacher. The teacher's top-k rows are cached with kdsweep's caching code
 (teacher_topk: fp32 LM head; the model in precision.inference_dtype() on the device: bf16 where
-native), stored as the cache stores them (fp16 log-probabilities), and the TokenKDTrainer's loss
+native), stored as the cache stores them (fp16 log-probabilities), and the TokenKD loss
 (alpha 0.5, forward KL, T = 1) is computed on them under the Trainer's own mixed-precision
 context (training.precision auto: bf16 autocast on an H100/H200, fp32 master weights). The same
 is computed in fp32 on the CPU. Printed: per-token CE and KD in both, their differences, and how
@@ -24,9 +24,10 @@ import torch
 from common import SHAPES, build, example_lengths, examples, training_config
 
 from kdsweep.core.precision import current_device, inference_dtype, training_precision
-from kdsweep.core.trainer import training_arguments
+from kdsweep.core.trainer import DistillTrainer, training_arguments
+from kdsweep.translation.batching import TranslationCollator
+from kdsweep.translation.loss import TokenKD
 from kdsweep.translation.teacher import fp32_head, teacher_topk
-from kdsweep.translation.training import TokenKDTrainer, TranslationCollator
 
 TRAIN = training_config(batch_size=8, max_steps=1, seed=0)
 
@@ -39,14 +40,16 @@ def run(model, batch: dict, top_k: int, device: str) -> dict[str, torch.Tensor]:
     logprobs, indices, tail, _ = teacher_topk(teacher, batch, top_k, 1024, fp32_head(teacher))
     del teacher
     with tempfile.TemporaryDirectory() as out:
-        trainer = TokenKDTrainer(
+        trainer = DistillTrainer(
             model=copy.deepcopy(model).to(device=device, dtype=torch.float32),
             args=training_arguments(TRAIN, 1e-5, out),
             train_dataset=[],
             eval_dataset=[],
             data_collator=TranslationCollator(0),
-            alpha=0.5,
-            temperature=1.0,
+            loss=TokenKD(
+                alpha=0.5,
+                temperature=1.0,
+            ),
         )
         inputs = {k: v.to(device) for k, v in batch.items()}
         inputs |= {"topk_logprobs": logprobs.half(), "topk_indices": indices.int(), "topk_tail": tail}

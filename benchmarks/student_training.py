@@ -1,4 +1,4 @@
-"""Student training throughput from the teacher cache: kdsweep's TokenKDTrainer (the distill_lm
+"""Student training throughput from the teacher cache: kdsweep's DistillTrainer with the TokenKD loss (the distill_lm
 stage's Hugging Face Trainer: fp32 master weights, bf16 autocast on a GPU, AdamW, chunked top-k
 KD + CE) on examples with cached top-k rows, batches padded vs packed, timed alternately in one
 run. Prints tokens/s, peak memory, MFU (GPU) and the collator's share of the step.
@@ -34,8 +34,9 @@ from common import (
 )
 from transformers import TrainerCallback
 
-from kdsweep.core.trainer import training_arguments
-from kdsweep.translation.training import TokenKDTrainer, TranslationCollator, TranslationExamples
+from kdsweep.core.trainer import DistillTrainer, training_arguments
+from kdsweep.translation.batching import TranslationCollator, TranslationExamples
+from kdsweep.translation.loss import TokenKD
 
 
 class TimedCollator(TranslationCollator):
@@ -102,16 +103,19 @@ def main() -> None:
         collator = TimedCollator(0, args.max_length if mode == "packed" else None)
         timer = StepTimes(args.device)
         with tempfile.TemporaryDirectory() as out:
-            trainer = TokenKDTrainer(
+            trainer = DistillTrainer(
                 model=student,
                 args=training_arguments(train_cfg, 1e-5, out),
                 train_dataset=dataset,
-                eval_dataset=dataset,  # never evaluated (eval_steps beyond the run)
+                eval_dataset=dataset,
+                # never evaluated (eval_steps beyond the run)
                 data_collator=collator,
-                alpha=0.5,
-                temperature=1.0,
-                chunk_size=args.chunk_size,
                 callbacks=[timer],
+                loss=TokenKD(
+                    alpha=0.5,
+                    temperature=1.0,
+                    chunk_size=args.chunk_size,
+                ),
             )
             trainer.train()
         seconds = timer.ends[-1] - timer.ends[args.warmup - 1]

@@ -114,10 +114,10 @@ def demo_logits(run: Path, model_dirs: list[Path], max_examples: int = 100) -> l
     """Each model's logits on the response tokens of the demo's dev split (unpacked batches)."""
     from kdsweep.core.models import load_causal_lm
     from kdsweep.families import load_config
+    from kdsweep.translation.batching import TranslationCollator
     from kdsweep.translation.generation import load_lm_tokenizer
     from kdsweep.translation.prompt import make_prompt
     from kdsweep.translation.teacher import translation_examples
-    from kdsweep.translation.training import TranslationCollator
 
     tok = load_lm_tokenizer(str(run / "teacher" / "europarl_en_fr" / "model"))
     prompt_cfg = load_config(Path(__file__).parents[1] / "config" / "demo.yaml")["translation"]["prompt"]

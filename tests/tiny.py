@@ -39,16 +39,22 @@ def small_glue_config(run_name: str, tasks: list[str], train_size: int, distill_
             "max_length": 40,
             "synthetic": {"train_size": train_size, "dev_size": 40},
             "tokenizer_training": {"vocab_size": 300},
-        },
-        "teacher": {
-            "model": tiny_bert(),
-            "finetune": {
-                "learning_rate": 1e-3,
-                "training": {"max_steps": 20, "batch_size": 16, "eval_steps": 10, "save_steps": 10, "logging_steps": 5},
+            "teacher": {
+                "model": tiny_bert(),
+                "finetune": {
+                    "learning_rate": 1e-3,
+                    "training": {
+                        "max_steps": 20,
+                        "batch_size": 16,
+                        "eval_steps": 10,
+                        "save_steps": 10,
+                        "logging_steps": 5,
+                    },
+                },
             },
+            "student": {"model": {"from_teacher": {"layers": [1]}}},
+            "distill": {"sweep": {"learning_rate": [1e-3, 1e-5]}, "training": distill_training, **distill},
         },
-        "student": {"model": {"from_teacher": {"layers": [1]}}},
-        "distill": {"sweep": {"learning_rate": [1e-3, 1e-5]}, "training": distill_training, **distill},
     }
 
 

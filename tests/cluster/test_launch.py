@@ -26,7 +26,9 @@ from kdsweep.families import validate_config
 
 def test_single_node_runs_torchrun_standalone():
     assert launch_command(["distill", "--task", "mnli"], nproc=4) == [
-        "torchrun",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
         "--standalone",
         "--nproc-per-node=4",
         "-m",
@@ -48,8 +50,10 @@ def test_several_nodes_start_one_torchrun_per_node_through_srun():
     cmd = cmd[:5] + cmd[8:]
     # On each node the launcher again (a node agent: it outlives the node's workers), then torchrun.
     assert cmd[5:10] == [sys.executable, "-m", "kdsweep.cluster.launch", "--node-agent", "--"]
-    assert cmd[10:16] == [
-        "torchrun",
+    assert cmd[10:18] == [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
         "--nnodes=2",
         "--nproc-per-node=8",
         "--rdzv-id=4242",
@@ -307,21 +311,25 @@ def distill_command(
     distill = validate_config(
         {
             "run_name": "sig",
-            "glue": {"tasks": ["mnli"], "source": "synthetic", "max_length": 32},
-            "teacher": {"model": "unused"},
-            "student": {"model": {"from_teacher": {"layers": [0]}}},
-            "distill": {
-                "sweep": {"learning_rate": [1e-3]},
-                "training": {
-                    "max_steps": max_steps,
-                    "batch_size": 8,
-                    "logging_steps": logging_steps,
-                    "eval_steps": 1000,
-                    "save_steps": 10,
+            "glue": {
+                "tasks": ["mnli"],
+                "source": "synthetic",
+                "max_length": 32,
+                "teacher": {"model": "unused"},
+                "student": {"model": {"from_teacher": {"layers": [0]}}},
+                "distill": {
+                    "sweep": {"learning_rate": [1e-3]},
+                    "training": {
+                        "max_steps": max_steps,
+                        "batch_size": 8,
+                        "logging_steps": logging_steps,
+                        "eval_steps": 1000,
+                        "save_steps": 10,
+                    },
                 },
             },
         }
-    )["distill"]
+    )["glue"]["distill"]
     spec = {
         "point": {"learning_rate": 1e-3, "alpha": 0.5, "temperature": 2.0},
         "student": {"model": {"from_teacher": {"layers": [0]}}},
@@ -487,7 +495,7 @@ def worker_pid(job_folder: str, local_rank: int) -> int:
             continue
         if f"LOCAL_RANK={local_rank}".encode() in environ and b"TORCHELASTIC_RUN_ID" in b"\0".join(environ):
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if b"torchrun" not in cmdline and b"kdsweep.cluster.launch" not in cmdline:
+            if b"torch.distributed.run" not in cmdline and b"kdsweep.cluster.launch" not in cmdline:
                 return pid
     raise AssertionError(f"no worker of local rank {local_rank}: {processes_mentioning(job_folder)}")
 
@@ -576,3 +584,30 @@ def test_two_processes_without_deepspeed_resume_to_the_uninterrupted_model(
     expected = load_file(str(tmp_path / "whole" / "model" / "model.safetensors"))
     got = load_file(str(out / "model" / "model.safetensors"))
     assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_only_the_slurm_profile_asks_slurm_anything(tmp_path):
+    """Including the rule files has no side effects: a local `snakemake -n` neither calls sacctmgr
+    (for the default account) nor checks the profile's GPU type; the same plan under the Slurm
+    profile does both. A fake sacctmgr on PATH records its calls."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "sacctmgr-calls"
+    fake = bin_dir / "sacctmgr"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {calls}\necho mylab\n')
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KDSWEEP_")}
+    env |= {"HF_HUB_OFFLINE": "1", "KDSWEEP_GPU_TYPE": "not-a-gpu"}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{os.path.dirname(sys.executable)}{os.pathsep}{env['PATH']}"
+
+    def plan(*profile):
+        cmd = [sys.executable, "-m", "snakemake", *profile, "-n", "--cores", "1", "--directory", str(tmp_path)]
+        return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+    local = plan()
+    assert local.returncode == 0, local.stderr[-3000:]
+    assert not calls.exists()
+    cluster = plan("--profile", "slurm")
+    message = "KDSWEEP_GPU_TYPE='not-a-gpu' is not a Discovery GPU type"
+    assert cluster.returncode != 0 and message in cluster.stdout + cluster.stderr
+    assert "show user" in calls.read_text()  # the default account was looked up

@@ -44,7 +44,7 @@ CONFIG = small_glue_config(
     {"max_steps": MAX_STEPS, "batch_size": 16, "eval_steps": 100, "save_steps": 20, "logging_steps": 5},
     distributed={"deepspeed": "zero2", "cpu_processes": 1},  # 1 process per node: 2 cores in all
 )
-CONFIG["distill"]["sweep"] = {"learning_rate": [1e-3]}
+CONFIG["glue"]["distill"]["sweep"] = {"learning_rate": [1e-3]}
 NODES = {"kd-n1", "kd-n2"}
 
 

@@ -166,10 +166,14 @@ def test_task_names_tokenizers_local_dirs_and_sources(tmp_path):
     config = validate_config(
         {
             "run_name": "t",
-            "glue": {"tasks": ["mnli", "qqp"], "source": "local", "local_dir": str(tmp_path)},
-            "teacher": {"model": "org/bert-{task}", "tokenizer": "org/bert-{task}", "finetune": {"enabled": False}},
-            "student": {"model": str(tmp_path), "tokenizer": "org/student-tok"},
-            "distill": {"sweep": {"learning_rate": [1e-5]}},
+            "glue": {
+                "tasks": ["mnli", "qqp"],
+                "source": "local",
+                "local_dir": str(tmp_path),
+                "teacher": {"model": "org/bert-{task}", "tokenizer": "org/bert-{task}", "finetune": {"enabled": False}},
+                "student": {"model": str(tmp_path), "tokenizer": "org/student-tok"},
+                "distill": {"sweep": {"learning_rate": [1e-5]}},
+            },
             "translation": {
                 "source": "synthetic",
                 "teacher": {"model": "org/llama"},
@@ -194,10 +198,14 @@ def _config(comet="kdsweep-tests/tiny-comet"):
     return validate_config(
         {
             "run_name": "t",
-            "glue": {"tasks": ["mnli"], "source": "hub", "hub_dataset": "kdsweep-tests/glue"},
-            "teacher": {"model": "kdsweep-tests/tiny-bert", "finetune": {"enabled": False}},
-            "student": {"model": {"from_teacher": {"layers": [0]}}},
-            "distill": {"sweep": {"learning_rate": [1e-5]}},
+            "glue": {
+                "tasks": ["mnli"],
+                "source": "hub",
+                "hub_dataset": "kdsweep-tests/glue",
+                "teacher": {"model": "kdsweep-tests/tiny-bert", "finetune": {"enabled": False}},
+                "student": {"model": {"from_teacher": {"layers": [0]}}},
+                "distill": {"sweep": {"learning_rate": [1e-5]}},
+            },
             "translation": {
                 "source": "hub",
                 "hub_dataset": "kdsweep-tests/europarl",

@@ -25,14 +25,14 @@ def demo():
 
 def test_shipped_configs_are_valid_and_get_defaults():
     study = load_config(REPO / "config" / "config.yaml")
-    assert study["teacher"]["model"] == "bert-base-uncased"
-    assert study["student"]["model"] == "distilbert-base-uncased"
-    assert study["distill"]["sweep"]["learning_rate"] == [2e-5, 2e-7, 2e-9]
-    assert study["distill"]["sweep"]["alpha"] == [0.5]
+    assert study["glue"]["teacher"]["model"] == "bert-base-uncased"
+    assert study["glue"]["student"]["model"] == "distilbert-base-uncased"
+    assert study["glue"]["distill"]["sweep"]["learning_rate"] == [2e-5, 2e-7, 2e-9]
+    assert study["glue"]["distill"]["sweep"]["alpha"] == [0.5]
     demo = load_config(REPO / "config" / "demo.yaml")
-    assert len(demo["distill"]["sweep"]["learning_rate"]) >= 3
-    assert demo["distill"]["training"]["save_steps"] == 100
-    assert demo["distill"]["training"]["gradient_accumulation_steps"] == 1  # default filled in
+    assert len(demo["glue"]["distill"]["sweep"]["learning_rate"]) >= 3
+    assert demo["glue"]["distill"]["training"]["save_steps"] == 100
+    assert demo["glue"]["distill"]["training"]["gradient_accumulation_steps"] == 1  # default filled in
     assert demo["glue"]["subset_seed"] == 0
     tr = study["translation"]
     assert tr["teacher"]["model"] == "meta-llama/Llama-3.2-3B-Instruct"
@@ -50,18 +50,18 @@ def test_shipped_configs_are_valid_and_get_defaults():
             r"glue\.tasks\[1\]: 'sst2' is not one of \['mnli', 'qqp'\]",
         ),
         (
-            lambda c: c["distill"]["sweep"].update(learning_rate=[1e-3, -1e-5]),
+            lambda c: c["glue"]["distill"]["sweep"].update(learning_rate=[1e-3, -1e-5]),
             r"distill\.sweep\.learning_rate\[1\]: -1e-05 is less than or equal to the minimum of 0",
         ),
         (
-            lambda c: c["distill"]["sweep"].update(alpha=[1.5]),
+            lambda c: c["glue"]["distill"]["sweep"].update(alpha=[1.5]),
             r"distill\.sweep\.alpha\[0\]: 1\.5 is greater than the maximum of 1",
         ),
         (
-            lambda c: c["distill"]["sweep"].update(alpha=[-0.1]),
+            lambda c: c["glue"]["distill"]["sweep"].update(alpha=[-0.1]),
             r"distill\.sweep\.alpha\[0\]: -0\.1 is less than the minimum of 0",
         ),
-        (lambda c: c.pop("teacher"), r"<top level>: 'teacher' is a dependency of 'glue'"),
+        (lambda c: c["glue"].pop("teacher"), r"glue: 'teacher' is a required property"),
         (
             lambda c: [c.pop("glue"), c.pop("translation")],
             r"<top level>: .* is not valid under any of the given schemas",
@@ -79,14 +79,14 @@ def test_shipped_configs_are_valid_and_get_defaults():
             r"translation\.teacher\.model\.family: 'bert' cannot be used for translation",
         ),
         (lambda c: c["translation"].update(source="local"), r"translation: 'local_dir' is a required property"),
-        (lambda c: c["teacher"].pop("model"), r"teacher: 'model' is a required property"),
+        (lambda c: c["glue"]["teacher"].pop("model"), r"teacher: 'model' is a required property"),
         (lambda c: c["glue"].update(source="local"), r"glue: 'local_dir' is a required property"),
         (
-            lambda c: c["distill"].update(temprature=[2.0]),
+            lambda c: c["glue"]["distill"].update(temprature=[2.0]),
             r"distill: Additional properties are not allowed \('temprature'",
         ),
         (
-            lambda c: c["teacher"]["finetune"].update(enabled=False),
+            lambda c: c["glue"]["teacher"]["finetune"].update(enabled=False),
             r"teacher\.finetune\.enabled: a teacher built from a config",
         ),
     ],
@@ -103,7 +103,7 @@ HOSTILE = ["x$(touch OWNED)", "x`touch OWNED`", "a b", "it's", 'say "hi"', "x;to
 @pytest.mark.parametrize("value", HOSTILE)
 @pytest.mark.parametrize(
     "key",
-    ["teacher.model", "student.tokenizer", "translation.teacher.model", "translation.student.tokenizer"],
+    ["glue.teacher.model", "glue.student.tokenizer", "translation.teacher.model", "translation.student.tokenizer"],
 )
 def test_a_model_name_that_is_no_hub_name_and_no_folder_is_refused(demo, tmp_path, monkeypatch, key, value):
     monkeypatch.chdir(tmp_path)  # relative names are looked up where Snakemake runs
@@ -194,12 +194,12 @@ def test_a_missing_comet_checkpoint_fails_validation(demo, tmp_path):
 
 
 def test_sweep_points_and_ids(demo):
-    demo["distill"]["sweep"] = {"learning_rate": [2e-5, 2e-7], "alpha": [0.5, 1.0], "temperature": [2.0]}
+    demo["glue"]["distill"]["sweep"] = {"learning_rate": [2e-5, 2e-7], "alpha": [0.5, 1.0], "temperature": [2.0]}
     validate_config(demo)
-    points = sweep_points(demo["distill"])
+    points = sweep_points(demo["glue"]["distill"])
     assert list(points) == ["lr2e-05_a0.5_T2", "lr2e-05_a1_T2", "lr2e-07_a0.5_T2", "lr2e-07_a1_T2"]
     assert points["lr2e-07_a1_T2"] == {"learning_rate": 2e-7, "alpha": 1.0, "temperature": 2.0}
-    assert swept_axes(demo["distill"]) == ["learning_rate", "alpha"]
+    assert swept_axes(demo["glue"]["distill"]) == ["learning_rate", "alpha"]
     assert list(sweep_points(demo["translation"]["distill"])) == [
         "lr0.003_a0.5_T1",
         "lr0.001_a0.5_T1",
@@ -209,13 +209,13 @@ def test_sweep_points_and_ids(demo):
 
 
 def test_experiments_add_runs_around_one_point_and_share_equal_runs(demo):
-    demo["distill"]["experiments"] = {
+    demo["glue"]["distill"]["experiments"] = {
         "alpha": {"enabled": True, "values": [0.0, 0.5, 1.0]},
         "temperature": {"enabled": True, "values": [1.0, 2.0]},
         "ablation": {"enabled": True, "cosine_weight": 0.5},
     }
     validate_config(demo)
-    tables = experiment_tables(demo["distill"])
+    tables = experiment_tables(demo["glue"]["distill"])
     assert {label: point_id(p) for label, p in tables["alpha"].items()} == {
         "0": "lr0.001_a0_T2",
         "0.5": "lr0.001_a0.5_T2",  # the sweep's own first point: not trained twice
@@ -228,7 +228,7 @@ def test_experiments_add_runs_around_one_point_and_share_equal_runs(demo):
         "KD + hidden cosine + CE": "lr0.001_a0.5_T2_cos0.5",
         "KD + hidden cosine + CE, random init": "lr0.001_a0.5_T2_cos0.5_rand",
     }
-    points = distill_points(demo["distill"])
+    points = distill_points(demo["glue"]["distill"])
     assert len(points) == 3 + 2 + 1 + 3  # sweep, alpha 0 and 1, temperature 1, three ablation runs
     assert points["lr0.001_a0.5_T2_cos0.5_rand"] == {
         "learning_rate": 1e-3,
@@ -238,19 +238,19 @@ def test_experiments_add_runs_around_one_point_and_share_equal_runs(demo):
         "init": "random",
     }
     # With a block-wide cosine weight, "KD only" must turn it off: a run of its own.
-    demo["distill"]["cosine_weight"] = 0.5
-    ablation = experiment_tables(demo["distill"])["ablation"]
+    demo["glue"]["distill"]["cosine_weight"] = 0.5
+    ablation = experiment_tables(demo["glue"]["distill"])["ablation"]
     assert point_id(ablation["KD only"]) == "lr0.001_a1_T2_cos0"
     assert point_id(ablation["KD + hidden cosine"]) == "lr0.001_a1_T2"
     # Switched off (the default), nothing is added.
-    assert experiment_tables(load_config(REPO / "config" / "demo.yaml")["distill"]) == {}
+    assert experiment_tables(load_config(REPO / "config" / "demo.yaml")["glue"]["distill"]) == {}
 
 
 def test_experiment_values_are_validated(demo):
-    demo["distill"]["experiments"] = {"alpha": {"enabled": True, "values": [0.5, 1.5]}}
+    demo["glue"]["distill"]["experiments"] = {"alpha": {"enabled": True, "values": [0.5, 1.5]}}
     with pytest.raises(ConfigError, match=r"distill\.experiments\.alpha\.values\[1\]: 1\.5 is greater than"):
         validate_config(demo)
-    demo["distill"]["experiments"] = {"ablation": {"enabled": "yes"}}
+    demo["glue"]["distill"]["experiments"] = {"ablation": {"enabled": "yes"}}
     with pytest.raises(ConfigError, match=r"distill\.experiments\.ablation\.enabled: 'yes' is not of type 'boolean'"):
         validate_config(demo)
 
@@ -322,7 +322,7 @@ def test_study_plan_prefetches_first_and_switches_the_hub_off(tmp_path):
 
 
 def test_invalid_config_fails_before_any_job(tmp_path, demo):
-    demo["distill"]["sweep"]["alpha"] = [2.0]
+    demo["glue"]["distill"]["sweep"]["alpha"] = [2.0]
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(demo))
     out = subprocess.run(
@@ -397,32 +397,32 @@ def test_translation_temperature_other_than_1_needs_the_explicit_option():
     "edit, message",
     [
         (  # a typo in a model built from a config would silently keep transformers' default (768 wide)
-            lambda c: c["teacher"]["model"]["config"].update(hiden_size=64),
-            r"^teacher\.model\.config\.hiden_size: not a setting of BertConfig \(did you mean hidden_size\?\)",
+            lambda c: c["glue"]["teacher"]["model"]["config"].update(hiden_size=64),
+            r"^glue\.teacher\.model\.config\.hiden_size: not a setting of BertConfig \(did you mean hidden_size\?\)",
         ),
         (
             lambda c: c["translation"]["teacher"]["model"]["config"].update(num_hiden_layers=2),
             r"^translation\.teacher\.model\.config\.num_hiden_layers: not a setting of LlamaConfig",
         ),
         (
-            lambda c: c["teacher"]["model"]["config"].update(hidden_size=33),
-            r"^teacher\.model\.config: hidden_size 33 must be a multiple of num_attention_heads 4",
+            lambda c: c["glue"]["teacher"]["model"]["config"].update(hidden_size=33),
+            r"^glue\.teacher\.model\.config: hidden_size 33 must be a multiple of num_attention_heads 4",
         ),
         (
             lambda c: c["glue"].update(max_length=65),
-            r"^glue\.max_length: 65 tokens, but teacher\.model has max_position_embeddings 64",
+            r"^glue\.max_length: 65 tokens, but glue\.teacher\.model has max_position_embeddings 64",
         ),
         (
             lambda c: c["translation"].update(max_length=129),
             r"^translation\.max_length: 129 tokens, but translation\.teacher\.model has max_position_embeddings 128",
         ),
         (
-            lambda c: c["student"]["model"]["from_teacher"].update(layers=[0, 4]),
-            r"^student\.model\.from_teacher\.layers: \[0, 4\] out of range, the teacher has 4 layers",
+            lambda c: c["glue"]["student"]["model"]["from_teacher"].update(layers=[0, 4]),
+            r"^glue\.student\.model\.from_teacher\.layers: \[0, 4\] out of range, the teacher has 4 layers",
         ),
         (
-            lambda c: c["distill"]["sweep"].update(alpha=[0.3333333, 0.33333334]),
-            r"^distill\.sweep\.alpha: 0\.3333333 and 0\.33333334 would be one job \(0\.333333",
+            lambda c: c["glue"]["distill"]["sweep"].update(alpha=[0.3333333, 0.33333334]),
+            r"^glue\.distill\.sweep\.alpha: 0\.3333333 and 0\.33333334 would be one job \(0\.333333",
         ),
         (
             lambda c: c["translation"]["distill"]["sweep"].update(learning_rate=[1e-5, 1.0000001e-5]),
@@ -442,8 +442,12 @@ def test_translation_temperature_other_than_1_needs_the_explicit_option():
     ],
 )
 def test_what_is_known_of_the_models_and_sweeps_is_checked_before_any_job(demo, edit, message):
-    assert demo["teacher"]["model"]["config"]["num_hidden_layers"] == 4  # the demo's models, as the cases assume
-    assert demo["glue"]["max_length"] <= 64 and demo["teacher"]["model"]["config"]["max_position_embeddings"] == 64
+    assert (
+        demo["glue"]["teacher"]["model"]["config"]["num_hidden_layers"] == 4
+    )  # the demo's models, as the cases assume
+    assert (
+        demo["glue"]["max_length"] <= 64 and demo["glue"]["teacher"]["model"]["config"]["max_position_embeddings"] == 64
+    )
     edit(demo)
     with pytest.raises(ConfigError, match=message):
         validate_config(demo)

@@ -37,17 +37,21 @@ def setup(glue_data, tokenizer_dir, tmp_path_factory):
     config = validate_config(
         {
             "run_name": "ds",
-            "glue": {"tasks": ["mnli"], "source": "synthetic", "max_length": 32},
-            "teacher": {"model": "unused"},
-            "student": {"model": {"from_teacher": {"layers": [0, 1]}}},
-            "distill": {
-                "sweep": {"learning_rate": [1e-3]},
-                "training": {
-                    "max_steps": 4,
-                    "batch_size": 16,
-                    "logging_steps": 1,
-                    "eval_steps": 100,
-                    "save_steps": 100,
+            "glue": {
+                "tasks": ["mnli"],
+                "source": "synthetic",
+                "max_length": 32,
+                "teacher": {"model": "unused"},
+                "student": {"model": {"from_teacher": {"layers": [0, 1]}}},
+                "distill": {
+                    "sweep": {"learning_rate": [1e-3]},
+                    "training": {
+                        "max_steps": 4,
+                        "batch_size": 16,
+                        "logging_steps": 1,
+                        "eval_steps": 100,
+                        "save_steps": 100,
+                    },
                 },
             },
         }
@@ -59,8 +63,8 @@ def run_distill(setup, name, processes, deepspeed=None):
     root, config, data = setup
     spec = {
         "point": {"learning_rate": 1e-3, "alpha": 0.5, "temperature": 2.0},
-        "student": config["student"],
-        "distill": {k: v for k, v in config["distill"].items() if k != "sweep"},
+        "student": config["glue"]["student"],
+        "distill": {k: v for k, v in config["glue"]["distill"].items() if k != "sweep"},
         "max_length": 32,
         "eval_batch_size": 64,
     }

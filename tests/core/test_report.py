@@ -31,6 +31,18 @@ def fake_run_outputs(paths, task, splits, points):
         )
 
 
+def written_files(paths: RunPaths) -> set[str]:
+    return {str(p) for p in Path(paths.report_dir()).rglob("*") if p.is_file()} | {paths.report_md()}
+
+
+def declared_files(paths: RunPaths, spec: dict) -> set[str]:
+    """The report rule's outputs: kdsweep.core.report.report_outputs (independently: the files
+    write_report actually left, above)."""
+    from kdsweep.core.report import report_outputs
+
+    return {f for files in report_outputs(paths, spec).values() for f in files}
+
+
 def test_alpha_sweep_gets_its_own_table_and_numbers_are_the_runs(tmp_path):
     paths = RunPaths(str(tmp_path / "run"))
     points = {
@@ -41,13 +53,12 @@ def test_alpha_sweep_gets_its_own_table_and_numbers_are_the_runs(tmp_path):
     }
     fake_run_outputs(paths, "mnli", ["dev_matched", "dev_mismatched"], points)
     fake_run_outputs(paths, "qqp", ["dev"], points)
-    md = write_report(
-        paths,
-        {
-            "title": "test report",
-            "glue": {"tasks": ["mnli", "qqp"], "points": points, "swept": ["learning_rate", "alpha"]},
-        },
-    )
+    spec = {
+        "title": "test report",
+        "glue": {"tasks": ["mnli", "qqp"], "points": points, "swept": ["learning_rate", "alpha"]},
+    }
+    md = write_report(paths, spec)
+    assert written_files(paths) == declared_files(paths, spec)  # what the report rule declares
 
     by_alpha = pd.read_csv(paths.report_table("qqp", "alpha", "csv"))
     assert list(by_alpha.columns) == ["Alpha", "Learning rate", "Accuracy (%)", "Macro-F1"]
@@ -129,19 +140,18 @@ def test_experiment_tables_study_comparison_and_runtime(tmp_path):
     Path(paths.benchmark("distill", "qqp", "lr2e-07_a0.5_T2")).write_text(extended)
     Path(paths.benchmark("report")).write_text(header + "\n5.0\t0:00:05\t100\t1\t1\t1\t0\t0\t90\t4.0\n")
 
-    md = write_report(
-        paths,
-        {
-            "title": "t",
-            "reference": str(reference),
-            "glue": {
-                "tasks": ["qqp"],
-                "points": sweep,
-                "swept": ["learning_rate"],
-                "experiments": {"ablation": {"base": base, "rows": ablation}},
-            },
+    spec = {
+        "title": "t",
+        "reference": str(reference),
+        "glue": {
+            "tasks": ["qqp"],
+            "points": sweep,
+            "swept": ["learning_rate"],
+            "experiments": {"ablation": {"base": base, "rows": ablation}},
         },
-    ).read_text()
+    }
+    md = write_report(paths, spec).read_text()
+    assert written_files(paths) == declared_files(paths, spec)
 
     table = pd.read_csv(paths.report_file("qqp_ablation", "csv"))
     assert table["Loss"].tolist() == list(ablation)

@@ -7,7 +7,7 @@ import torch
 from kdsweep.core.cache import CacheDamaged, CacheEntry, open_pointer
 from kdsweep.core.io import read_json, read_jsonl
 from kdsweep.core.models import ModelMismatch, load_classifier, load_tokenizer
-from kdsweep.core.trainer import PairClassificationDataset, PairCollator, predict_logits
+from kdsweep.glue.dataset import PairClassificationDataset, PairCollator, predict_logits
 from kdsweep.glue.distill import distill_student
 from kdsweep.glue.teacher import cache_teacher_logits, class_logits_problem
 

@@ -1,4 +1,4 @@
-"""KDTrainer on a tiny BERT: the distillation loss path, the online-teacher cosine path, and
+"""The DistillTrainer with GLUE's ClassificationKD loss on a tiny BERT: the distillation loss path, the online-teacher cosine path, and
 resume after a crash from the newest checkpoint (the same weights as an uninterrupted run)."""
 
 import os
@@ -19,9 +19,7 @@ from kdsweep.core.trainer import (
     COMPLETE_MARKER,
     LOCK_FILE,
     STOP_SIGNALS,
-    KDTrainer,
-    PairClassificationDataset,
-    PairCollator,
+    DistillTrainer,
     Preempted,
     TrainingDiverged,
     health_problem,
@@ -31,17 +29,22 @@ from kdsweep.core.trainer import (
     training_arguments,
 )
 from kdsweep.families import validate_config
+from kdsweep.glue.dataset import PairClassificationDataset, PairCollator
+from kdsweep.glue.loss import ClassificationKD
 
 
 def train_cfg(**over):
     cfg = {
         "run_name": "t",
-        "glue": {"tasks": ["mnli"], "source": "synthetic"},
-        "teacher": {"model": "x"},
-        "student": {"model": "y"},
-        "distill": {"sweep": {"learning_rate": [1e-3]}, "training": over},
+        "glue": {
+            "tasks": ["mnli"],
+            "source": "synthetic",
+            "teacher": {"model": "x"},
+            "student": {"model": "y"},
+            "distill": {"sweep": {"learning_rate": [1e-3]}, "training": over},
+        },
     }
-    return validate_config(cfg)["distill"]["training"]
+    return validate_config(cfg)["glue"]["distill"]["training"]
 
 
 def make_trainer(
@@ -78,18 +81,20 @@ def make_trainer(
     )
     args = training_arguments(cfg, 1e-3, out / "checkpoints")
     student = student_from_teacher(teacher, [0, 2], seed=1)
-    return KDTrainer(
+    return DistillTrainer(
         model=student,
         args=args,
         train_dataset=train,
         eval_dataset=dev,
         data_collator=PairCollator(tok, online),
-        alpha=alpha,
-        temperature=2.0,
-        hard_labels=hard_labels,
-        cosine_weight=cosine_weight,
-        teacher=teacher if cosine_weight else None,
         callbacks=callbacks or [],
+        loss=ClassificationKD(
+            alpha=alpha,
+            temperature=2.0,
+            hard_labels=hard_labels,
+            cosine_weight=cosine_weight,
+            teacher=teacher if cosine_weight else None,
+        ),
     )
 
 
@@ -195,8 +200,8 @@ def test_cosine_loss_runs_the_frozen_teacher_on_its_own_inputs(teacher_dir, glue
             k.removeprefix("teacher_"): v for k, v in batch.items() if k.startswith("teacher_") and "_ids" in k
         }
         teacher_in["attention_mask"] = batch["teacher_attention_mask"]
-        own = trainer.teacher(**teacher_in, output_hidden_states=True).hidden_states[-1]
-        segment_a = trainer.teacher(
+        own = trainer.loss.teacher(**teacher_in, output_hidden_states=True).hidden_states[-1]
+        segment_a = trainer.loss.teacher(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
         ).hidden_states[-1]
 
@@ -208,11 +213,11 @@ def test_cosine_loss_runs_the_frozen_teacher_on_its_own_inputs(teacher_dir, glue
     assert parts["cos"].item() == pytest.approx(expected(own), rel=1e-5)
     assert abs(expected(segment_a) - expected(own)) > 1e-3  # the check above can tell the two apart
 
-    before = {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
+    before = {k: v.clone() for k, v in trainer.loss.teacher.state_dict().items()}
     trainer.train()
     assert all("loss_cos" in h for h in trainer.state.log_history if "loss" in h)
-    assert all(torch.equal(before[k], v) for k, v in trainer.teacher.state_dict().items())
-    assert not any(p.requires_grad for p in trainer.teacher.parameters())
+    assert all(torch.equal(before[k], v) for k, v in trainer.loss.teacher.state_dict().items())
+    assert not any(p.requires_grad for p in trainer.loss.teacher.parameters())
 
 
 def test_cosine_loss_refuses_a_student_tokenization_with_other_ids(teacher_dir, glue_data, tmp_path, tokenizer_dir):

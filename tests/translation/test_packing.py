@@ -8,9 +8,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from kdsweep.core.losses import chunked_token_losses
+from kdsweep.translation.batching import TranslationCollator, pack_rows, response_hidden_states, restore_item_order
 from kdsweep.translation.prompt import IGNORE_INDEX
 from kdsweep.translation.teacher import teacher_topk
-from kdsweep.translation.training import TranslationCollator, pack_rows, response_hidden_states, restore_item_order
 
 V, K = 97, 5
 LENGTHS = [(23, 15), (7, 3), (31, 25), (12, 4), (5, 2), (18, 11), (9, 8), (26, 6)]  # (length, response start)

@@ -5,6 +5,7 @@ import torch
 from tiny import DEMO_PROMPT, DEMO_TEMPLATE
 
 from kdsweep.core.models import train_bpe_tokenizer
+from kdsweep.translation.batching import TranslationCollator
 from kdsweep.translation.prompt import (
     IGNORE_INDEX,
     Prompt,
@@ -15,7 +16,6 @@ from kdsweep.translation.prompt import (
     resolve_marker,
 )
 from kdsweep.translation.synthetic import synthetic_pairs
-from kdsweep.translation.training import TranslationCollator
 
 # Copied from the study (shared/DESIGN.md), not built from kdsweep's constants.
 STUDY_STRING = (

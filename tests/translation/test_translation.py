@@ -342,9 +342,10 @@ def test_self_distillation_through_the_cache_is_aligned(lm, tmp_path):
     """Student = teacher, k = V, T = 1: the per-token forward KL through the real cache and the
     trainer's response rows is ~0; the same cache rows shifted by one position give a large KL.
     (A teacher with a wide initialization, so each position's distribution is its own.)"""
-    from kdsweep.core.trainer import training_arguments
+    from kdsweep.core.trainer import DistillTrainer, training_arguments
+    from kdsweep.translation.batching import TranslationCollator, TranslationExamples
+    from kdsweep.translation.loss import TokenKD
     from kdsweep.translation.teacher import read_topk_cache
-    from kdsweep.translation.training import TokenKDTrainer, TranslationCollator, TranslationExamples
 
     tok = load_lm_tokenizer(str(lm / "teacher"))
     teacher = causal_lm_from_config(tiny_llama(2, initializer_range=0.3), tok, seed=1)
@@ -362,14 +363,16 @@ def test_self_distillation_through_the_cache_is_aligned(lm, tmp_path):
     kl = {}
     for name, rows in (("aligned", topk), ("shifted", shifted)):
         data = TranslationExamples(ids, starts, rows)
-        trainer = TokenKDTrainer(
+        trainer = DistillTrainer(
             model=load_causal_lm(str(tmp_path / "wide")),
             args=training_arguments(cfg, 1e-3, tmp_path / name),
             train_dataset=data,
             eval_dataset=data,
             data_collator=TranslationCollator(tok.pad_token_id, MAX_LENGTH),
-            alpha=1.0,
-            temperature=1.0,
+            loss=TokenKD(
+                alpha=1.0,
+                temperature=1.0,
+            ),
         )
         batch = trainer.data_collator([data[i] for i in range(16)])
         with torch.no_grad():

@@ -67,7 +67,7 @@ def small_run(tmp_path_factory):
     deepspeed.parent.mkdir()
     shutil.copy(REPO / "workflow" / "deepspeed" / "zero2.json", deepspeed)
     config = json.loads(json.dumps(SMALL)) | {"results_dir": HOSTILE_NAME}
-    config["distill"]["distributed"] = {"deepspeed_config": str(deepspeed)}
+    config["glue"]["distill"]["distributed"] = {"deepspeed_config": str(deepspeed)}
     configfile = workdir / "small.yaml"
     configfile.write_text(yaml.safe_dump(config))
     snakemake(workdir, configfile, "--printshellcmds")  # the shell lines go to .snakemake/log too
@@ -89,7 +89,7 @@ def test_paths_with_shell_characters_work_and_execute_nothing(small_run):
 
 def test_report_numbers_are_the_runs_numbers(small_run):
     workdir, _, paths, config = small_run
-    points = sweep_points(config["distill"])
+    points = sweep_points(config["glue"]["distill"])
     for task, splits in (("mnli", ("dev_matched", "dev_mismatched")), ("qqp", ("dev",))):
         table = pd.read_csv(paths.report_table(task, "learning_rate", "csv"))
         assert sorted(table["Learning rate"]) == [1e-5, 1e-3]
@@ -302,3 +302,19 @@ def embedded_results(html: str) -> dict[str, bytes]:
     """The files a self-contained Snakemake HTML report embeds (base64 data URIs), by file name."""
     found = re.findall(r"data:[\w/+.-]+;charset=[\w-]+;filename=([^;]+);base64,([A-Za-z0-9+/=]+)", html)
     return {name: base64.b64decode(data) for name, data in found}
+
+
+def test_jobs_run_the_interpreter_that_runs_snakemake(tmp_path):
+    """`.venv/bin/snakemake` without an activated venv: no python with kdsweep on PATH (only the
+    system's python3), yet the job runs (the Snakefile puts the interpreter's folder first on the
+    jobs' PATH); without that, the shell finds no `python` and the job fails."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env |= {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    target = RunPaths("results/demo").raw_glue_dir("mnli")
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "1", "--snakefile", str(REPO / "Snakefile")]
+    out = subprocess.run(
+        [*cmd, "--directory", str(tmp_path), target], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    written = sorted(p.name for p in (tmp_path / target).glob("*.tsv"))
+    assert written == ["dev_matched.tsv", "dev_mismatched.tsv", "train.tsv"]

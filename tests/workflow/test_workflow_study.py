@@ -88,11 +88,11 @@ def study_run(tmp_path_factory):
     config = small_glue_config("study", ["mnli"], 240, steps)
     config["glue"] |= {"source": "hub", "hub_dataset": DATASET}
     del config["glue"]["synthetic"], config["glue"]["tokenizer_training"]
-    config["teacher"]["model"] = TEACHER
+    config["glue"]["teacher"]["model"] = TEACHER
     config["assets"] = {"hf_home": str(workdir / "hf")}
     config["report"] = {"reference": str(reference)}
-    config["distill"]["distributed"] = {"deepspeed": "none", "cpu_processes": 1}
-    config["distill"]["experiments"] = {
+    config["glue"]["distill"]["distributed"] = {"deepspeed": "none", "cpu_processes": 1}
+    config["glue"]["distill"]["experiments"] = {
         "alpha": {"enabled": True, "values": [0.5, 1.0]},
         "temperature": {"enabled": True, "values": [2.0, 4.0]},
         "ablation": {"enabled": True, "cosine_weight": 1.0},
@@ -118,7 +118,7 @@ def test_assets_are_prefetched_with_revisions_and_read_offline(study_run):
 
 def test_experiment_tables_and_study_comparison_are_the_runs_numbers(study_run):
     _, _, paths, config = study_run
-    tables = experiment_tables(config["distill"])
+    tables = experiment_tables(config["glue"]["distill"])
     assert set(tables) == {"alpha", "temperature", "ablation"}
     for name, rows in tables.items():
         table = pd.read_csv(paths.report_file(f"mnli_{name}", "csv"))

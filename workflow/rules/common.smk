@@ -1,14 +1,18 @@
-# Helpers shared by the rules: paths (kdsweep.core.paths, built in one place), sweep expansion and
-# the per-job settings passed to the kdsweep CLI as JSON. A config runs the GLUE family (glue:)
-# and/or the translation family (translation:); each family's rules exist only when configured.
+# The rules' helpers (Snakemake's layout: functions here, rules in the other files): paths
+# (kdsweep.core.paths, built in one place), the hub assets, the settings each job gets as JSON,
+# how jobs start, then each family's input functions and the report's spec, inputs and outputs.
+# A family's rules are in glue.smk / translation.smk, included by the Snakefile only when the
+# config has the family's block. Including these files has no side effects.
 import json
 import os
 import re
+import shlex
+import sys
 from dataclasses import asdict
 
+from snakemake.settings.types import DeploymentMethod
+
 from kdsweep.core import plan
-from kdsweep.core.hub import config_assets, hub_environment
-from kdsweep.cluster.slurm import apply_profile_defaults, outlive_slurm_signals
 from kdsweep.core.config import (
     distill_points,
     experiment_base,
@@ -19,30 +23,32 @@ from kdsweep.core.config import (
     swept_axes,
     translation_task,
 )
+from kdsweep.core.hub import config_assets, hub_environment
 from kdsweep.core.paths import RunPaths
-from kdsweep.glue.data import GLUE_TASKS
+from kdsweep.core.report import report_outputs
+from kdsweep.glue.data import GLUE_TASKS, tsv_dir
 
-apply_profile_defaults()  # variables of profiles/slurm: exported values win
-outlive_slurm_signals()  # in a Slurm job: let training save its checkpoint on USR1/TERM
 P = RunPaths(run_root(config))
-GLUE = "glue" in config
-TASKS = config["glue"]["tasks"] if GLUE else []
-SWEEP = sweep_points(config["distill"]) if GLUE else {}  # the study's table
-EXPERIMENTS = experiment_tables(config["distill"]) if GLUE else {}  # extra tables
-POINTS = distill_points(config["distill"]) if GLUE else {}  # every distillation job
-TR = config.get("translation")  # the translation family's settings, or None
+GLUE = config.get("glue")  # each family's settings, or None
+TASKS = GLUE["tasks"] if GLUE else []
+SWEEP = sweep_points(GLUE["distill"]) if GLUE else {}  # the study's table
+EXPERIMENTS = experiment_tables(GLUE["distill"]) if GLUE else {}  # extra tables
+POINTS = distill_points(GLUE["distill"]) if GLUE else {}  # every distillation job
+TR = config.get("translation")
 TR_TASK = translation_task(config) if TR else None
 TR_POINTS = sweep_points(TR["distill"]) if TR else {}
+# Jobs run the interpreter that runs Snakemake: its folder goes first on the jobs' PATH, so
+# `python` is the venv's even when the user called .venv/bin/snakemake without activating it.
+# With --sdm conda, the python of the rule's conda environment.
+if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
+    shell.prefix(
+        f'set -euo pipefail; export PATH={shlex.quote(os.path.dirname(sys.executable))}:"$PATH"; '
+    )
 
 # Hub assets: prefetch_assets (a local rule, run where Snakemake runs, e.g. a login node with
 # internet) fetches them into the Hugging Face cache; the compute jobs inherit this environment.
 ASSETS = config_assets(config)
 PREFETCH_ONLINE = hub_environment(config, ASSETS, workflow.configfiles)
-
-
-wildcard_constraints:
-    task="|".join(TASKS) or "(?!)",
-    point="|".join(re.escape(p) for p in {**POINTS, **TR_POINTS}) or "(?!)",
 
 
 def as_json(obj):
@@ -71,24 +77,8 @@ def prefetch_spec():
     return as_json({"assets": [asdict(a) for a in ASSETS]})
 
 
-def glue_tsv_input(wildcards):
-    """The synthetic TSV folder (made by a rule) or a local GLUE folder's files."""
-    source = config["glue"]["source"]
-    if source == "synthetic":
-        return [P.raw_glue_dir(wildcards.task)]
-    if source == "local":
-        tsv_dir = plan.glue_tsv_dir(config, wildcards.task, P)
-        return [f"{tsv_dir}/{split}.tsv" for split in GLUE_TASKS[wildcards.task].splits]
-    return []
-
-
 # Arguments built here are lists: a rule's shell line quotes each word ({params.x:q}), so no
 # config value (a path with spaces, quotes or $(...)) is ever read by the shell.
-
-
-def glue_tsv_arg(wildcards):
-    tsv_dir = plan.glue_tsv_dir(config, wildcards.task, P)
-    return ["--tsv-dir", tsv_dir] if tsv_dir else []
 
 
 def tokenizer_inputs(block, task):
@@ -125,6 +115,28 @@ def launch(dist):
         dist["cpu_processes"],
         "--",
     ]
+
+
+# GLUE (glue.smk)
+
+
+def glue_tsv_input(wildcards):
+    """The synthetic TSV folder (made by a rule) or a local GLUE folder's files."""
+    source = GLUE["source"]
+    if source == "synthetic":
+        return [P.raw_glue_dir(wildcards.task)]
+    if source == "local":
+        folder = tsv_dir(GLUE, wildcards.task, P)
+        return [f"{folder}/{split}.tsv" for split in GLUE_TASKS[wildcards.task].splits]
+    return []
+
+
+def glue_tsv_arg(wildcards):
+    folder = tsv_dir(GLUE, wildcards.task, P)
+    return ["--tsv-dir", folder] if folder else []
+
+
+# Translation (translation.smk)
 
 
 def translation_local_dir():
@@ -164,6 +176,9 @@ def translation_model_input(name):
     return [P.distill_model(TR_TASK, name)]
 
 
+# Report (report.smk)
+
+
 def reference_file():
     """The reference numbers file (report.reference), relative to the repository."""
     ref = config["report"]["reference"]
@@ -179,10 +194,10 @@ def report_spec():
         spec["glue"] = {
             "tasks": TASKS,
             "points": SWEEP,
-            "swept": swept_axes(config["distill"]),
+            "swept": swept_axes(GLUE["distill"]),
             "experiments": {
                 name: {
-                    "base": experiment_base(config["distill"]),
+                    "base": experiment_base(GLUE["distill"]),
                     # [label, point id] pairs: the spec's JSON sorts object keys
                     "rows": [[label, point_id(p)] for label, p in rows.items()],
                 }
@@ -216,41 +231,7 @@ def report_inputs():
     return files + reference_file()
 
 
-TABLE_EXTS = ("csv", "md", "tex", "html")
+REPORT = report_outputs(P, report_spec())  # what the report job writes, as kdsweep says
 
 
-def report_tables():
-    """Every table file the report writes (each as csv, md, tex and html)."""
-    stems = []
-    if GLUE:
-        for task in TASKS:
-            stems += [
-                P.report_table(task, axis, "{ext}")
-                for axis in swept_axes(config["distill"])
-            ]
-            stems += [P.report_file(f"{task}_{name}", "{ext}") for name in EXPERIMENTS]
-            if reference_file():
-                stems.append(P.report_file(f"{task}_vs_study", "{ext}"))
-    if TR:
-        stems.append(P.report_table(TR_TASK, "learning_rate", "{ext}"))
-        if reference_file():
-            stems.append(P.report_file(f"{TR_TASK}_vs_study", "{ext}"))
-    stems.append(P.report_file("runtime", "{ext}"))
-    return [stem.format(ext=ext) for stem in stems for ext in TABLE_EXTS]
-
-
-def report_plots():
-    return [P.report_plot(t) for t in TASKS] + ([P.report_plot(TR_TASK)] if TR else [])
-
-
-def report_samples():
-    """Sample translations, Markdown and HTML."""
-    if not TR:
-        return []
-    md = P.report_samples(TR_TASK)
-    return [md, md.removesuffix(".md") + ".html"]
-
-
-def report_outputs():
-    """Everything the report writes (rule all asks for all of it, so a missing file reruns it)."""
-    return [P.report_md(), *report_tables(), *report_plots(), *report_samples()]
+REPORT = report_outputs(P, report_spec())  # what the report job writes, as kdsweep says

@@ -1,6 +1,7 @@
 # Stage report: the study's tables, the experiments' tables, kdsweep vs the study, loss curves,
 # sample translations, the runtime/GPU-hours table and report.md (kdsweep/core/report.py), from the
-# runs' output files only. The files marked report() make up Snakemake's HTML report:
+# runs' output files only. Its outputs are what kdsweep.core.report.report_outputs says the job
+# writes. The files marked report() make up Snakemake's HTML report:
 #   snakemake --report results/<run>/report.html --configfile ...
 
 
@@ -11,7 +12,7 @@ rule report:
     input:
         report_inputs(),
     output:
-        md=P.report_md(),
+        md=REPORT["md"][0],
         tables=[
             report(
                 f,
@@ -19,10 +20,10 @@ rule report:
                 caption="../report/table.rst",
                 labels={"table": os.path.basename(f).removesuffix(".html")},
             )
-            for f in report_tables()
+            for f in REPORT["tables"]
             if f.endswith(".html")
         ],
-        table_files=[f for f in report_tables() if not f.endswith(".html")],
+        table_files=[f for f in REPORT["tables"] if not f.endswith(".html")],
         plots=[
             report(
                 f,
@@ -30,7 +31,7 @@ rule report:
                 caption="../report/loss.rst",
                 labels={"plot": os.path.basename(f).removesuffix("_loss.png")},
             )
-            for f in report_plots()
+            for f in REPORT["plots"]
         ],
         samples=[
             (
@@ -43,7 +44,7 @@ rule report:
                 if f.endswith(".html")
                 else f
             )
-            for f in report_samples()
+            for f in REPORT["samples"]
         ],
     log:
         P.log("report"),

@@ -131,6 +131,9 @@ def srun_env(env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if not (k.startswith(("SLURM_", "SRUN_")) and k not in SRUN_ENV_KEPT)}
 
 
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]  # what the torchrun script runs
+
+
 def launch_command(
     stage_args: list[str],
     nproc: int,
@@ -145,12 +148,15 @@ def launch_command(
     does not take them from SLURM_CPUS_PER_TASK, and a step's task would get one CPU), and is
     told not to kill the other nodes' tasks when one node's ends first (--kill-on-bad-exit=0,
     --wait=0, whatever slurm.conf says): after a preemption each node's workers finish writing
-    their part of the checkpoint."""
+    their part of the checkpoint.
+
+    torchrun is run as `python -m torch.distributed.run` with this interpreter (the one that runs
+    Snakemake), so a venv that was never activated (no torchrun on PATH) still works."""
     if nnodes == 1:
-        torchrun = ["torchrun", "--standalone", f"--nproc-per-node={nproc}"]
+        torchrun = [*TORCHRUN, "--standalone", f"--nproc-per-node={nproc}"]
         return [*torchrun, "-m", "kdsweep", *stage_args]
     torchrun = [
-        "torchrun",
+        *TORCHRUN,
         f"--nnodes={nnodes}",
         f"--nproc-per-node={nproc}",
         f"--rdzv-id={job_id}",

@@ -62,6 +62,14 @@ def default_account(user: str | None = None) -> str | None:
     return account or None
 
 
+def uses_slurm_profile(default_resources) -> bool:
+    """Whether Snakemake runs with the Slurm profile (its default resources name slurm_* ones):
+    only then does the workflow fill in and check the profile's variables (a local run, even a
+    dry run, asks nothing of Slurm). `default_resources`: workflow.resource_settings'."""
+    args = getattr(default_resources, "args", None) or []
+    return any(str(arg).startswith("slurm_") for arg in args)
+
+
 def apply_profile_defaults(environ: dict[str, str] = os.environ) -> dict[str, str]:
     """Fill in the profile variables the user did not export; check the GPU settings."""
     for name, value in PROFILE_DEFAULTS.items():

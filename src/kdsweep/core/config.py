@@ -94,7 +94,7 @@ def _check_inputs(config: dict) -> None:
     the COMET checkpoint, top_k against a local teacher's vocabulary."""
 
     for prefix, block in family_blocks(config).items():
-        tasks = [translation_task(config)] if prefix else config["glue"]["tasks"]
+        tasks = family_tasks(config, prefix)
         for role in ("teacher", "student"):
             model, tok = block[role]["model"], block[role].get("tokenizer")
             for task in tasks:
@@ -148,9 +148,8 @@ def _check_models(config: dict) -> None:
     """What can be known of the models before any job: max_length within the teacher's and
     student's positions, a student's teacher layers within the teacher's."""
     for prefix, block in family_blocks(config).items():
-        max_length = block["max_length"] if prefix else config["glue"]["max_length"]
-        length_key = f"{prefix}max_length" if prefix else "glue.max_length"
-        tasks = [translation_task(config)] if prefix else config["glue"]["tasks"]
+        max_length, length_key = block["max_length"], f"{prefix}max_length"
+        tasks = family_tasks(config, prefix)
         settings = {}
         for role in ("teacher", "student"):
             model = block[role]["model"]
@@ -221,7 +220,7 @@ def _check_consistency(config: dict) -> None:
                 f"{prefix}teacher.finetune.enabled: a teacher built from a config (teacher.model.family) has "
                 "random weights and must be trained; set it to true or name a fine-tuned model"
             )
-        kind = "translation" if prefix else "glue"
+        kind = prefix.rstrip(".")
         for role in ("teacher", "student"):
             model = block[role]["model"]
             if isinstance(model, dict) and "family" in model and model["family"] not in FAMILY_KINDS[kind]:
@@ -234,14 +233,14 @@ def _check_consistency(config: dict) -> None:
 
 
 def family_blocks(config: dict) -> dict[str, dict]:
-    """The experiment families a config runs, keyed by their key prefix in error messages:
-    GLUE's teacher/student/distill live at the top level, the translation's under `translation`."""
-    blocks = {}
-    if "glue" in config:
-        blocks[""] = config
-    if "translation" in config:
-        blocks["translation."] = config["translation"]
-    return blocks
+    """The experiment families a config runs, keyed by their key prefix in error messages
+    ("glue.", "translation."): each family's settings, with its teacher/student/distill blocks."""
+    return {f"{name}.": config[name] for name in ("glue", "translation") if name in config}
+
+
+def family_tasks(config: dict, prefix: str) -> list[str]:
+    """The tasks of the family at `prefix`: GLUE's configured tasks, or the one translation pair."""
+    return config["glue"]["tasks"] if prefix == "glue." else [translation_task(config)]
 
 
 def training_block(**over) -> dict:

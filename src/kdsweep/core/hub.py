@@ -163,7 +163,7 @@ def config_assets(config: dict) -> list[Asset]:
             _add(assets, Asset(glue["hub_dataset"], "dataset", "dataset", patterns, used_by))
         for task in glue["tasks"]:
             for role in ("teacher", "student"):
-                _role_assets(assets, config, role, task, f"glue {task}")
+                _role_assets(assets, glue, role, task, f"glue {task}")
     if "translation" in config:
         tr = config["translation"]
         label = f"translation {tr['source_lang']}-{tr['target_lang']}"

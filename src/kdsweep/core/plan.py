@@ -1,12 +1,10 @@
 """Decisions the workflow takes from the config, shared by the Snakefile and the stage CLI:
 which teacher and tokenizer each job uses, and whether a tokenizer must be trained locally.
 
-`block` is a family's settings holding `teacher` and `student`: the config itself for GLUE,
-config["translation"] for the translation family; both families decide the same way."""
+`block` is a family's settings holding `teacher` and `student` (config["glue"],
+config["translation"]); both families decide the same way."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from kdsweep.core.models import model_name
 from kdsweep.core.paths import RunPaths
@@ -55,14 +53,3 @@ def base_student(block: dict, task: str, paths: RunPaths) -> str:
     """The student before distillation (translation): a named model, or the one kdsweep builds."""
     model = block["student"]["model"]
     return model_name(model, task) if isinstance(model, str) else paths.student_init(task)
-
-
-def glue_tsv_dir(config: dict, task: str, paths: RunPaths) -> str | None:
-    """Where prepare reads GLUE TSVs: kdsweep's synthetic output, a local GLUE folder (<local_dir>/MNLI,
-    <local_dir>/QQP, as GLUE distributes them), or None for the hub."""
-    source = config["glue"]["source"]
-    if source == "synthetic":
-        return paths.raw_glue_dir(task)
-    if source == "local":
-        return str(Path(config["glue"]["local_dir"]) / task.upper())
-    return None

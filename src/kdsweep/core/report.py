@@ -475,6 +475,41 @@ def load_reference(path: str | Path | None) -> dict:
     return yaml.safe_load(Path(path).read_text()) if path else {}
 
 
+TABLE_EXTS = ("csv", "md", "tex", "html")  # write_table writes each table in these formats
+
+
+def report_outputs(paths: RunPaths, spec: dict) -> dict[str, list[str]]:
+    """Every file write_report writes for `spec`, by kind: "md" (report.md), "tables" (each as
+    csv, md, tex and html), "plots", "samples" (Markdown and HTML). The report rule declares
+    exactly these as its outputs (tested against what write_report leaves in report/)."""
+    stems = []
+    if "glue" in spec:
+        g = spec["glue"]
+        for task in g["tasks"]:
+            stems.append(paths.report_file(f"{task}_all_runs", "{ext}"))
+            stems += [paths.report_table(task, axis, "{ext}") for axis in g["swept"]]
+            if spec.get("reference"):
+                stems.append(paths.report_file(f"{task}_vs_study", "{ext}"))
+            stems += [paths.report_file(f"{task}_{name}", "{ext}") for name in g.get("experiments") or {}]
+    if "translation" in spec:
+        task = spec["translation"]["task"]
+        stems.append(paths.report_table(task, "learning_rate", "{ext}"))
+        if spec.get("reference"):
+            stems.append(paths.report_file(f"{task}_vs_study", "{ext}"))
+    stems.append(paths.report_file("runtime", "{ext}"))
+    tasks = [*spec.get("glue", {}).get("tasks", []), *([spec["translation"]["task"]] if "translation" in spec else [])]
+    samples = []
+    if "translation" in spec:
+        md = paths.report_samples(spec["translation"]["task"])
+        samples = [md, md.removesuffix(".md") + ".html"]
+    return {
+        "md": [paths.report_md()],
+        "tables": [stem.format(ext=ext) for stem in stems for ext in TABLE_EXTS],
+        "plots": [paths.report_plot(task) for task in tasks],
+        "samples": samples,
+    }
+
+
 def write_report(paths: RunPaths, spec: dict) -> Path:
     """spec: {"title", "reference": path or null, "glue": {tasks, points, swept, experiments}
     (optional), "translation": {task, points, swept, samples} (optional)}."""

@@ -17,110 +17,39 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from accelerate.utils import broadcast_object_list
-from torch.utils.data import DataLoader, Dataset
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
+from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 
 from kdsweep.core.io import apply_umask, atomic_path, read_json, sha256_file, sha256_json, write_json, write_jsonl
-from kdsweep.core.losses import cosine_hidden_loss, distillation_loss
 from kdsweep.core.precision import training_precision
-from kdsweep.core.progress import ProgressLines, progress
+from kdsweep.core.progress import ProgressLines
 
 log = logging.getLogger(__name__)
 
 
-class PairClassificationDataset(Dataset):
-    """Tokenized sentence pairs with labels and, for distillation, the teacher's cached outputs.
-    With `teacher_tokenizer` (the cosine loss runs the teacher online) each pair is also encoded
-    with the teacher's own tokenizer (teacher_* fields: BERT's token_type_ids mark sentence B,
-    which DistilBERT's tokenizer leaves out); the token ids must be the student's, since the loss
-    compares hidden states position by position."""
+class DistillLoss(Protocol):
+    """What a family gives the DistillTrainer: the loss of one micro-batch."""
 
-    def __init__(
-        self,
-        rows: list[dict],
-        tokenizer: PreTrainedTokenizerBase,
-        max_length: int,
-        teacher_logits: torch.Tensor | None = None,
-        teacher_labels: torch.Tensor | None = None,
-        teacher_tokenizer: PreTrainedTokenizerBase | None = None,
-    ):
-        if teacher_logits is not None and len(teacher_logits) != len(rows):
-            raise ValueError(f"teacher cache has {len(teacher_logits)} rows, the data {len(rows)}")
-        texts = [r["text_a"] for r in rows], [r["text_b"] for r in rows]
-        self.encodings = tokenizer(*texts, truncation=True, max_length=max_length)
-        self.labels = [r["label"] for r in rows]
-        self.teacher_logits = teacher_logits
-        self.teacher_labels = teacher_labels
-        self.teacher_encodings = None
-        if teacher_tokenizer is not None:
-            self.teacher_encodings = teacher_tokenizer(*texts, truncation=True, max_length=max_length)
-            pairs = zip(self.teacher_encodings["input_ids"], self.encodings["input_ids"], strict=True)
-            for i, (teacher_ids, student_ids) in enumerate(pairs):
-                if teacher_ids != student_ids:
-                    raise ValueError(
-                        f"distill.cosine_weight > 0 compares hidden states token by token, but training example {i} "
-                        f"tokenizes to other ids for the teacher ({len(teacher_ids)} tokens) than for the student "
-                        f"({len(student_ids)} tokens): give the student the teacher's vocabulary, or set cosine_weight 0"
-                    )
+    def prepare(self, device: torch.device) -> None:
+        """Place what the loss holds (an online teacher) on the training device."""
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> dict:
-        item = {k: v[i] for k, v in self.encodings.items()}
-        item["labels"] = self.labels[i]
-        if self.teacher_logits is not None:
-            item["teacher_logits"] = self.teacher_logits[i]
-            item["teacher_labels"] = self.teacher_labels[i]
-        if self.teacher_encodings is not None:
-            item["teacher_inputs"] = {k: v[i] for k, v in self.teacher_encodings.items()}
-        return item
+    def __call__(
+        self, trainer: Trainer, model, inputs: dict
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], int, object]:
+        """(the loss summed over the micro-batch's items, its parts summed (logged as loss_<part>),
+        the number of items, the model outputs). `inputs` is the collated batch; the loss pops
+        the teacher's fields from it."""
 
 
-class PairCollator:
-    """Pads the token fields with the tokenizer (the teacher's own inputs with the teacher's);
-    stacks labels and teacher outputs."""
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, teacher_tokenizer: PreTrainedTokenizerBase | None = None):
-        self.tokenizer, self.teacher_tokenizer = tokenizer, teacher_tokenizer
-
-    def __call__(self, items: list[dict]) -> dict:
-        special = ("labels", "teacher_logits", "teacher_labels", "teacher_inputs")
-        token_keys = [k for k in items[0] if k not in special]
-        batch = self.tokenizer.pad([{k: it[k] for k in token_keys} for it in items], return_tensors="pt")
-        batch = dict(batch)
-        batch["labels"] = torch.tensor([it["labels"] for it in items], dtype=torch.long)
-        if "teacher_logits" in items[0]:
-            batch["teacher_logits"] = torch.stack([torch.as_tensor(it["teacher_logits"]) for it in items]).float()
-            batch["teacher_labels"] = torch.tensor([int(it["teacher_labels"]) for it in items], dtype=torch.long)
-        if "teacher_inputs" in items[0]:
-            pad = self.teacher_tokenizer or self.tokenizer
-            teacher = pad.pad([it["teacher_inputs"] for it in items], return_tensors="pt")
-            batch.update({f"teacher_{k}": v for k, v in teacher.items()})
-        return batch
-
-
-@torch.no_grad()
-def predict_logits(
-    model, dataset: PairClassificationDataset, collator: PairCollator, batch_size: int, desc: str = "predict"
-) -> torch.Tensor:
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.eval().to(device)
-    out = []
-    for batch in progress(DataLoader(dataset, batch_size=batch_size, collate_fn=collator), desc=desc, unit="batches"):
-        batch.pop("labels")
-        out.append(model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu())
-    return torch.cat(out)
-
-
-class KDTrainer(Trainer):
-    """Trainer with the distillation loss. Batches carry `teacher_logits` from the cache; the
-    teacher model itself runs only for the cosine loss on hidden states (on its own inputs,
-    `teacher_*` fields). Evaluation batches have no teacher outputs: eval loss is the student's
-    cross-entropy on the gold labels.
+class DistillTrainer(Trainer):
+    """The Trainer of every stage that trains (teacher fine-tuning, student distillation) in
+    both families. What differs is the loss object (`loss`, a DistillLoss): GLUE's classification
+    KD (kdsweep.glue.loss) or the token-level top-k KD (kdsweep.translation.loss); with alpha = 0
+    either is the plain cross-entropy of fine-tuning. Batches carry the teacher's cached outputs;
+    evaluation batches have none, and the loss objects then return the student's cross-entropy.
 
     Normalization: `loss_terms` returns the loss summed over the micro-batch's items (GLUE
     examples; response tokens for LMs) and their count. In training the sum is divided by the
@@ -129,32 +58,13 @@ class KDTrainer(Trainer):
     weighs the same whatever the number of GPUs or accumulation steps, so short (packed)
     micro-batches do not weigh more. Evaluation takes each batch's own mean."""
 
-    def __init__(
-        self,
-        *args,
-        alpha: float = 0.0,
-        temperature: float = 1.0,
-        hard_labels: bool = False,
-        cosine_weight: float = 0.0,
-        teacher: PreTrainedModel | None = None,
-        **kwargs,
-    ):
+    def __init__(self, *args, loss: DistillLoss, **kwargs):
         super().__init__(*args, **kwargs)
         # compute_loss uses num_items_in_batch (so the Trainer counts it and does not divide by
         # the accumulation steps itself).
         self.model_accepts_loss_kwargs = True
-        self.alpha, self.temperature, self.hard_labels, self.cosine_weight = (
-            alpha,
-            temperature,
-            hard_labels,
-            cosine_weight,
-        )
-        if cosine_weight > 0 and teacher is None:
-            raise ValueError("cosine_weight > 0 needs the teacher model online")
-        self.teacher = teacher
-        if teacher is not None:
-            teacher.eval().requires_grad_(False)
-            teacher.to(self.args.device)
+        self.loss = loss
+        loss.prepare(self.args.device)
         self._part_sums: dict[str, torch.Tensor] = {}
         self._part_steps: set[int] = set()  # the optimizer steps (global_step values) summed in _part_sums
         self.health = TrainingHealth(self)
@@ -184,28 +94,8 @@ class KDTrainer(Trainer):
 
     def loss_terms(self, model, inputs) -> tuple[torch.Tensor, dict[str, torch.Tensor], int, object]:
         """The loss summed over the micro-batch's items, its parts (summed, for the log), the
-        number of items and the model outputs."""
-        teacher_logits = inputs.pop("teacher_logits", None)
-        teacher_labels = inputs.pop("teacher_labels", None)
-        teacher_inputs = {k.removeprefix("teacher_"): inputs.pop(k) for k in list(inputs) if k.startswith("teacher_")}
-        labels = inputs.pop("labels")
-        use_cosine = self.cosine_weight > 0 and model.training
-        outputs = model(**inputs, output_hidden_states=use_cosine)
-        if teacher_logits is None:  # evaluation, or plain fine-tuning
-            loss, parts = distillation_loss(outputs.logits, None, labels, alpha=0.0, temperature=1.0)
-        else:
-            ce_labels = teacher_labels if self.hard_labels else labels
-            loss, parts = distillation_loss(outputs.logits, teacher_logits, ce_labels, self.alpha, self.temperature)
-        if use_cosine:
-            if not teacher_inputs:
-                raise ValueError("the cosine loss needs the teacher's own inputs (teacher_input_ids, ...) in the batch")
-            with torch.no_grad():
-                teacher_out = self.teacher(**teacher_inputs, output_hidden_states=True)
-            parts["cos"] = cosine_hidden_loss(
-                outputs.hidden_states[-1], teacher_out.hidden_states[-1], inputs["attention_mask"]
-            )
-            loss = loss + self.cosine_weight * parts["cos"]
-        return loss.sum(), {k: v.sum() for k, v in parts.items()}, len(labels), outputs
+        number of items and the model outputs: the family's loss object computes them."""
+        return self.loss(self, model, inputs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         total, parts, count, outputs = self.loss_terms(model, inputs)
@@ -356,7 +246,7 @@ def training_arguments(
         fp16=precision == "fp16",
         use_cpu=not cuda,
         report_to=[],
-        average_tokens_across_devices=True,  # num_items_in_batch counts every process's items (KDTrainer)
+        average_tokens_across_devices=True,  # num_items_in_batch counts every process's items (DistillTrainer)
         remove_unused_columns=False,
         prediction_loss_only=True,
         disable_tqdm=not sys.stderr.isatty(),
@@ -705,7 +595,7 @@ def run_record(trainer: Trainer) -> dict:
 
 
 def train_and_save(
-    trainer: KDTrainer,
+    trainer: DistillTrainer,
     job_spec: dict,
     model_out: str | Path,
     log_out: str | Path,

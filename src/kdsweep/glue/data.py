@@ -225,3 +225,14 @@ def prepare_glue(
         manifest["splits"][split]["sha256"] = sha256_file(path)
     write_json(out_dir / "manifest.json", manifest)
     return manifest
+
+
+def tsv_dir(glue: dict, task: str, paths) -> str | None:
+    """Where prepare reads GLUE TSVs (`glue`: the config's glue block; `paths`: RunPaths):
+    kdsweep's synthetic output, a local GLUE folder (<local_dir>/MNLI, <local_dir>/QQP, as GLUE
+    distributes them), or None for the hub."""
+    if glue["source"] == "synthetic":
+        return paths.raw_glue_dir(task)
+    if glue["source"] == "local":
+        return str(Path(glue["local_dir"]) / task.upper())
+    return None

@@ -20,8 +20,10 @@ from kdsweep.core.models import (
     name_labels,
     student_from_teacher,
 )
-from kdsweep.core.trainer import KDTrainer, PairClassificationDataset, PairCollator, train_and_save, training_arguments
+from kdsweep.core.trainer import DistillTrainer, train_and_save, training_arguments
 from kdsweep.glue.data import GLUE_TASKS
+from kdsweep.glue.dataset import PairClassificationDataset, PairCollator
+from kdsweep.glue.loss import ClassificationKD
 from kdsweep.glue.teacher import class_logits_problem
 
 log = logging.getLogger(__name__)
@@ -107,17 +109,19 @@ def distill_student(
     args = training_arguments(
         train_cfg, point["learning_rate"], checkpoint_dir, spec["eval_batch_size"], deepspeed_config
     )
-    trainer = KDTrainer(
+    trainer = DistillTrainer(
         model=student,
         args=args,
         train_dataset=train,
         eval_dataset=dev,
         data_collator=PairCollator(tokenizer, online_tokenizer),
-        alpha=point["alpha"],
-        temperature=point["temperature"],
-        hard_labels=distill_cfg["hard_labels"],
-        cosine_weight=cosine_weight,
-        teacher=teacher if cosine_weight > 0 else None,
+        loss=ClassificationKD(
+            alpha=point["alpha"],
+            temperature=point["temperature"],
+            hard_labels=distill_cfg["hard_labels"],
+            cosine_weight=cosine_weight,
+            teacher=teacher if cosine_weight > 0 else None,
+        ),
     )
     job = {"stage": "distill", "task": task, "point": point, "spec": spec, "cache": entry.key}
     return train_and_save(trainer, job, model_out, log_out, tokenizer=tokenizer)

@@ -23,15 +23,10 @@ from kdsweep.core.models import (
     name_labels,
     tokenizer_fingerprint,
 )
-from kdsweep.core.trainer import (
-    KDTrainer,
-    PairClassificationDataset,
-    PairCollator,
-    predict_logits,
-    train_and_save,
-    training_arguments,
-)
+from kdsweep.core.trainer import DistillTrainer, train_and_save, training_arguments
 from kdsweep.glue.data import GLUE_TASKS
+from kdsweep.glue.dataset import PairClassificationDataset, PairCollator, predict_logits
+from kdsweep.glue.loss import ClassificationKD
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +58,13 @@ def finetune_teacher(
         read_jsonl(data_dir / f"{GLUE_TASKS[task].eval_splits[0]}.jsonl"), tokenizer, max_length
     )
     args = training_arguments(finetune_cfg["training"], finetune_cfg["learning_rate"], checkpoint_dir, eval_batch_size)
-    trainer = KDTrainer(
-        model=model, args=args, train_dataset=train, eval_dataset=dev, data_collator=PairCollator(tokenizer)
+    trainer = DistillTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=dev,
+        data_collator=PairCollator(tokenizer),
+        loss=ClassificationKD(),
     )
     job = {
         "stage": "teacher_finetune",

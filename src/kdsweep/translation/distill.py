@@ -18,12 +18,13 @@ from kdsweep.core.cache import open_pointer
 from kdsweep.core.hub import hub_path
 from kdsweep.core.io import atomic_path, read_jsonl
 from kdsweep.core.models import causal_lm_from_config, load_causal_lm, student_from_teacher, tokenizer_fingerprint
-from kdsweep.core.trainer import process_rank, train_and_save, training_arguments
+from kdsweep.core.trainer import DistillTrainer, process_rank, train_and_save, training_arguments
+from kdsweep.translation.batching import TranslationCollator
 from kdsweep.translation.generation import load_lm_tokenizer
+from kdsweep.translation.loss import TokenKD
 from kdsweep.translation.mapped_cache import open_topk_examples
 from kdsweep.translation.prompt import ce_only_token_ids, check_same_vocabulary, make_prompt
 from kdsweep.translation.teacher import check_cache_alignment, translation_examples
-from kdsweep.translation.training import TokenKDTrainer, TranslationCollator
 
 log = logging.getLogger(__name__)
 
@@ -82,18 +83,20 @@ def distill_student_lm(
     # Memory-mapped (mapped_cache.py): each process verifies its share of the shards, all refuse a
     # damaged cache together, and each reads only its own batches' examples from the page cache.
     train = open_topk_examples(entry, *process_rank(args))
-    trainer = TokenKDTrainer(
+    trainer = DistillTrainer(
         model=student,
         args=args,
         train_dataset=train,
         eval_dataset=dev,
         data_collator=TranslationCollator(tokenizer.pad_token_id, spec["max_length"] if spec["packing"] else None),
-        alpha=point["alpha"],
-        temperature=point["temperature"],
-        kd_loss=distill_cfg["loss"],
-        tail=distill_cfg["tail"],
-        chunk_size=distill_cfg["chunk_size"],
-        ce_only_ids=ce_only_token_ids(tokenizer, spec["prompt"], distill_cfg["ce_only_tokens"]),
+        loss=TokenKD(
+            alpha=point["alpha"],
+            temperature=point["temperature"],
+            kd_loss=distill_cfg["loss"],
+            tail=distill_cfg["tail"],
+            chunk_size=distill_cfg["chunk_size"],
+            ce_only_ids=ce_only_token_ids(tokenizer, spec["prompt"], distill_cfg["ce_only_tokens"]),
+        ),
     )
     job = {"stage": "distill_lm", "point": point, "spec": spec, "student": student_path, "cache": entry.key}
     return train_and_save(trainer, job, model_out, log_out, tokenizer=tokenizer)

@@ -32,16 +32,16 @@ from kdsweep.core.cache import CacheEntry, write_pointer
 from kdsweep.core.io import read_jsonl, sha256_file
 from kdsweep.core.models import causal_lm_from_config, load_causal_lm, model_fingerprint, tokenizer_fingerprint
 from kdsweep.core.progress import progress
-from kdsweep.core.trainer import train_and_save, training_arguments
-from kdsweep.translation.generation import device, generate_translations, load_lm_tokenizer
-from kdsweep.translation.prompt import Prompt, encode_pair, make_prompt
-from kdsweep.translation.training import (
-    TokenKDTrainer,
+from kdsweep.core.trainer import DistillTrainer, train_and_save, training_arguments
+from kdsweep.translation.batching import (
     TranslationCollator,
     TranslationExamples,
     response_hidden_states,
     restore_item_order,
 )
+from kdsweep.translation.generation import device, generate_translations, load_lm_tokenizer
+from kdsweep.translation.loss import TokenKD
+from kdsweep.translation.prompt import Prompt, encode_pair, make_prompt
 
 log = logging.getLogger(__name__)
 VALUE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -128,13 +128,15 @@ def train_teacher_lm(
     dev = translation_examples(data_dir / "dev.jsonl", tokenizer, prompt, max_length)
     model = load_lm(model_spec, tokenizer, seed)
     args = training_arguments(finetune_cfg["training"], finetune_cfg["learning_rate"], checkpoint_dir, eval_batch_size)
-    trainer = TokenKDTrainer(
+    trainer = DistillTrainer(
         model=model,
         args=args,
         train_dataset=train,
         eval_dataset=dev,
         data_collator=TranslationCollator(tokenizer.pad_token_id, max_length if packing else None),
-        chunk_size=chunk_size,
+        loss=TokenKD(
+            chunk_size=chunk_size,
+        ),
     )
     job = {
         "stage": "teacher_lm",

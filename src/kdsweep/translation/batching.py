@@ -1,6 +1,6 @@
 """Training pieces of the translation (decoder LM) path, on top of the shared trainer in
 training.py: tokenized prompt+response examples, their collator, the final hidden states of
-the response tokens, and the Trainer whose loss is token-level KD from the cached top-k.
+the response tokens (the loss object is in loss.py).
 
 Positions: in a sequence of L tokens whose response starts at r, the response tokens r..L-1
 are predicted from the hidden states at r-1..L-2. The teacher cache stores its top-k for
@@ -21,8 +21,6 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-from kdsweep.core.losses import chunked_token_losses
-from kdsweep.core.trainer import KDTrainer
 from kdsweep.translation.prompt import IGNORE_INDEX
 
 
@@ -144,51 +142,3 @@ def response_hidden_states(model, unwrapped, batch: dict) -> tuple[torch.Tensor,
     labels = batch["labels"]
     mask = labels[:, 1:] != IGNORE_INDEX
     return captured["h"][:, :-1][mask], labels[:, 1:][mask]
-
-
-class TokenKDTrainer(KDTrainer):
-    """KDTrainer for decoder LMs: per response token alpha * T^2 * topk_kd + (1 - alpha) * CE,
-    computed in chunks over the vocabulary (losses.topk_kd: `kd_loss` and `tail`). Tokens in
-    `ce_only_ids` (targets the teacher was never trained on, e.g. the end marker for an Instruct
-    teacher) get their CE alone, with full weight. Without teacher rows (evaluation, teacher
-    training) the loss is the response CE. Summed, then divided by the global batch's response
-    tokens (KDTrainer.compute_loss)."""
-
-    def __init__(
-        self,
-        *args,
-        kd_loss: str = "forward_kl",
-        tail: str = "ignore",
-        chunk_size: int = 1024,
-        ce_only_ids: list[int] | tuple[int, ...] = (),
-        **kwargs,
-    ):
-        super().__init__(*args, **kwargs)
-        self.kd_loss, self.tail, self.chunk_size = kd_loss, tail, chunk_size
-        self.ce_only_ids = torch.tensor(sorted(ce_only_ids), dtype=torch.long)
-
-    def loss_terms(self, model, inputs):
-        topk_logprobs, topk_indices = inputs.pop("topk_logprobs", None), inputs.pop("topk_indices", None)
-        topk_tail = inputs.pop("topk_tail", None)
-        unwrapped = self.accelerator.unwrap_model(model)
-        hidden, targets = response_hidden_states(model, unwrapped, inputs)
-        use_kd = topk_logprobs is not None and self.alpha > 0
-        if topk_logprobs is not None and len(topk_logprobs) != len(targets):
-            raise RuntimeError(f"teacher cache rows ({len(topk_logprobs)}) != response tokens ({len(targets)})")
-        ce, kd = chunked_token_losses(
-            hidden,
-            unwrapped.get_output_embeddings(),
-            targets,
-            topk_logprobs if use_kd else None,
-            topk_indices if use_kd else None,
-            self.temperature,
-            self.kd_loss,
-            self.tail,
-            self.chunk_size,
-            topk_tail if use_kd else None,
-        )
-        if not use_kd:
-            return ce.sum(), {"ce": ce.sum()}, len(targets), {}
-        kd_on = ~torch.isin(targets, self.ce_only_ids.to(targets.device))
-        per_token = torch.where(kd_on, self.alpha * kd + (1 - self.alpha) * ce, ce)
-        return per_token.sum(), {"ce": ce.sum(), "kd": torch.where(kd_on, kd, 0.0).sum()}, len(targets), {}
