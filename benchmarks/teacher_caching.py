@@ -1,4 +1,4 @@
-"""Teacher caching throughput and peak memory: kdsweep's top-k pass (teacher_translation.topk_rows,
+"""Teacher caching throughput and peak memory: kdsweep's top-k pass (kdsweep.translation.teacher.topk_rows,
 the loop of the cache_teacher_lm stage) over the same examples, batches padded to their longest
 pair vs packed into rows of max_length tokens, timed alternately in one run.
 

@@ -187,7 +187,7 @@ def test_a_teacher_with_another_label_order_is_refused(teachers, glue_data, tmp_
     with pytest.raises(ModelMismatch) as err:
         cache_with(teachers[name], teachers[name], glue_data, tmp_path)
     message = str(err.value)
-    assert message.startswith(f"teacher.model: {teachers[name]} names its labels")
+    assert message.startswith(f"glue.teacher.model: {teachers[name]} names its labels")
     names = {"reversed": "['contradiction', 'neutral', 'entailment']", "other_names": "['yes', 'maybe', 'no']"}
     assert names[name] in message and "['entailment', 'neutral', 'contradiction']" in message
     assert_nothing_cached(tmp_path)
@@ -228,7 +228,7 @@ def test_a_teacher_kdsweep_fine_tuned_from_another_label_order_is_used(teachers,
 
 def test_a_teacher_with_another_number_of_labels_is_refused(teachers, glue_data, tmp_path):
     with pytest.raises(
-        ModelMismatch, match=r"^teacher\.model: .*two_labels is a classifier of 2 labels .* the task has 3"
+        ModelMismatch, match=r"^glue\.teacher\.model: .*two_labels is a classifier of 2 labels .* the task has 3"
     ):
         cache_with(teachers["two_labels"], teachers["two_labels"], glue_data, tmp_path)
     assert_nothing_cached(tmp_path)
@@ -238,7 +238,7 @@ def test_a_teacher_without_a_trained_head_is_refused(teachers, glue_data, tmp_pa
     with pytest.raises(ModelMismatch) as err:
         cache_with(teachers["no_head"], teachers["no_head"], glue_data, tmp_path)
     message = str(err.value)
-    assert message.startswith(f"teacher.model: {teachers['no_head']} is not a trained classifier")
+    assert message.startswith(f"glue.teacher.model: {teachers['no_head']} is not a trained classifier")
     assert "classifier.bias, classifier.weight" in message
     assert_nothing_cached(tmp_path)
 
@@ -254,7 +254,7 @@ def test_a_teacher_tokenizer_with_ids_beyond_the_teachers_vocabulary_is_refused(
     with pytest.raises(ModelMismatch) as err:
         cache_with(teacher_dir, teachers["wider_tokenizer"], glue_data, tmp_path)
     message = str(err.value)
-    assert message.startswith(f"teacher.tokenizer: the tokenizer {teachers['wider_tokenizer']} has 303 tokens")
+    assert message.startswith(f"glue.teacher.tokenizer: the tokenizer {teachers['wider_tokenizer']} has 303 tokens")
     assert f"the model {teacher_dir} a vocabulary of 300" in message
     assert_nothing_cached(tmp_path)
 
@@ -302,7 +302,7 @@ def test_distill_refuses_such_a_teacher_too(teachers, glue_data, good_cache, tmp
 def test_distill_refuses_an_online_teacher_tokenizer_that_does_not_fit(
     teachers, teacher_dir, glue_data, good_cache, tmp_path
 ):
-    with pytest.raises(ModelMismatch, match=r"^teacher\.tokenizer: .* has 303 tokens .* vocabulary of 300"):
+    with pytest.raises(ModelMismatch, match=r"^glue\.teacher\.tokenizer: .* has 303 tokens .* vocabulary of 300"):
         distill_until_the_teacher_is_loaded(
             teacher_dir, teachers["wider_tokenizer"], 0.5, glue_data, tmp_path, good_cache
         )

@@ -69,7 +69,7 @@ def _label_key(name: str) -> str:
 
 
 def load_classifier(
-    name_or_path: str, num_labels: int, *, trained_labels: tuple[str, ...] | None = None, key: str = "teacher.model"
+    name_or_path: str, num_labels: int, *, trained_labels: tuple[str, ...] | None = None, key: str = "glue.teacher.model"
 ) -> PreTrainedModel:
     """A classifier from a local directory or the hub (resolve). A base model gets a fresh head of
     num_labels classes (a student).

@@ -41,7 +41,7 @@ class PairClassificationDataset(Dataset):
             for i, (teacher_ids, student_ids) in enumerate(pairs):
                 if teacher_ids != student_ids:
                     raise ValueError(
-                        f"distill.cosine_weight > 0 compares hidden states token by token, but training example {i} "
+                        f"glue.distill.cosine_weight > 0 compares hidden states token by token, but training example {i} "
                         f"tokenizes to other ids for the teacher ({len(teacher_ids)} tokens) than for the student "
                         f"({len(student_ids)} tokens): give the student the teacher's vocabulary, or set cosine_weight 0"
                     )

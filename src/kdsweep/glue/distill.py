@@ -86,9 +86,9 @@ def distill_student(
     needs_teacher = cosine_weight > 0 or builds_from_teacher(student_spec)
     teacher = None
     if needs_teacher:
-        teacher = load_classifier(teacher_path, len(labels), trained_labels=labels, key="teacher.model")
+        teacher = load_classifier(teacher_path, len(labels), trained_labels=labels, key="glue.teacher.model")
     if online_tokenizer is not None:
-        check_tokenizer_fits(online_tokenizer, teacher, "teacher.tokenizer", teacher_path)
+        check_tokenizer_fits(online_tokenizer, teacher, "glue.teacher.tokenizer", teacher_path)
     student = build_student(
         student_spec, teacher, len(labels), tokenizer, train_cfg["seed"], point.get("init", "config")
     )

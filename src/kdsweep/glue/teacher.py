@@ -94,8 +94,8 @@ def cache_teacher_logits(
     labels = GLUE_TASKS[task].labels
     train_file = Path(data_dir) / "train.jsonl"
     tokenizer = load_tokenizer(tokenizer_path)
-    model = load_classifier(teacher_path, len(labels), trained_labels=labels, key="teacher.model")
-    check_tokenizer_fits(tokenizer, model, "teacher.tokenizer", teacher_path)
+    model = load_classifier(teacher_path, len(labels), trained_labels=labels, key="glue.teacher.model")
+    check_tokenizer_fits(tokenizer, model, "glue.teacher.tokenizer", teacher_path)
     key_parts = {
         "kind": "class_logits",
         "teacher": model_fingerprint(model),
