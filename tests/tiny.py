@@ -29,33 +29,24 @@ def injected(*roots) -> list:
     return [p for root in roots for p in Path(root).rglob("OWNED*")]
 
 
+def dot_test_config(name: str) -> dict:
+    """.test/<name>.yaml, the small runs a shell user can start too (snakemake --configfile ...)."""
+    from pathlib import Path
+
+    import yaml
+
+    return yaml.safe_load((Path(__file__).resolve().parents[1] / ".test" / f"{name}.yaml").read_text())
+
+
 def small_glue_config(run_name: str, tasks: list[str], train_size: int, distill_training: dict, **distill) -> dict:
-    """The demo's workflow at test size: synthetic data, a 2-layer teacher, a 1-layer student."""
-    return {
-        "run_name": run_name,
-        "glue": {
-            "tasks": tasks,
-            "source": "synthetic",
-            "max_length": 40,
-            "synthetic": {"train_size": train_size, "dev_size": 40},
-            "tokenizer_training": {"vocab_size": 300},
-            "teacher": {
-                "model": tiny_bert(),
-                "finetune": {
-                    "learning_rate": 1e-3,
-                    "training": {
-                        "max_steps": 20,
-                        "batch_size": 16,
-                        "eval_steps": 10,
-                        "save_steps": 10,
-                        "logging_steps": 5,
-                    },
-                },
-            },
-            "student": {"model": {"from_teacher": {"layers": [1]}}},
-            "distill": {"sweep": {"learning_rate": [1e-3, 1e-5]}, "training": distill_training, **distill},
-        },
-    }
+    """.test/glue.yaml (the demo's workflow at test size: synthetic data, a 2-layer teacher, a
+    1-layer student), with this test's run name, tasks, training size and distillation settings."""
+    config = dot_test_config("glue")
+    glue = config["glue"]
+    config["run_name"], glue["tasks"] = run_name, tasks
+    glue["synthetic"]["train_size"] = train_size
+    glue["distill"] |= {"training": distill_training, **distill}
+    return config
 
 
 def tiny_llama(layers: int = 2, **config) -> dict:

@@ -486,3 +486,26 @@ def test_a_key_given_twice_fails_naming_the_file_and_line(demo, tmp_path):
         capture_output=True, text=True, env=offline_env(), timeout=300,
     )  # fmt: skip
     assert out.returncode != 0 and "key 'run_name' given twice" in out.stdout + out.stderr, out.stderr[-3000:]
+
+
+@pytest.mark.parametrize("name", ["glue", "translation"])
+def test_the_small_test_configs_are_valid_and_plan(name, tmp_path):
+    """.test/<name>.yaml, which the workflow tests run, passes validation and plans its family's
+    whole DAG (a dry run, as a shell user would start it)."""
+    config = load_config(REPO / ".test" / f"{name}.yaml")
+    assert set(config) & {"glue", "translation"} == {name}
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-n",
+        "--cores",
+        "2",
+        "--configfile",
+        str(REPO / ".test" / f"{name}.yaml"),
+    ]
+    out = subprocess.run([*cmd, "--directory", str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    last_rule = "evaluate_student" if name == "glue" else "evaluate_translation"
+    assert f"rule {last_rule}:" in out.stdout + out.stderr and "rule report:" in out.stdout + out.stderr

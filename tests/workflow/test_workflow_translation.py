@@ -12,7 +12,7 @@ import sacrebleu
 import torch
 import yaml
 from test_workflow import REPO, planned, snakemake
-from tiny import DEMO_TEMPLATE, HOSTILE_NAME, injected, tiny_llama
+from tiny import HOSTILE_NAME, dot_test_config, injected
 from tiny_comet import build_tiny_comet
 from transformers import AutoModelForCausalLM
 
@@ -24,39 +24,13 @@ from kdsweep.translation.teacher import read_topk_cache
 
 pytestmark = pytest.mark.integration
 TASK = "europarl_en_fr"
-STEPS = {"batch_size": 16, "eval_steps": 5, "save_steps": 5, "logging_steps": 5}
 
 
 def small_translation_config(comet_ckpt: str) -> dict:
-    return {
-        "run_name": "tr",
-        "translation": {
-            "source": "synthetic",
-            "synthetic": {"size": 200},
-            "dev_size": 20,
-            "test_size": 24,
-            "max_length": 128,
-            "prompt": {"template": DEMO_TEMPLATE},
-            "tokenizer_training": {"vocab_size": 400},
-            "teacher": {
-                "model": tiny_llama(2),
-                "finetune": {"enabled": True, "learning_rate": 3e-3, "training": {"max_steps": 30, **STEPS}},
-                "cache": {"top_k": 8, "shard_size": 64},
-            },
-            "student": {"model": {"from_teacher": {"layers": [1]}}},
-            "distill": {
-                "sweep": {"learning_rate": [3e-3, 1e-5], "temperature": [1.0]},
-                "training": {"max_steps": 10, **STEPS},
-                "distributed": {"deepspeed": "zero2", "cpu_processes": 2},
-            },
-            "evaluate": {
-                "batch_size": 16,
-                "max_new_tokens": 24,
-                "samples": 3,
-                "comet": {"enabled": True, "model": comet_ckpt, "batch_size": 8, "gpus": 0},
-            },
-        },
-    }
+    """.test/translation.yaml, with COMET on (the tiny checkpoint `comet_ckpt`)."""
+    config = dot_test_config("translation")
+    config["translation"]["evaluate"]["comet"] = {"enabled": True, "model": comet_ckpt, "batch_size": 8, "gpus": 0}
+    return config
 
 
 @pytest.fixture(scope="module")
