@@ -34,10 +34,10 @@ check_config_files(workflow.configfiles)
 validate_config(
     config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 )
-# Under the Slurm profile only: the profile's variables get their defaults (exported values win)
-# and are checked; a local run asks nothing of Slurm.
-if uses_slurm_profile(workflow.resource_settings.default_resources):
-    apply_profile_defaults()
+# The Slurm profile's variables get their defaults (exported values win); under that profile only,
+# the account is looked up in sacctmgr and the GPU settings are checked: a local run asks nothing
+# of Slurm.
+apply_profile_defaults(slurm=uses_slurm_profile(workflow.resource_settings))
 outlive_slurm_signals()  # in a Slurm job: let training save its checkpoint on USR1/TERM
 
 

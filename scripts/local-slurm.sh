@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A real single-node Slurm cluster on this machine, for the cluster tests (tests/test_slurm_cluster.py).
+# A real single-node Slurm cluster on this machine, for the cluster tests (tests/cluster/test_slurm_cluster.py).
 #
 #   scripts/local-slurm.sh start   install (apt) if needed, configure and start munge, MariaDB,
 #                                  slurmdbd, slurmctld and slurmd; idempotent

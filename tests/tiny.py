@@ -101,11 +101,13 @@ def run_and_signal_distill(cmd, cwd, env, checkpoints, job_tag: str, timeout: fl
     import time
     from pathlib import Path
 
+    from kdsweep.core.trainer import COMPLETE_MARKER
+
     run = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     signalled = None
     deadline = time.time() + timeout
     while time.time() < deadline and run.poll() is None:
-        if signalled is None and list(Path(checkpoints).glob("checkpoint-*/kdsweep-complete")):
+        if signalled is None and list(Path(checkpoints).glob(f"checkpoint-*/{COMPLETE_MARKER}")):
             squeue = subprocess.run(["squeue", "-h", "-t", "R", "-o", "%i|%k"], capture_output=True, text=True).stdout
             running = [line.split("|")[0] for line in squeue.splitlines() if job_tag in line]
             if running:

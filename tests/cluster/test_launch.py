@@ -607,7 +607,10 @@ def test_only_the_slurm_profile_asks_slurm_anything(tmp_path):
     local = plan()
     assert local.returncode == 0, local.stderr[-3000:]
     assert not calls.exists()
-    cluster = plan("--profile", "slurm")
     message = "KDSWEEP_GPU_TYPE='not-a-gpu' is not a Discovery GPU type"
-    assert cluster.returncode != 0 and message in cluster.stdout + cluster.stderr
-    assert "show user" in calls.read_text()  # the default account was looked up
+    # The profile as shipped, and with its default resources replaced on the command line.
+    for extra in ([], ["--default-resources", "mem_mb=16000"]):
+        calls.unlink(missing_ok=True)
+        cluster = plan("--profile", "slurm", *extra)
+        assert cluster.returncode != 0 and message in cluster.stdout + cluster.stderr, extra
+        assert "show user" in calls.read_text()  # the default account was looked up

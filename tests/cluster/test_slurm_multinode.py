@@ -75,7 +75,7 @@ def two_nodes():
     start = subprocess.run([SCRIPT, "start-multinode"], capture_output=True, text=True, timeout=1200)
     assert start.returncode == 0, start.stdout + start.stderr
     yield
-    # The whole local cluster goes, as after tests/test_slurm_cluster.py; either test starts it again.
+    # The whole local cluster goes, as after tests/cluster/test_slurm_cluster.py; either test starts it again.
     subprocess.run([SCRIPT, "stop"], capture_output=True, text=True, timeout=300)
 
 
@@ -125,7 +125,7 @@ def snakemake_cmd(workdir: Path, *extra: str) -> list[str]:
 def distill_inputs_here(workdir: Path) -> None:
     """The distillation's inputs (data, tokenizer, teacher, its cache), made on this machine
     without Slurm: through Slurm each of those five jobs costs the plugin's ~40 s of status
-    polls (tests/test_slurm_cluster.py runs them there)."""
+    polls (tests/cluster/test_slurm_cluster.py runs them there)."""
     cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--directory", str(workdir)]
     cache = RunPaths(f"results/{RUN}").cache_pointer("mnli")  # needs the data, tokenizer and teacher
     cmd += [cache, "--configfile", str(workdir / "multinode.yaml")]

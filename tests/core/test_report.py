@@ -116,6 +116,7 @@ def test_experiment_tables_study_comparison_and_runtime(tmp_path):
         "lr2e-05_a0.5_T2_cos1_rand": {},
     }
     fake_run_outputs(paths, "qqp", ["dev"], {**sweep, **extra})  # accuracy 0.5, 0.6, ... in this order
+    fake_run_outputs(paths, "mnli", ["dev_matched"], {**sweep, **extra})  # a task the reference lacks
     ablation = {
         "KD only": "lr2e-05_a1_T2",
         "KD + hidden cosine": "lr2e-05_a1_T2_cos1",
@@ -144,7 +145,7 @@ def test_experiment_tables_study_comparison_and_runtime(tmp_path):
         "title": "t",
         "reference": str(reference),
         "glue": {
-            "tasks": ["qqp"],
+            "tasks": ["qqp", "mnli"],
             "points": sweep,
             "swept": ["learning_rate"],
             "experiments": {"ablation": {"base": base, "rows": ablation}},

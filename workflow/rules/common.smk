@@ -2,7 +2,8 @@
 # (kdsweep.core.paths, built in one place), the hub assets, the settings each job gets as JSON,
 # how jobs start, then each family's input functions and the report's spec, inputs and outputs.
 # A family's rules are in glue.smk / translation.smk, included by the Snakefile only when the
-# config has the family's block. Including these files has no side effects.
+# config has the family's block. Including these files starts nothing and asks nothing of Slurm
+# (it sets the jobs' shell prefix and, for prefetch_assets, the hub's offline variables).
 import json
 import os
 import re
@@ -39,8 +40,11 @@ TR_TASK = translation_task(config) if TR else None
 TR_POINTS = sweep_points(TR["distill"]) if TR else {}
 # Jobs run the interpreter that runs Snakemake: its folder goes first on the jobs' PATH, so
 # `python` is the venv's even when the user called .venv/bin/snakemake without activating it.
-# With --sdm conda, the python of the rule's conda environment.
-if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
+# With --sdm conda or apptainer, the python of the rule's environment or container.
+if not workflow.deployment_settings.deployment_method & {
+    DeploymentMethod.CONDA,
+    DeploymentMethod.APPTAINER,
+}:
     shell.prefix(
         f'set -euo pipefail; export PATH={shlex.quote(os.path.dirname(sys.executable))}:"$PATH"; '
     )
@@ -229,9 +233,6 @@ def report_inputs():
         files += [P.distill_log(TR_TASK, p) for p in TR_POINTS]
         files += [P.data_dir(TR_TASK), P.cache_pointer(TR_TASK)]
     return files + reference_file()
-
-
-REPORT = report_outputs(P, report_spec())  # what the report job writes, as kdsweep says
 
 
 REPORT = report_outputs(P, report_spec())  # what the report job writes, as kdsweep says

@@ -62,18 +62,24 @@ def default_account(user: str | None = None) -> str | None:
     return account or None
 
 
-def uses_slurm_profile(default_resources) -> bool:
-    """Whether Snakemake runs with the Slurm profile (its default resources name slurm_* ones):
-    only then does the workflow fill in and check the profile's variables (a local run, even a
-    dry run, asks nothing of Slurm). `default_resources`: workflow.resource_settings'."""
-    args = getattr(default_resources, "args", None) or []
-    return any(str(arg).startswith("slurm_") for arg in args)
+def uses_slurm_profile(resource_settings) -> bool:
+    """Whether Snakemake runs with the Slurm profile: its default or per-rule resources
+    (workflow.resource_settings) name slurm_* resources or the profile's $KDSWEEP_* variables,
+    even when the command line replaced one of the two lists (--default-resources mem_mb=16000)."""
+    texts = [str(arg) for arg in (getattr(resource_settings.default_resources, "args", None) or [])]
+    for rule, resources in (resource_settings.overwrite_resources or {}).items():
+        texts += [f"{name}={value}" for name, value in dict(resources).items()]
+    return any(t.startswith("slurm_") or "$KDSWEEP_" in t for t in texts)
 
 
-def apply_profile_defaults(environ: dict[str, str] = os.environ) -> dict[str, str]:
-    """Fill in the profile variables the user did not export; check the GPU settings."""
+def apply_profile_defaults(environ: dict[str, str] = os.environ, slurm: bool = True) -> dict[str, str]:
+    """Fill in the profile variables the user did not export. With `slurm` (the run uses the
+    Slurm profile) also look up the default account in sacctmgr and check the GPU settings; a
+    local run asks nothing of Slurm."""
     for name, value in PROFILE_DEFAULTS.items():
         environ.setdefault(name, value)
+    if not slurm:
+        return {k: environ[k] for k in PROFILE_DEFAULTS}
     if "KDSWEEP_SLURM_ACCOUNT" not in environ:
         account = default_account()
         if account:

@@ -5,7 +5,7 @@
 alpha weights the KD term (alpha = 1: pure KD, alpha = 0: plain fine-tuning). T^2 keeps the
 KD gradients' scale independent of T. The functions return one value per item (a GLUE example,
 a response token): the trainer sums them and divides by the items of the whole global batch
-(training.py), so the result does not depend on how a batch is split over devices and
+(kdsweep/core/trainer.py), so the result does not depend on how a batch is split over devices and
 gradient-accumulation steps.
 """
 

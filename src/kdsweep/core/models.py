@@ -90,7 +90,7 @@ def load_classifier(
             f"{key}: {name_or_path} is not a trained classifier: its checkpoint lacks "
             f"{', '.join(sorted(info['missing_keys']))}, which would be initialized at random (a base model, "
             "not fine-tuned on the task). Name a classifier fine-tuned on the task, or let kdsweep fine-tune it "
-            "(teacher.finetune.enabled: true)"
+            f"({key.removesuffix('.model')}.finetune.enabled: true)"
         )
     names = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
     expected = list(trained_labels)
@@ -106,8 +106,8 @@ def load_classifier(
             f"{key}: {name_or_path} names its labels, in order, {names} (config.json id2label); kdsweep's labels of "
             f"the task are, in order, {expected}. Its logits would be read column by column as kdsweep's labels, "
             "and nothing is remapped: use a classifier with kdsweep's label order, or let kdsweep fine-tune it "
-            "(teacher.finetune.enabled: true); if its labels do mean kdsweep's in this order, write them as its "
-            "id2label"
+            f"({key.removesuffix('.model')}.finetune.enabled: true); if its labels do mean kdsweep's in this order, "
+            "write them as its id2label"
         )
     return model
 
@@ -182,7 +182,7 @@ def student_from_teacher(
     layers = layers if layers is not None else default_layer_map(n_teacher)
     bad = [i for i in layers if i >= n_teacher]
     if bad:
-        raise ValueError(f"student.model.from_teacher.layers: {bad} out of range, the teacher has {n_teacher} layers")
+        raise ValueError(f"<family>.student.model.from_teacher.layers: {bad} out of range, the teacher has {n_teacher} layers")
     config = teacher.config.__class__.from_dict(teacher.config.to_dict())
     config.num_hidden_layers = len(layers)
     torch.manual_seed(seed)

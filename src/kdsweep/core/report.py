@@ -482,19 +482,19 @@ def report_outputs(paths: RunPaths, spec: dict) -> dict[str, list[str]]:
     """Every file write_report writes for `spec`, by kind: "md" (report.md), "tables" (each as
     csv, md, tex and html), "plots", "samples" (Markdown and HTML). The report rule declares
     exactly these as its outputs (tested against what write_report leaves in report/)."""
-    stems = []
+    stems, reference = [], load_reference(spec.get("reference"))  # a comparison per task it covers
     if "glue" in spec:
         g = spec["glue"]
         for task in g["tasks"]:
             stems.append(paths.report_file(f"{task}_all_runs", "{ext}"))
             stems += [paths.report_table(task, axis, "{ext}") for axis in g["swept"]]
-            if spec.get("reference"):
+            if task in (reference.get("glue") or {}):
                 stems.append(paths.report_file(f"{task}_vs_study", "{ext}"))
             stems += [paths.report_file(f"{task}_{name}", "{ext}") for name in g.get("experiments") or {}]
     if "translation" in spec:
         task = spec["translation"]["task"]
         stems.append(paths.report_table(task, "learning_rate", "{ext}"))
-        if spec.get("reference"):
+        if reference.get("translation"):
             stems.append(paths.report_file(f"{task}_vs_study", "{ext}"))
     stems.append(paths.report_file("runtime", "{ext}"))
     tasks = [*spec.get("glue", {}).get("tasks", []), *([spec["translation"]["task"]] if "translation" in spec else [])]

@@ -525,7 +525,7 @@ def checkpoint_plan(output_dir: str | Path, job_spec: dict, run: dict) -> bool:
         log.warning("%s: checkpoints without a job record, removing them", output_dir)
         return False
     previous = read_json(spec_file)
-    if "spec" not in previous or "run" not in previous:  # written by kdsweep before run records: the bare spec
+    if "spec" not in previous or "run" not in previous:  # written before run records existed: the bare spec
         previous = {"spec": previous, "run": None}
     changed = result_changes(previous["spec"], job_spec)
     if previous["run"] is not None:

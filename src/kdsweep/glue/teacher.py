@@ -2,7 +2,7 @@
 its class logits and pseudo-labels (argmax) for every training example.
 
 The cache entry's key covers the teacher's weights, the tokenizer, the training data file and
-max_length (see teacher_cache.py): an unchanged input reuses the entry, a changed one rebuilds.
+max_length (see kdsweep/core/cache.py): an unchanged input reuses the entry, a changed one rebuilds.
 """
 
 from __future__ import annotations

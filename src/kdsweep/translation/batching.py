@@ -1,5 +1,5 @@
-"""Training pieces of the translation (decoder LM) path, on top of the shared trainer in
-training.py: tokenized prompt+response examples, their collator, the final hidden states of
+"""Training pieces of the translation (decoder LM) path, for the shared DistillTrainer
+(kdsweep/core/trainer.py): tokenized prompt+response examples, their collator, the final hidden states of
 the response tokens (the loss object is in loss.py).
 
 Positions: in a sequence of L tokens whose response starts at r, the response tokens r..L-1

@@ -1,6 +1,6 @@
 """The top-k teacher cache read memory-mapped, for distillation at scale.
 
-read_topk_cache (teacher_translation.py) copies every shard into memory, in every process: at
+read_topk_cache (translation/teacher.py) copies every shard into memory, in every process: at
 full Europarl (~400 B per response token at k = 64) that is tens of GB per rank. Here instead:
 
 - Verification streams each shard once per job from its file (CacheEntry.scan_shard: SHA-256 of

@@ -1,7 +1,7 @@
 """Stage `teacher` for translation: train the teacher LM (the demo's, built from a config; the
 study's Llama-3.2-3B-Instruct is used as it is), then cache what the student needs from it.
 
-The cache (an entry of the shared content-addressed store, teacher_cache.py) holds, per shard
+The cache (an entry of the shared content-addressed store, kdsweep/core/cache.py) holds, per shard
 of `shard_size` training examples: the token ids of every example (prompt + response, so the
 student trains on exactly the tokens the teacher saw), a digest of each example's prompt and
 response ids (the distill stage checks its own tokenization against them), and, for every
