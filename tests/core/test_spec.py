@@ -71,3 +71,16 @@ def test_the_demo_prepare_translation_spec_round_trips():
     data = rule_json({k: v for k, v in tr.items() if k in keys})  # translation.smk's list of keys
     assert set(data) == set(keys)
     assert asdict(from_json(PrepareTranslationSpec, data, "kdsweep prepare-translation --spec")) == data
+
+
+def test_the_cli_builds_the_stage_spec(tmp_path):
+    """`python -m kdsweep <stage> --spec ...` runs the stage with its dataclass; a key the stage
+    does not know fails before anything is written."""
+    from kdsweep.cli import main
+
+    spec = {"size": 20, "seed": 1, "file_stem": "toy"}
+    main(["synthesize-europarl", "--out", str(tmp_path / "a"), "--spec", json.dumps(spec)])
+    assert len((tmp_path / "a" / "toy.en").read_text().splitlines()) == 20
+    with pytest.raises(ValueError, match=r"^kdsweep synthesize-europarl --spec\.stem: not a setting of this stage"):
+        main(["synthesize-europarl", "--out", str(tmp_path / "b"), "--spec", json.dumps({**spec, "stem": "x"})])
+    assert not (tmp_path / "b").exists()
