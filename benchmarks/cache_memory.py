@@ -63,13 +63,14 @@ def build(root: Path, pairs: int) -> dict:
     """Data, tokenizer, teacher, student and the top-64 cache under root (reused when there)."""
     from kdsweep.core.io import read_jsonl
     from kdsweep.core.models import causal_lm_from_config, train_bpe_tokenizer
-    from kdsweep.translation.data import prepare_translation
-    from kdsweep.translation.synthetic import write_synthetic_europarl
-    from kdsweep.translation.teacher import cache_teacher_topk
+    from kdsweep.translation.data import PrepareTranslationSpec, prepare_translation
+    from kdsweep.translation.synthetic import SynthesizeEuroparlSpec, write_synthetic_europarl
+    from kdsweep.translation.teacher import CacheTeacherLMSpec, cache_teacher_topk
 
     if not (root / "data" / "manifest.json").is_file():
-        write_synthetic_europarl(root / "raw", size=pairs + 100, seed=7)
-        prepare_translation("synthetic", root / "data", local_dir=root / "raw", dev_size=50, test_size=50)
+        write_synthetic_europarl(root / "raw", SynthesizeEuroparlSpec(size=pairs + 100, seed=7))
+        spec = PrepareTranslationSpec(source="synthetic", dev_size=50, test_size=50)
+        prepare_translation(root / "data", spec, local_dir=root / "raw")
     if not (root / "student" / "config.json").is_file():
         rows = read_jsonl(root / "data" / "train.jsonl")
         tok = train_bpe_tokenizer([r["source"] for r in rows] + [r["target"] for r in rows], root / "tok", 2000)
@@ -79,10 +80,10 @@ def build(root: Path, pairs: int) -> dict:
             tok.save_pretrained(root / name)
     cache = {"top_k": TOP_K, "batch_size": 64, "shard_size": 2048, "value_dtype": "float16",
              "targets": "reference", "max_new_tokens": 8, "chunk_size": 1024}  # fmt: skip
+    spec = CacheTeacherLMSpec(prompt=PROMPT, cache=cache, max_length=MAX_LENGTH)
     return cache_teacher_topk(
-        str(root / "teacher"), str(root / "teacher"), root / "data", PROMPT, cache, MAX_LENGTH, root / "store",
-        root / "cache.json",
-    )  # fmt: skip
+        str(root / "teacher"), str(root / "teacher"), root / "data", root / "store", root / "cache.json", spec
+    )
 
 
 def spec(steps: int, batch_size: int) -> dict:
@@ -176,8 +177,9 @@ def worker(args) -> None:
     s = spec(args.steps, args.batch_size)
     out = Path(args.out)
     distill_translation.distill_student_lm(
-        s["point"], s, str(root / "student"), str(root / "teacher"), root / "data", root / "cache.json",
-        out / "model", out / "log.jsonl", out / "ckpt", str(REPO / "workflow" / "deepspeed" / "zero2.json"),
+        str(root / "student"), str(root / "teacher"), root / "data", root / "cache.json",
+        out / "model", out / "log.jsonl", out / "ckpt", distill_translation.DistillLMSpec(**s),
+        str(REPO / "workflow" / "deepspeed" / "zero2.json"),
     )  # fmt: skip
     stop.set()
     for key, value in status().items():

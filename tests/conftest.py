@@ -21,12 +21,12 @@ TINY_BERT = tiny_bert(layers=4)
 @pytest.fixture(scope="session")
 def glue_data(tmp_path_factory):
     """Synthetic MNLI in GLUE TSV layout, prepared to JSONL: {"raw": dir, "data": dir}."""
-    from kdsweep.glue.data import prepare_glue
-    from kdsweep.glue.synthetic import write_synthetic_glue
+    from kdsweep.glue.data import PrepareGlueSpec, prepare_glue
+    from kdsweep.glue.synthetic import SynthesizeGlueSpec, write_synthetic_glue
 
     root = tmp_path_factory.mktemp("glue")
-    write_synthetic_glue("mnli", root / "raw", train_size=200, dev_size=40, seed=0)
-    prepare_glue("mnli", "synthetic", root / "data", tsv_dir=root / "raw")
+    write_synthetic_glue("mnli", root / "raw", SynthesizeGlueSpec(train_size=200, dev_size=40, seed=0))
+    prepare_glue("mnli", root / "data", PrepareGlueSpec(source="synthetic"), tsv_dir=root / "raw")
     return {"raw": root / "raw", "data": root / "data"}
 
 

@@ -1,7 +1,8 @@
 """`python -m kdsweep <stage> ...`: the entry points the Snakemake rules call.
 
 Paths come from the rule's input/output; settings come as one JSON object (--spec) holding only
-what the job depends on, so Snakemake reruns a job exactly when its settings change.
+what the job depends on, so Snakemake reruns a job exactly when its settings change. Each stage
+reads it as one dataclass (kdsweep.core.spec.from_json: unknown and missing keys fail, naming them).
 """
 
 from __future__ import annotations
@@ -17,6 +18,13 @@ def _spec(text: str) -> dict:
     return json.loads(text)
 
 
+def _build(cls, a):
+    """The stage's settings (a dataclass of kdsweep.core.spec) from the rule's --spec."""
+    from kdsweep.core.spec import from_json
+
+    return from_json(cls, a.spec, f"kdsweep {a.command} --spec")
+
+
 def _threads() -> None:
     n = os.environ.get("KDSWEEP_THREADS")
     if n:
@@ -26,70 +34,38 @@ def _threads() -> None:
 
 
 def cmd_synthesize_glue(a) -> None:
-    from kdsweep.glue.synthetic import write_synthetic_glue
+    from kdsweep.glue.synthetic import SynthesizeGlueSpec, write_synthetic_glue
 
-    s = a.spec
-    write_synthetic_glue(
-        a.task, a.out, train_size=s["train_size"], dev_size=s["dev_size"], label_noise=s["label_noise"], seed=s["seed"]
-    )
+    write_synthetic_glue(a.task, a.out, _build(SynthesizeGlueSpec, a))
 
 
 def cmd_prepare_glue(a) -> None:
-    from kdsweep.glue.data import prepare_glue
+    from kdsweep.glue.data import PrepareGlueSpec, prepare_glue
 
-    s = a.spec
-    prepare_glue(
-        a.task,
-        s["source"],
-        a.out,
-        tsv_dir=a.tsv_dir,
-        hub_dataset=s["hub_dataset"],
-        max_train_examples=s["max_train_examples"],
-        subset_seed=s["subset_seed"],
-    )
+    prepare_glue(a.task, a.out, _build(PrepareGlueSpec, a), tsv_dir=a.tsv_dir)
 
 
 def cmd_train_tokenizer(a) -> None:
     """WordPiece on GLUE's text pairs; with spec kind "bpe", byte-level BPE on translation pairs."""
     from kdsweep.core.io import read_jsonl
-    from kdsweep.core.models import train_bpe_tokenizer, train_wordpiece_tokenizer
+    from kdsweep.core.models import TokenizerSpec, train_tokenizer
 
+    spec = _build(TokenizerSpec, a)
     rows = read_jsonl(a.train)
-    if a.spec.get("kind") == "bpe":
-        train_bpe_tokenizer([r["source"] for r in rows] + [r["target"] for r in rows], a.out, a.spec["vocab_size"])
-    else:
-        texts = [r["text_a"] for r in rows] + [r["text_b"] for r in rows]
-        train_wordpiece_tokenizer(texts, a.out, a.spec["vocab_size"])
+    fields = ("source", "target") if spec.kind == "bpe" else ("text_a", "text_b")
+    train_tokenizer([r[field] for field in fields for r in rows], a.out, spec)
 
 
 def cmd_synthesize_europarl(a) -> None:
-    from kdsweep.translation.synthetic import write_synthetic_europarl
+    from kdsweep.translation.synthetic import SynthesizeEuroparlSpec, write_synthetic_europarl
 
-    s = a.spec
-    write_synthetic_europarl(a.out, size=s["size"], seed=s["seed"], stem=s["file_stem"])
+    write_synthetic_europarl(a.out, _build(SynthesizeEuroparlSpec, a))
 
 
 def cmd_prepare_translation(a) -> None:
-    from kdsweep.translation.data import prepare_translation
+    from kdsweep.translation.data import PrepareTranslationSpec, prepare_translation
 
-    s = a.spec
-    prepare_translation(
-        s["source"],
-        a.out,
-        local_dir=a.local_dir,
-        stem=s["file_stem"],
-        hub_dataset=s["hub_dataset"],
-        hub_config=s["hub_config"],
-        source_lang=s["source_lang"],
-        target_lang=s["target_lang"],
-        train_size=s["train_size"],
-        dev_size=s["dev_size"],
-        test_size=s["test_size"],
-        seed=s["subset_seed"],
-        max_source_words=s["max_source_words"],
-        overlong=s["overlong"],
-        max_length_ratio=s["max_length_ratio"],
-    )
+    prepare_translation(a.out, _build(PrepareTranslationSpec, a), local_dir=a.local_dir)
 
 
 def exits_when_preempted(command):
@@ -115,126 +91,68 @@ def exits_when_preempted(command):
 
 @exits_when_preempted
 def cmd_finetune_teacher(a) -> None:
-    from kdsweep.glue.teacher import finetune_teacher
+    from kdsweep.glue.teacher import GlueTeacherSpec, finetune_teacher
 
-    s = a.spec
-    finetune_teacher(
-        a.task,
-        s["model"],
-        a.tokenizer,
-        a.data_dir,
-        s["finetune"],
-        s["max_length"],
-        a.model_out,
-        a.log_out,
-        a.checkpoints,
-        s["eval_batch_size"],
-    )
+    spec = _build(GlueTeacherSpec, a)
+    finetune_teacher(a.task, a.tokenizer, a.data_dir, a.model_out, a.log_out, a.checkpoints, spec)
 
 
 def cmd_cache_teacher(a) -> None:
-    from kdsweep.glue.teacher import cache_teacher_logits
+    from kdsweep.glue.teacher import GlueCacheSpec, cache_teacher_logits
 
-    s = a.spec
-    cache_teacher_logits(a.task, a.teacher, a.tokenizer, a.data_dir, s["max_length"], a.store, a.out, s["batch_size"])
+    spec = _build(GlueCacheSpec, a)
+    cache_teacher_logits(a.task, a.teacher, a.tokenizer, a.data_dir, a.store, a.out, spec)
 
 
 @exits_when_preempted
 def cmd_distill(a) -> None:
-    from kdsweep.glue.distill import distill_student
+    from kdsweep.glue.distill import GlueDistillSpec, distill_student
 
-    distill_student(
-        a.task,
-        a.spec["point"],
-        a.spec,
-        a.teacher,
-        a.teacher_tokenizer,
-        a.student_tokenizer,
-        a.data_dir,
-        a.cache,
-        a.model_out,
-        a.log_out,
-        a.checkpoints,
-        a.deepspeed,
-    )
+    spec = _build(GlueDistillSpec, a)
+    paths = (a.teacher, a.teacher_tokenizer, a.student_tokenizer, a.data_dir, a.cache, a.model_out, a.log_out)
+    distill_student(a.task, *paths, a.checkpoints, spec, a.deepspeed)
 
 
 @exits_when_preempted
 def cmd_train_teacher_lm(a) -> None:
-    from kdsweep.translation.teacher import train_teacher_lm
+    from kdsweep.translation.teacher import TeacherLMSpec, train_teacher_lm
 
-    s = a.spec
-    train_teacher_lm(
-        s["model"],
-        a.tokenizer,
-        a.data_dir,
-        s["prompt"],
-        s["finetune"],
-        s["max_length"],
-        a.model_out,
-        a.log_out,
-        a.checkpoints,
-        s["eval_batch_size"],
-        s["chunk_size"],
-        s["packing"],
-    )
+    spec = _build(TeacherLMSpec, a)
+    train_teacher_lm(a.tokenizer, a.data_dir, a.model_out, a.log_out, a.checkpoints, spec)
 
 
 def cmd_cache_teacher_lm(a) -> None:
-    from kdsweep.translation.teacher import cache_teacher_topk
+    from kdsweep.translation.teacher import CacheTeacherLMSpec, cache_teacher_topk
 
-    s = a.spec
-    cache_teacher_topk(
-        a.teacher, a.tokenizer, a.data_dir, s["prompt"], s["cache"], s["max_length"], a.store, a.out, s["packing"]
-    )
+    cache_teacher_topk(a.teacher, a.tokenizer, a.data_dir, a.store, a.out, _build(CacheTeacherLMSpec, a))
 
 
 def cmd_init_student_lm(a) -> None:
-    from kdsweep.translation.distill import init_student_lm
+    from kdsweep.translation.distill import InitStudentLMSpec, init_student_lm
 
-    init_student_lm(a.spec["student"], a.teacher, a.tokenizer, a.out, a.spec["seed"])
+    init_student_lm(a.teacher, a.tokenizer, a.out, _build(InitStudentLMSpec, a))
 
 
 @exits_when_preempted
 def cmd_distill_lm(a) -> None:
-    from kdsweep.translation.distill import distill_student_lm
+    from kdsweep.translation.distill import DistillLMSpec, distill_student_lm
 
-    distill_student_lm(
-        a.spec["point"],
-        a.spec,
-        a.student,
-        a.teacher_tokenizer,
-        a.data_dir,
-        a.cache,
-        a.model_out,
-        a.log_out,
-        a.checkpoints,
-        a.deepspeed,
-    )
+    spec = _build(DistillLMSpec, a)
+    paths = (a.student, a.teacher_tokenizer, a.data_dir, a.cache, a.model_out, a.log_out, a.checkpoints)
+    distill_student_lm(*paths, spec, a.deepspeed)
 
 
 def cmd_evaluate_translation(a) -> None:
-    from kdsweep.translation.evaluate import evaluate_translation
+    from kdsweep.translation.evaluate import EvaluateTranslationSpec, evaluate_translation
 
-    s = a.spec
-    evaluate_translation(
-        a.model,
-        a.data_dir,
-        s["prompt"],
-        s["evaluate"],
-        a.out,
-        a.translations,
-        a.name,
-        s.get("params"),
-        max_length=s["max_length"],
-    )
+    spec = _build(EvaluateTranslationSpec, a)
+    evaluate_translation(a.model, a.data_dir, a.out, a.translations, a.name, spec)
 
 
 def cmd_evaluate(a) -> None:
-    from kdsweep.glue.evaluate import evaluate_classifier
+    from kdsweep.glue.evaluate import GlueEvaluateSpec, evaluate_classifier
 
-    s = a.spec
-    evaluate_classifier(a.task, a.model, a.data_dir, s["max_length"], a.out, a.name, s.get("params"), s["batch_size"])
+    evaluate_classifier(a.task, a.model, a.data_dir, a.out, a.name, _build(GlueEvaluateSpec, a))
 
 
 def cmd_report(a) -> None:

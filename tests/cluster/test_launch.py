@@ -388,10 +388,12 @@ def test_ctrl_c_stops_every_process_of_a_distillation_and_a_rerun_resumes(teache
     shell starts it in the foreground group; torchrun and its workers run in sessions of their
     own). The workers save a checkpoint and stop, no process of the job outlives the launcher, which
     exits 130 within a bounded time; the rerun resumes from the newest complete checkpoint."""
-    from kdsweep.glue.teacher import cache_teacher_logits
+    from kdsweep.glue.teacher import GlueCacheSpec, cache_teacher_logits
 
     cache = tmp_path / "cache.json"
-    cache_teacher_logits("mnli", str(teacher_dir), str(teacher_dir), glue_data["data"], 32, tmp_path / "store", cache)
+    cache_teacher_logits(
+        "mnli", str(teacher_dir), str(teacher_dir), glue_data["data"], tmp_path / "store", cache, GlueCacheSpec(32)
+    )
     out, max_steps = tmp_path / "job", 150  # ~20 steps/s here: the Ctrl-C comes mid-training
     cmd = distill_command(teacher_dir, glue_data["data"], cache, out, max_steps)
     with open(tmp_path / "first.log", "w") as log:
@@ -423,10 +425,12 @@ def test_ctrl_c_stops_every_process_of_a_distillation_and_a_rerun_resumes(teache
 
 
 def cached_teacher(teacher_dir, glue_data, tmp_path) -> Path:
-    from kdsweep.glue.teacher import cache_teacher_logits
+    from kdsweep.glue.teacher import GlueCacheSpec, cache_teacher_logits
 
     cache = tmp_path / "cache.json"
-    cache_teacher_logits("mnli", str(teacher_dir), str(teacher_dir), glue_data["data"], 32, tmp_path / "store", cache)
+    cache_teacher_logits(
+        "mnli", str(teacher_dir), str(teacher_dir), glue_data["data"], tmp_path / "store", cache, GlueCacheSpec(32)
+    )
     return cache
 
 

@@ -39,7 +39,7 @@ from kdsweep.core.models import (
     train_bpe_tokenizer,
 )
 from kdsweep.families import load_config, validate_config
-from kdsweep.glue.data import prepare_glue
+from kdsweep.glue.data import PrepareGlueSpec, prepare_glue
 from kdsweep.translation.data import load_hub_pairs
 from kdsweep.translation.metrics import resolve_comet_checkpoint
 
@@ -262,7 +262,7 @@ def test_missing_asset_names_the_repo_and_the_command(offline, monkeypatch):
     with pytest.raises(MissingAsset, match=r"model 'kdsweep-tests/absent'.*\n    " + re.escape(PREFETCH) + "$"):
         hub_path("kdsweep-tests/absent")
     with pytest.raises(MissingAsset, match=r"dataset 'nyu-mll/glue'"):
-        prepare_glue("mnli", "hub", offline.parent / "unused", hub_dataset="nyu-mll/glue")
+        prepare_glue("mnli", offline.parent / "unused", PrepareGlueSpec(source="hub", hub_dataset="nyu-mll/glue"))
     with pytest.raises(MissingAsset, match="kdsweep-tests/absent"):
         load_classifier("kdsweep-tests/absent", 3)
     with pytest.raises(MissingAsset, match=r"(?s)model 'kdsweep-tests/no-such-comet'.*" + re.escape(PREFETCH)):
@@ -286,7 +286,7 @@ def test_hub_path_local_paths_and_online(offline, tmp_path, monkeypatch):
 
 
 def test_prepare_glue_from_the_cached_parquet_snapshot(offline, tmp_path):
-    manifest = prepare_glue("mnli", "hub", tmp_path / "mnli", hub_dataset="kdsweep-tests/glue")
+    manifest = prepare_glue("mnli", tmp_path / "mnli", PrepareGlueSpec(source="hub", hub_dataset="kdsweep-tests/glue"))
     for split, hub_split in [("train", "train"), ("dev_matched", "validation_matched")]:
         expected = [
             {"id": str(idx), "text_a": a, "text_b": b, "label": label}

@@ -15,7 +15,7 @@ from tiny import tiny_bert
 from kdsweep.core.io import read_jsonl
 from kdsweep.core.models import classifier_from_config, load_classifier, load_tokenizer
 from kdsweep.families import validate_config
-from kdsweep.glue.teacher import cache_teacher_logits
+from kdsweep.glue.teacher import GlueCacheSpec, cache_teacher_logits
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
@@ -31,9 +31,8 @@ def setup(glue_data, tokenizer_dir, tmp_path_factory):
     teacher = classifier_from_config(spec, 3, tok, seed=0)
     teacher.save_pretrained(root / "teacher")
     tok.save_pretrained(root / "teacher")
-    cache_teacher_logits(
-        "mnli", str(root / "teacher"), str(root / "teacher"), glue_data["data"], 32, root / "store", root / "cache.json"
-    )
+    teacher, spec = str(root / "teacher"), GlueCacheSpec(max_length=32)
+    cache_teacher_logits("mnli", teacher, teacher, glue_data["data"], root / "store", root / "cache.json", spec)
     config = validate_config(
         {
             "run_name": "ds",

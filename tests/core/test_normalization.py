@@ -18,10 +18,10 @@ from tiny import DEMO_PROMPT, tiny_llama, wait_for_a_checkpoint
 from kdsweep.core.io import read_jsonl, write_jsonl
 from kdsweep.core.models import causal_lm_from_config, load_causal_lm, train_bpe_tokenizer
 from kdsweep.families import validate_config
-from kdsweep.translation.data import prepare_translation
-from kdsweep.translation.distill import distill_student_lm
-from kdsweep.translation.synthetic import write_synthetic_europarl
-from kdsweep.translation.teacher import cache_teacher_topk
+from kdsweep.translation.data import PrepareTranslationSpec, prepare_translation
+from kdsweep.translation.distill import DistillLMSpec, distill_student_lm
+from kdsweep.translation.synthetic import SynthesizeEuroparlSpec, write_synthetic_europarl
+from kdsweep.translation.teacher import CacheTeacherLMSpec, cache_teacher_topk
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
@@ -35,8 +35,9 @@ WIDE = {"initializer_range": 0.5}
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("norm")
-    write_synthetic_europarl(root / "raw", size=60, seed=5)
-    prepare_translation("synthetic", root / "data", local_dir=root / "raw", train_size=16, dev_size=8, test_size=8)
+    write_synthetic_europarl(root / "raw", SynthesizeEuroparlSpec(size=60, seed=5))
+    spec = PrepareTranslationSpec(source="synthetic", train_size=16, dev_size=8, test_size=8)
+    prepare_translation(root / "data", spec, local_dir=root / "raw")
     rows = read_jsonl(root / "data" / "train.jsonl")
     tok = train_bpe_tokenizer([r["source"] for r in rows] + [r["target"] for r in rows], root / "tok", 350)
     for name, layers in (("teacher", 2), ("student", 1)):
@@ -44,15 +45,9 @@ def setup(tmp_path_factory):
         model.save_pretrained(root / name)
         tok.save_pretrained(root / name)
     cache_cfg = {**CACHE, "max_new_tokens": 8, "chunk_size": 64}
+    spec = CacheTeacherLMSpec(prompt=DEMO_PROMPT, cache=cache_cfg, max_length=128)
     cache_teacher_topk(
-        str(root / "teacher"),
-        str(root / "teacher"),
-        root / "data",
-        DEMO_PROMPT,
-        cache_cfg,
-        128,
-        root / "store",
-        root / "data.json",
+        str(root / "teacher"), str(root / "teacher"), root / "data", root / "store", root / "data.json", spec
     )
     lengths = [len(r["source"].split()) for r in rows]
     assert max(lengths) >= 2 * min(lengths)  # variable-length pairs
@@ -108,8 +103,8 @@ def run_in_process(root: Path, name: str, accumulation: int, max_steps: int = 2,
     out = root / name
     s = spec(accumulation, max_steps)
     distill_student_lm(
-        s["point"], s, str(root / "student"), str(root / "teacher"), root / data, root / f"{data}.json",
-        out / "model", out / "log.jsonl", out / "ckpt",
+        str(root / "student"), str(root / "teacher"), root / data, root / f"{data}.json",
+        out / "model", out / "log.jsonl", out / "ckpt", DistillLMSpec(**s),
     )  # fmt: skip
     return out
 
@@ -174,9 +169,8 @@ def test_a_short_last_accumulation_window_weighs_its_tokens_alike(setup):
     write_jsonl(setup / "data20" / "dev.jsonl", read_jsonl(setup / "data" / "dev.jsonl"))
     cache_cfg = {**CACHE, "max_new_tokens": 8, "chunk_size": 64}
     teacher = str(setup / "teacher")
-    cache_teacher_topk(
-        teacher, teacher, setup / "data20", DEMO_PROMPT, cache_cfg, 128, setup / "store", setup / "data20.json"
-    )
+    spec = CacheTeacherLMSpec(prompt=DEMO_PROMPT, cache=cache_cfg, max_length=128)
+    cache_teacher_topk(teacher, teacher, setup / "data20", setup / "store", setup / "data20.json", spec)
     one = steps(run_in_process(setup, "short_one", 1, max_steps=-1, data="data20"))
     two = steps(run_in_process(setup, "short_two", 2, max_steps=-1, data="data20"))
     assert [h["step"] for h in one] == [h["step"] for h in two] == [1, 2, 3]

@@ -8,14 +8,13 @@ from kdsweep.core.cache import CacheDamaged, CacheEntry, open_pointer
 from kdsweep.core.io import read_json, read_jsonl
 from kdsweep.core.models import ModelMismatch, load_classifier, load_tokenizer
 from kdsweep.glue.dataset import PairClassificationDataset, PairCollator, predict_logits
-from kdsweep.glue.distill import distill_student
-from kdsweep.glue.teacher import cache_teacher_logits, class_logits_problem
+from kdsweep.glue.distill import GlueDistillSpec, distill_student
+from kdsweep.glue.teacher import GlueCacheSpec, cache_teacher_logits, class_logits_problem
 
 
 def run_cache(teacher_dir, data_dir, store, pointer, max_length=32):
-    return cache_teacher_logits(
-        "mnli", str(teacher_dir), str(teacher_dir), data_dir, max_length, store, pointer, batch_size=64
-    )
+    spec = GlueCacheSpec(max_length=max_length, batch_size=64)
+    return cache_teacher_logits("mnli", str(teacher_dir), str(teacher_dir), data_dir, store, pointer, spec)
 
 
 def test_round_trip_matches_the_teacher(teacher_dir, glue_data, tmp_path):
@@ -173,8 +172,9 @@ def teachers(teacher_dir, tmp_path_factory):
 
 
 def cache_with(teacher, tokenizer, glue_data, tmp_path):
+    spec = GlueCacheSpec(max_length=32, batch_size=64)
     return cache_teacher_logits(
-        "mnli", str(teacher), str(tokenizer), glue_data["data"], 32, tmp_path / "store", tmp_path / "p.json", 64
+        "mnli", str(teacher), str(tokenizer), glue_data["data"], tmp_path / "store", tmp_path / "p.json", spec
     )
 
 
@@ -207,20 +207,15 @@ def test_a_teacher_kdsweep_fine_tuned_from_another_label_order_is_used(teachers,
     kdsweep's labels, and the cache uses it."""
     from tiny import lm_training
 
-    from kdsweep.glue.teacher import finetune_teacher
+    from kdsweep.glue.teacher import GlueTeacherSpec, finetune_teacher
 
     training = lm_training(max_steps=1, batch_size=8, eval_steps=1000, save_steps=1000, logging_steps=1)
     out = tmp_path / "teacher"
+    spec = GlueTeacherSpec(
+        model=str(teachers["reversed"]), finetune={"learning_rate": 1e-3, "training": training}, max_length=32
+    )
     finetune_teacher(
-        "mnli",
-        str(teachers["reversed"]),
-        str(teachers["reversed"]),
-        glue_data["data"],
-        {"learning_rate": 1e-3, "training": training},
-        32,
-        out,
-        tmp_path / "log.jsonl",
-        tmp_path / "ck",
+        "mnli", str(teachers["reversed"]), glue_data["data"], out, tmp_path / "log.jsonl", tmp_path / "ck", spec
     )
     assert load_classifier(str(out), 3).config.id2label == {0: "entailment", 1: "neutral", 2: "contradiction"}
     assert cache_with(out, out, glue_data, tmp_path)["rows"] == len(read_jsonl(glue_data["data"] / "train.jsonl"))
@@ -261,25 +256,16 @@ def test_a_teacher_tokenizer_with_ids_beyond_the_teachers_vocabulary_is_refused(
 
 def distill_until_the_teacher_is_loaded(teacher, tokenizer, cosine_weight, glue_data, tmp_path, pointer):
     """distill_student up to the point where it has its teacher; a refusal comes before any training."""
-    spec = {
-        "distill": {"cosine_weight": cosine_weight, "hard_labels": False, "training": {"seed": 0}},
-        "student": {"model": {"from_teacher": {"layers": [0]}}},
-    }
-    point = {"learning_rate": 1e-3, "alpha": 0.5, "temperature": 2.0}
-    out = tmp_path / "out"
-    distill_student(
-        "mnli",
-        point,
-        spec,
-        str(teacher),
-        str(tokenizer),
-        str(tokenizer),
-        glue_data["data"],
-        pointer,
-        out / "model",
-        out / "log.jsonl",
-        out / "ck",
+    spec = GlueDistillSpec(
+        point={"learning_rate": 1e-3, "alpha": 0.5, "temperature": 2.0},
+        student={"model": {"from_teacher": {"layers": [0]}}},
+        distill={"cosine_weight": cosine_weight, "hard_labels": False, "training": {"seed": 0}},
+        max_length=32,
+        eval_batch_size=16,
     )
+    out = tmp_path / "out"
+    paths = (str(teacher), str(tokenizer), str(tokenizer), glue_data["data"], pointer, out / "model", out / "log.jsonl")
+    distill_student("mnli", *paths, out / "ck", spec)
 
 
 @pytest.fixture(scope="module")

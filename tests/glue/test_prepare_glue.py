@@ -2,8 +2,10 @@ import json
 
 import pytest
 
-from kdsweep.glue.data import GLUE_TASKS, PrepareError, parse_glue_tsv, prepare_glue, subset
+from kdsweep.glue.data import GLUE_TASKS, PrepareError, PrepareGlueSpec, parse_glue_tsv, prepare_glue, subset
 from kdsweep.glue.synthetic import MNLI_TRAIN_HEADER, QQP_HEADER
+
+LOCAL = PrepareGlueSpec(source="local")
 
 MNLI = GLUE_TASKS["mnli"]
 QQP = GLUE_TASKS["qqp"]
@@ -129,7 +131,7 @@ def test_prepare_writes_splits_and_manifest_counts(tmp_path):
                 ),
             ],
         )
-    manifest = prepare_glue("mnli", "local", tmp_path / "out", tsv_dir=raw)
+    manifest = prepare_glue("mnli", tmp_path / "out", LOCAL, tsv_dir=raw)
     train = manifest["splits"]["train"]
     assert (train["rows_read"], train["rows_written"], train["dropped_by_reason"]) == (
         12,
@@ -149,13 +151,13 @@ def test_split_empty_after_filtering_fails_naming_the_file(tmp_path):
     with pytest.raises(
         PrepareError, match=r"train.tsv: no usable rows after filtering \(2 read, dropped: .*no gold label"
     ):
-        prepare_glue("mnli", "local", tmp_path / "out", tsv_dir=raw)
+        prepare_glue("mnli", tmp_path / "out", LOCAL, tsv_dir=raw)
     assert not (tmp_path / "out").exists()  # nothing half-written
 
 
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(PrepareError, match=r"QQP/train.tsv: missing"):
-        prepare_glue("qqp", "local", tmp_path / "out", tsv_dir=tmp_path / "QQP")
+        prepare_glue("qqp", tmp_path / "out", LOCAL, tsv_dir=tmp_path / "QQP")
 
 
 def test_subset_is_deterministic_and_keeps_order():

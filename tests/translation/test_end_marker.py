@@ -14,12 +14,12 @@ from tiny import DEMO_PROMPT, lm_training, tiny_llama
 
 from kdsweep.core.io import read_jsonl
 from kdsweep.core.models import load_causal_lm, train_bpe_tokenizer
-from kdsweep.translation.data import prepare_translation
-from kdsweep.translation.distill import distill_student_lm, init_student_lm
+from kdsweep.translation.data import PrepareTranslationSpec, prepare_translation
+from kdsweep.translation.distill import DistillLMSpec, InitStudentLMSpec, distill_student_lm, init_student_lm
 from kdsweep.translation.generation import generate_translations, load_lm_tokenizer
 from kdsweep.translation.prompt import encode_pair, make_prompt
-from kdsweep.translation.synthetic import write_synthetic_europarl
-from kdsweep.translation.teacher import cache_teacher_topk, train_teacher_lm
+from kdsweep.translation.synthetic import SynthesizeEuroparlSpec, write_synthetic_europarl
+from kdsweep.translation.teacher import CacheTeacherLMSpec, TeacherLMSpec, cache_teacher_topk, train_teacher_lm
 
 pytestmark = pytest.mark.integration
 NO_MARKER = {**DEMO_PROMPT, "template": "<|begin_of_text|>English: {source}\nFrench: {target}<|eot_id|>"}
@@ -31,29 +31,22 @@ def instruct_teacher(tmp_path_factory):
     """Data, tokenizer, a teacher trained without the marker, its top-8 cache with the marker
     prompt, and the base student built from its layers."""
     root = tmp_path_factory.mktemp("marker")
-    write_synthetic_europarl(root / "raw", size=200, seed=3)
-    prepare_translation("synthetic", root / "data", local_dir=root / "raw", dev_size=20, test_size=20)
+    write_synthetic_europarl(root / "raw", SynthesizeEuroparlSpec(size=200, seed=3))
+    spec = PrepareTranslationSpec(source="synthetic", dev_size=20, test_size=20)
+    prepare_translation(root / "data", spec, local_dir=root / "raw")
     rows = read_jsonl(root / "data" / "train.jsonl")
     train_bpe_tokenizer([r["source"] for r in rows] + [r["target"] for r in rows], root / "tok", 400)
     model = tiny_llama(2, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2)
     steps = {"max_steps": 300, "batch_size": 16, "warmup_ratio": 0.05, "eval_steps": 1000, "save_steps": 1000}
     finetune = {"learning_rate": 3e-3, "training": lm_training(**steps)}
-    train_teacher_lm(
-        model,
-        str(root / "tok"),
-        root / "data",
-        NO_MARKER,
-        finetune,
-        128,
-        root / "teacher",
-        root / "t.jsonl",
-        root / "tc",
-    )
+    spec = TeacherLMSpec(model=model, finetune=finetune, prompt=NO_MARKER, max_length=128)
+    train_teacher_lm(str(root / "tok"), root / "data", root / "teacher", root / "t.jsonl", root / "tc", spec)
     cache = {"top_k": 8, "batch_size": 32, "shard_size": 1000, "value_dtype": "float16", "targets": "reference"}
     cache |= {"max_new_tokens": 8, "chunk_size": 256}
     teacher = str(root / "teacher")
-    cache_teacher_topk(teacher, teacher, root / "data", DEMO_PROMPT, cache, 128, root / "store", root / "cache.json")
-    init_student_lm({"from_teacher": {"layers": [0, 1]}}, teacher, teacher, root / "student", seed=0)
+    spec = CacheTeacherLMSpec(prompt=DEMO_PROMPT, cache=cache, max_length=128)
+    cache_teacher_topk(teacher, teacher, root / "data", root / "store", root / "cache.json", spec)
+    init_student_lm(teacher, teacher, root / "student", InitStudentLMSpec({"from_teacher": {"layers": [0, 1]}}, seed=0))
     return root
 
 
@@ -74,8 +67,8 @@ def distill_and_generate(root, name: str, ce_only: list[str]) -> Counter:
     }
     out = root / name
     distill_student_lm(
-        spec["point"], spec, str(root / "student"), str(root / "teacher"), root / "data", root / "cache.json",
-        out / "model", out / "log.jsonl", out / "ckpt",
+        str(root / "student"), str(root / "teacher"), root / "data", root / "cache.json",
+        out / "model", out / "log.jsonl", out / "ckpt", DistillLMSpec(**spec),
     )  # fmt: skip
     tok = load_lm_tokenizer(str(out / "model"))
     sources = [r["source"] for r in read_jsonl(root / "data" / "train.jsonl")[:20]]

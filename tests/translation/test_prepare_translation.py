@@ -3,13 +3,14 @@ import json
 import pytest
 
 from kdsweep.core.data import PrepareError
-from kdsweep.translation.data import filter_pairs, prepare_translation, read_europarl
+from kdsweep.translation.data import PrepareTranslationSpec, filter_pairs, prepare_translation, read_europarl
 from kdsweep.translation.synthetic import (
     ADJECTIVES,
     NOUNS,
     VERBS,
     Clause,
     NounPhrase,
+    SynthesizeEuroparlSpec,
     render,
     synthetic_pairs,
     write_synthetic_europarl,
@@ -91,7 +92,9 @@ def test_no_trailing_newline_keeps_the_last_row(tmp_path):
 def prepare(tmp_path, pairs, **kwargs):
     write_europarl(tmp_path / "raw", pairs)
     settings = {"dev_size": 1, "test_size": 1, **kwargs}
-    return prepare_translation("local", tmp_path / "out", local_dir=tmp_path / "raw", **settings)
+    return prepare_translation(
+        tmp_path / "out", PrepareTranslationSpec(source="local", **settings), local_dir=tmp_path / "raw"
+    )
 
 
 def read_split(tmp_path, split):
@@ -128,7 +131,7 @@ def test_repeated_sources_are_dropped_before_splitting(tmp_path):
         ("The vote will take place tomorrow.", "Le vote aura lieu demain."),
     ]
     pairs = numbered_pairs(12) + repeated * 4 + [("The  debate is closed. ", "Le débat est terminé.")]
-    manifest = prepare(tmp_path, pairs, train_size=None, dev_size=3, test_size=3, seed=0)
+    manifest = prepare(tmp_path, pairs, train_size=None, dev_size=3, test_size=3, subset_seed=0)
     assert manifest["pool"]["dropped_by_reason"] == {"duplicate_pair": 6, "duplicate_source": 1}
     assert manifest["pool"]["rows_kept"] == 14
     sources = {
@@ -147,7 +150,7 @@ def test_splits_are_deterministic_disjoint_and_sized(tmp_path):
     pairs = numbered_pairs(40)
     ids = {}
     for name, seed in (("a", 1), ("b", 1), ("c", 2)):
-        manifest = prepare(tmp_path / name, pairs, train_size=20, dev_size=5, test_size=7, seed=seed)
+        manifest = prepare(tmp_path / name, pairs, train_size=20, dev_size=5, test_size=7, subset_seed=seed)
         assert {s: e["rows_written"] for s, e in manifest["splits"].items()} == {"train": 20, "dev": 5, "test": 7}
         ids[name] = {s: [r["id"] for r in read_split(tmp_path / name, s)] for s in ("train", "dev", "test")}
     assert ids["a"] == ids["b"]
@@ -155,12 +158,12 @@ def test_splits_are_deterministic_disjoint_and_sized(tmp_path):
     train, dev, test = (set(ids["a"][s]) for s in ("train", "dev", "test"))
     assert not (train & dev or train & test or dev & test)
     assert ids["a"]["train"] == sorted(ids["a"]["train"])  # each split keeps the file order
-    rest = prepare(tmp_path / "rest", pairs, train_size=None, dev_size=5, test_size=7, seed=1)
+    rest = prepare(tmp_path / "rest", pairs, train_size=None, dev_size=5, test_size=7, subset_seed=1)
     assert rest["splits"]["train"]["rows_written"] == 28
 
 
 def test_manifest_layout(tmp_path):
-    manifest = prepare(tmp_path, numbered_pairs(5) + [("", "Vide.")], seed=3)
+    manifest = prepare(tmp_path, numbered_pairs(5) + [("", "Vide.")], subset_seed=3)
     assert json.loads((tmp_path / "out" / "manifest.json").read_text()) == manifest
     assert manifest["source"] == "local" and manifest["kdsweep_version"]
     assert manifest["settings"]["seed"] == 3 and manifest["settings"]["max_source_words"] == 128
@@ -179,8 +182,9 @@ def test_too_few_pairs_fail_with_the_counts(tmp_path):
 
 
 def test_synthetic_files_go_through_the_real_parser(tmp_path):
-    write_synthetic_europarl(tmp_path / "raw", size=50, seed=0)
-    manifest = prepare_translation("synthetic", tmp_path / "out", local_dir=tmp_path / "raw", dev_size=10, test_size=10)
+    write_synthetic_europarl(tmp_path / "raw", SynthesizeEuroparlSpec(size=50))
+    spec = PrepareTranslationSpec(source="synthetic", dev_size=10, test_size=10)
+    manifest = prepare_translation(tmp_path / "out", spec, local_dir=tmp_path / "raw")
     assert manifest["pool"]["rows_read"] == 50 and manifest["pool"]["dropped_by_reason"] == {}
     assert [manifest["splits"][s]["rows_written"] for s in ("train", "dev", "test")] == [30, 10, 10]
 

@@ -12,11 +12,11 @@ from tiny import DEMO_PROMPT, lm_training, tiny_llama
 from kdsweep.core.cache import CacheEntry, open_pointer
 from kdsweep.core.io import read_jsonl, write_jsonl
 from kdsweep.core.models import causal_lm_from_config, load_causal_lm, train_bpe_tokenizer
-from kdsweep.translation.data import prepare_translation
+from kdsweep.translation.data import PrepareTranslationSpec, prepare_translation
 from kdsweep.translation.generation import generate_translations, load_lm_tokenizer
 from kdsweep.translation.prompt import encode_pair, make_prompt
-from kdsweep.translation.synthetic import write_synthetic_europarl
-from kdsweep.translation.teacher import cache_teacher_topk, read_topk_cache
+from kdsweep.translation.synthetic import SynthesizeEuroparlSpec, write_synthetic_europarl
+from kdsweep.translation.teacher import CacheTeacherLMSpec, cache_teacher_topk, read_topk_cache
 
 CACHE = {
     "top_k": 8,
@@ -34,8 +34,9 @@ MAX_LENGTH = 192
 def lm(tmp_path_factory):
     """Prepared synthetic pairs, a BPE tokenizer and a random tiny Llama teacher saved with it."""
     root = tmp_path_factory.mktemp("lm")
-    write_synthetic_europarl(root / "raw", size=160, seed=3)
-    prepare_translation("synthetic", root / "data", local_dir=root / "raw", dev_size=20, test_size=20)
+    write_synthetic_europarl(root / "raw", SynthesizeEuroparlSpec(size=160, seed=3))
+    spec = PrepareTranslationSpec(source="synthetic", dev_size=20, test_size=20)
+    prepare_translation(root / "data", spec, local_dir=root / "raw")
     rows = read_jsonl(root / "data" / "train.jsonl")
     tok = train_bpe_tokenizer([r["source"] for r in rows] + [r["target"] for r in rows], root / "tok", 400)
     teacher = causal_lm_from_config(tiny_llama(2), tok, seed=0)
@@ -45,9 +46,8 @@ def lm(tmp_path_factory):
 
 
 def run_cache(lm, data_dir, store, pointer, max_length=MAX_LENGTH, **cache):
-    return cache_teacher_topk(
-        str(lm / "teacher"), str(lm / "teacher"), data_dir, DEMO_PROMPT, {**CACHE, **cache}, max_length, store, pointer
-    )
+    spec = CacheTeacherLMSpec(prompt=DEMO_PROMPT, cache={**CACHE, **cache}, max_length=max_length)
+    return cache_teacher_topk(str(lm / "teacher"), str(lm / "teacher"), data_dir, store, pointer, spec)
 
 
 def test_cache_round_trip_matches_the_teacher(lm, tmp_path):
@@ -231,7 +231,7 @@ def test_evaluation_counts_prompts_over_max_length_or_the_context_and_scores_the
     import sacrebleu
 
     from kdsweep.core.report import translation_row
-    from kdsweep.translation.evaluate import evaluate_translation
+    from kdsweep.translation.evaluate import EvaluateTranslationSpec, evaluate_translation
 
     tok = load_lm_tokenizer(str(lm / "teacher"))
     prompt = make_prompt(tok, DEMO_PROMPT)
@@ -246,15 +246,14 @@ def test_evaluation_counts_prompts_over_max_length_or_the_context_and_scores_the
     write_jsonl(tmp_path / "data" / "test.jsonl", rows)
     limit, not_scored = (120, {900}) if max_length == 192 else (64, {900, 901})
     eval_cfg = {"batch_size": 3, "max_new_tokens": 8, "num_beams": 1, "comet": {"enabled": False}}
+    spec = EvaluateTranslationSpec(prompt=DEMO_PROMPT, max_length=max_length, evaluate=eval_cfg)
     result = evaluate_translation(
         str(lm / "teacher"),
         tmp_path / "data",
-        DEMO_PROMPT,
-        eval_cfg,
         tmp_path / "metrics.json",
         tmp_path / "translations.jsonl",
         "teacher",
-        max_length=max_length,
+        spec,
     )
     assert max(generate_widths) <= limit
     outputs = read_jsonl(tmp_path / "translations.jsonl")
@@ -274,7 +273,7 @@ def test_evaluation_counts_prompts_over_max_length_or_the_context_and_scores_the
 
 
 def test_distillation_refuses_a_student_with_another_vocabulary(lm, tmp_path):
-    from kdsweep.translation.distill import distill_student_lm
+    from kdsweep.translation.distill import DistillLMSpec, distill_student_lm
 
     run_cache(lm, lm / "data", tmp_path / "store", tmp_path / "ptr.json")
     tok = load_lm_tokenizer(str(lm / "teacher"))
@@ -287,12 +286,11 @@ def test_distillation_refuses_a_student_with_another_vocabulary(lm, tmp_path):
         "distill": {"loss": "forward_kl", "chunk_size": 64, "training": {}},
         "prompt": DEMO_PROMPT,
         "max_length": MAX_LENGTH,
+        "packing": True,
         "eval_batch_size": 8,
     }
     with pytest.raises(ValueError, match=f"teacher vocab_size {len(tok)}, student vocab_size {len(tok) + 8}"):
         distill_student_lm(
-            spec["point"],
-            spec,
             str(tmp_path / "student"),
             str(lm / "teacher"),
             lm / "data",
@@ -300,6 +298,7 @@ def test_distillation_refuses_a_student_with_another_vocabulary(lm, tmp_path):
             tmp_path / "out",
             tmp_path / "log.jsonl",
             tmp_path / "ckpt",
+            DistillLMSpec(**spec),
         )
     assert not os.path.exists(tmp_path / "out") and not os.path.exists(tmp_path / "ckpt")
 
@@ -321,20 +320,22 @@ def test_sequence_level_kd_caches_the_teacher_translations(lm, tmp_path):
 
 
 def test_init_student_builds_from_layers_or_config_and_checks_the_vocabulary(lm, tmp_path):
-    from kdsweep.translation.distill import init_student_lm
+    from kdsweep.translation.distill import InitStudentLMSpec, init_student_lm
 
     teacher = str(lm / "teacher")
-    init_student_lm({"from_teacher": {"layers": [1]}}, teacher, teacher, tmp_path / "layers", seed=0)
+    init_student_lm(teacher, teacher, tmp_path / "layers", InitStudentLMSpec({"from_teacher": {"layers": [1]}}, seed=0))
     student = load_causal_lm(str(tmp_path / "layers"))
     source = load_causal_lm(teacher)
     assert student.config.num_hidden_layers == 1
     assert torch.equal(student.model.layers[0].mlp.up_proj.weight, source.model.layers[1].mlp.up_proj.weight)
-    init_student_lm(tiny_llama(1), teacher, teacher, tmp_path / "config", seed=0)
+    init_student_lm(teacher, teacher, tmp_path / "config", InitStudentLMSpec(tiny_llama(1), seed=0))
     assert load_causal_lm(str(tmp_path / "config")).config.vocab_size == source.config.vocab_size
     rows = read_jsonl(lm / "data" / "train.jsonl")
     train_bpe_tokenizer([r["source"] for r in rows], tmp_path / "other_tok", 350)
     with pytest.raises(ValueError, match=f"teacher vocab_size {source.config.vocab_size}, student vocab_size 350"):
-        init_student_lm(tiny_llama(1), teacher, str(tmp_path / "other_tok"), tmp_path / "bad", seed=0)
+        init_student_lm(
+            teacher, str(tmp_path / "other_tok"), tmp_path / "bad", InitStudentLMSpec(tiny_llama(1), seed=0)
+        )
     assert not (tmp_path / "bad").exists()
 
 
@@ -352,10 +353,9 @@ def test_self_distillation_through_the_cache_is_aligned(lm, tmp_path):
     teacher.save_pretrained(tmp_path / "wide")
     tok.save_pretrained(tmp_path / "wide")
     vocab = teacher.config.vocab_size
-    cache_teacher_topk(
-        str(tmp_path / "wide"), str(tmp_path / "wide"), lm / "data", DEMO_PROMPT, {**CACHE, "top_k": vocab},
-        MAX_LENGTH, tmp_path / "store", tmp_path / "ptr.json",
-    )  # fmt: skip
+    spec = CacheTeacherLMSpec(prompt=DEMO_PROMPT, cache={**CACHE, "top_k": vocab}, max_length=MAX_LENGTH)
+    wide = str(tmp_path / "wide")
+    cache_teacher_topk(wide, wide, lm / "data", tmp_path / "store", tmp_path / "ptr.json", spec)
     ids, starts, topk, _ = read_topk_cache(open_pointer(tmp_path / "ptr.json"))
     assert topk[0][0].shape[-1] == vocab
     shifted = [tuple(torch.cat([t[1:], t[:1]]) for t in rows) for rows in topk]
@@ -421,10 +421,8 @@ def test_a_teacher_giving_non_finite_values_is_not_cached(lm, tmp_path):
     with pytest.raises(
         RuntimeError, match=r"cache shard 1/4: the teacher gave non-finite topk_logprobs on training examples 0..29"
     ):
-        cache_teacher_topk(
-            str(tmp_path / "broken"), str(tmp_path / "broken"), lm / "data", DEMO_PROMPT, CACHE, MAX_LENGTH,
-            tmp_path / "store", tmp_path / "ptr.json",
-        )  # fmt: skip
+        broken, spec = str(tmp_path / "broken"), CacheTeacherLMSpec(DEMO_PROMPT, CACHE, MAX_LENGTH)
+        cache_teacher_topk(broken, broken, lm / "data", tmp_path / "store", tmp_path / "ptr.json", spec)
     assert not list((tmp_path / "store").glob("*/shard-*")) and not (tmp_path / "ptr.json").exists()
 
 
@@ -472,7 +470,7 @@ DAMAGE = {
 @pytest.mark.parametrize("damage", DAMAGE)
 def test_a_damaged_cache_is_refused_before_training_and_rebuilt_by_its_rule(lm, tmp_path, damage):
     from kdsweep.core.cache import CacheDamaged
-    from kdsweep.translation.distill import distill_student_lm
+    from kdsweep.translation.distill import DistillLMSpec, distill_student_lm
 
     run_cache(lm, lm / "data", tmp_path / "store", tmp_path / "ptr.json")
     entry = open_pointer(tmp_path / "ptr.json")
@@ -483,8 +481,8 @@ def test_a_damaged_cache_is_refused_before_training_and_rebuilt_by_its_rule(lm, 
     expected = rf"{entry.shard_path(1)}: {message}.*snakemake --forcerun cache_teacher_lm"
     with pytest.raises(CacheDamaged, match=expected):
         distill_student_lm(
-            spec["point"], spec, str(lm / "teacher"), str(lm / "teacher"), lm / "data", tmp_path / "ptr.json",
-            tmp_path / "out", tmp_path / "log.jsonl", tmp_path / "ckpt",
+            str(lm / "teacher"), str(lm / "teacher"), lm / "data", tmp_path / "ptr.json",
+            tmp_path / "out", tmp_path / "log.jsonl", tmp_path / "ckpt", DistillLMSpec(**spec),
         )  # fmt: skip
     assert not (tmp_path / "out").exists() and not (tmp_path / "ckpt").exists()  # refused before training
 
@@ -504,13 +502,15 @@ NO_PAIR_FITS = 6  # shorter than the demo prompt itself
 
 
 def test_teacher_training_fails_when_max_length_leaves_no_pair(lm, tmp_path):
-    from kdsweep.translation.teacher import train_teacher_lm
+    from kdsweep.translation.teacher import TeacherLMSpec, train_teacher_lm
 
     with pytest.raises(ValueError) as err:
         train_teacher_lm(
-            tiny_llama(1), str(lm / "teacher"), lm / "data", DEMO_PROMPT,
-            {"learning_rate": 1e-3, "training": lm_training(max_steps=1)}, NO_PAIR_FITS,
-            tmp_path / "out", tmp_path / "log.jsonl", tmp_path / "ckpt",
+            str(lm / "teacher"), lm / "data", tmp_path / "out", tmp_path / "log.jsonl", tmp_path / "ckpt",
+            TeacherLMSpec(
+                model=tiny_llama(1), finetune={"learning_rate": 1e-3, "training": lm_training(max_steps=1)},
+                prompt=DEMO_PROMPT, max_length=NO_PAIR_FITS,
+            ),
         )  # fmt: skip
     tok = load_lm_tokenizer(str(lm / "teacher"))
     prompt = make_prompt(tok, DEMO_PROMPT)
@@ -534,13 +534,13 @@ def test_caching_fails_when_max_length_leaves_no_pair(lm, tmp_path, targets, wha
 
 
 def test_distillation_fails_when_max_length_leaves_no_dev_pair(lm, tmp_path):
-    from kdsweep.translation.distill import distill_student_lm
+    from kdsweep.translation.distill import DistillLMSpec, distill_student_lm
 
     run_cache(lm, lm / "data", tmp_path / "store", tmp_path / "ptr.json")
     spec = distill_spec(NO_PAIR_FITS)
     with pytest.raises(ValueError, match=rf"^translation\.max_length: {NO_PAIR_FITS} tokens .* of .*dev\.jsonl: all"):
         distill_student_lm(
-            spec["point"], spec, str(lm / "teacher"), str(lm / "teacher"), lm / "data", tmp_path / "ptr.json",
-            tmp_path / "out", tmp_path / "log.jsonl", tmp_path / "ckpt",
+            str(lm / "teacher"), str(lm / "teacher"), lm / "data", tmp_path / "ptr.json",
+            tmp_path / "out", tmp_path / "log.jsonl", tmp_path / "ckpt", DistillLMSpec(**spec),
         )  # fmt: skip
     assert not (tmp_path / "out").exists() and not (tmp_path / "ckpt").exists()

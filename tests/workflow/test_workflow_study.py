@@ -41,9 +41,9 @@ def build_hub_cache(hf_home: Path, raw: Path) -> None:
     (tokenizer trained on that data) as a hub model, in HF_HOME/hub."""
     from kdsweep.core.models import classifier_from_config, load_tokenizer, train_wordpiece_tokenizer
     from kdsweep.glue.data import GLUE_TASKS, parse_glue_tsv
-    from kdsweep.glue.synthetic import write_synthetic_glue
+    from kdsweep.glue.synthetic import SynthesizeGlueSpec, write_synthetic_glue
 
-    write_synthetic_glue("mnli", raw, train_size=240, dev_size=40, seed=0)
+    write_synthetic_glue("mnli", raw, SynthesizeGlueSpec(train_size=240, dev_size=40, seed=0))
     hub = hf_home / "hub"
     data = snapshot(hub, DATASET, "dataset")
     (data / "README.md").write_text(GLUE_MNLI_README)

@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM
 from kdsweep.core.cache import open_pointer
 from kdsweep.core.io import read_jsonl
 from kdsweep.core.paths import RunPaths
-from kdsweep.translation.synthetic import write_synthetic_europarl
+from kdsweep.translation.synthetic import SynthesizeEuroparlSpec, write_synthetic_europarl
 from kdsweep.translation.teacher import read_topk_cache
 
 pytestmark = pytest.mark.integration
@@ -41,7 +41,7 @@ def tr_run(tmp_path_factory):
     ckpt = build_tiny_comet(workdir / "comet")
     config = small_translation_config(ckpt)
     local = workdir / HOSTILE_NAME / "europarl"
-    write_synthetic_europarl(local, size=config["translation"].pop("synthetic")["size"], seed=0)
+    write_synthetic_europarl(local, SynthesizeEuroparlSpec(size=config["translation"].pop("synthetic")["size"], seed=0))
     config["translation"] |= {"source": "local", "local_dir": str(local)}
     config["results_dir"] = HOSTILE_NAME
     configfile = workdir / "tr.yaml"

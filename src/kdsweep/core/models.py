@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ from transformers import (
 
 from kdsweep.core.hub import WEIGHT_PATTERNS, hub_path, is_repo_id
 from kdsweep.core.integrity import check_model_folder
+from kdsweep.core.spec import setting
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,11 @@ def _label_key(name: str) -> str:
 
 
 def load_classifier(
-    name_or_path: str, num_labels: int, *, trained_labels: tuple[str, ...] | None = None, key: str = "glue.teacher.model"
+    name_or_path: str,
+    num_labels: int,
+    *,
+    trained_labels: tuple[str, ...] | None = None,
+    key: str = "glue.teacher.model",
 ) -> PreTrainedModel:
     """A classifier from a local directory or the hub (resolve). A base model gets a fresh head of
     num_labels classes (a student).
@@ -259,6 +265,23 @@ def train_bpe_tokenizer(texts, out_dir: str | Path, vocab_size: int) -> PreTrain
     )
     fast.save_pretrained(str(out_dir))
     return fast
+
+
+@dataclass
+class TokenizerSpec:
+    """Stage train-tokenizer: a family's tokenizer_training block, plus the kind its rule sets."""
+
+    vocab_size: int = setting("<family>.tokenizer_training.vocab_size")
+    kind: str = setting("wordpiece (GLUE's rule) or bpe (translation's rule sends it)", default="wordpiece")
+
+    def __post_init__(self):
+        if self.kind not in ("wordpiece", "bpe"):
+            raise ValueError(f"kind: {self.kind!r} is not wordpiece or bpe")
+
+
+def train_tokenizer(texts, out_dir: str | Path, spec: TokenizerSpec) -> PreTrainedTokenizerBase:
+    train = train_bpe_tokenizer if spec.kind == "bpe" else train_wordpiece_tokenizer
+    return train(texts, out_dir, spec.vocab_size)
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 from kdsweep import __version__
 from kdsweep.core.data import PrepareError, SplitStats, check_encoding
 from kdsweep.core.io import sha256_file, write_json, write_jsonl
+from kdsweep.core.spec import setting
 
 log = logging.getLogger(__name__)
 
@@ -161,17 +162,27 @@ def subset(rows: list[dict], n: int | None, seed: int) -> list[dict]:
     return [rows[i] for i in sorted(order[:n])]
 
 
+@dataclass
+class PrepareGlueSpec:
+    """Stage prepare-glue: the glue block's source, hub_dataset, max_train_examples, subset_seed."""
+
+    source: str = setting("glue.source: hub, local or synthetic (the TSVs of --tsv-dir)")
+    hub_dataset: str = setting("glue.hub_dataset: the `datasets` name read when source is hub", default="nyu-mll/glue")
+    max_train_examples: int | None = setting(
+        "glue.max_train_examples: a seeded subset of the training split (None: all)", default=None
+    )
+    subset_seed: int = setting("glue.subset_seed: the subset's shuffle seed", default=0)
+
+    def __post_init__(self):
+        if self.source not in ("hub", "local", "synthetic"):
+            raise PrepareError(f"glue.source: {self.source!r} is not hub, local or synthetic")
+
+
 def prepare_glue(
-    task_name: str,
-    source: str,
-    out_dir: str | Path,
-    *,
-    tsv_dir: str | Path | None = None,
-    hub_dataset: str = "nyu-mll/glue",
-    max_train_examples: int | None = None,
-    subset_seed: int = 0,
+    task_name: str, out_dir: str | Path, spec: PrepareGlueSpec, *, tsv_dir: str | Path | None = None
 ) -> dict:
     """Write <out_dir>/<split>.jsonl for every split of the task and <out_dir>/manifest.json."""
+    source, max_train_examples, subset_seed = spec.source, spec.max_train_examples, spec.subset_seed
     if task_name not in GLUE_TASKS:
         raise PrepareError(f"unknown GLUE task {task_name!r}; known: {sorted(GLUE_TASKS)}")
     task = GLUE_TASKS[task_name]
@@ -188,7 +199,7 @@ def prepare_glue(
     outputs = {}
     for split in task.splits:
         if source == "hub":
-            rows, stats = load_hub_split(hub_dataset, task_name, split)
+            rows, stats = load_hub_split(spec.hub_dataset, task_name, split)
         else:
             if tsv_dir is None:
                 raise PrepareError(f"source {source!r} needs a TSV folder")

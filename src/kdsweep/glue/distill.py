@@ -5,6 +5,7 @@ loss on hidden states needs it online."""
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -20,11 +21,12 @@ from kdsweep.core.models import (
     name_labels,
     student_from_teacher,
 )
+from kdsweep.core.spec import setting
 from kdsweep.core.trainer import DistillTrainer, train_and_save, training_arguments
 from kdsweep.glue.data import GLUE_TASKS
 from kdsweep.glue.dataset import PairClassificationDataset, PairCollator
 from kdsweep.glue.loss import ClassificationKD
-from kdsweep.glue.teacher import class_logits_problem
+from kdsweep.glue.teacher import check_max_length, class_logits_problem
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +52,29 @@ def build_student(student_spec, teacher, num_labels: int, tokenizer, seed: int, 
     return student
 
 
+@dataclass
+class GlueDistillSpec:
+    """Stage distill (GLUE): one sweep point's job. Its fields, as a dict, are part of the job record
+    that decides whether checkpoints are resumed (train_and_save)."""
+
+    point: dict = setting(
+        "the sweep point (config.distill_points): learning_rate, alpha, temperature; may override "
+        "glue.distill.cosine_weight and the student's initialization (init: random)"
+    )
+    student: dict = setting("glue.student: its model (a hub name, a config, or from_teacher layers)")
+    distill: dict = setting("glue.distill without sweep and experiments")
+    max_length: int = setting("glue.max_length: tokens per pair")
+    eval_batch_size: int = setting("glue.evaluate.batch_size")
+
+    def __post_init__(self):
+        check_max_length(self.max_length)
+        missing = [k for k in ("learning_rate", "alpha", "temperature") if k not in self.point]
+        if missing:
+            raise ValueError(f"glue.distill.sweep: the point {self.point} has no {', '.join(missing)}")
+
+
 def distill_student(
     task: str,
-    point: dict,
-    spec: dict,
     teacher_path: str,
     teacher_tokenizer: str,
     student_tokenizer: str,
@@ -62,14 +83,13 @@ def distill_student(
     model_out: str | Path,
     log_out: str | Path,
     checkpoint_dir: str | Path,
+    spec: GlueDistillSpec,
     deepspeed_config: str | None = None,
 ) -> dict:
-    """spec: {"point", "student", "distill" (without its sweep), "max_length", "eval_batch_size"}.
-    A point (config.distill_points) may override distill.cosine_weight and the student's
-    initialization ("init": "random"). Runs in every process that kdsweep.cluster.launch started; only the
-    main one writes the outputs."""
+    """Runs in every process that kdsweep.cluster.launch started; only the main one writes the outputs."""
     labels = GLUE_TASKS[task].labels
-    distill_cfg, train_cfg = spec["distill"], spec["distill"]["training"]
+    point = spec.point
+    distill_cfg, train_cfg = spec.distill, spec.distill["training"]
     cosine_weight = point.get("cosine_weight", distill_cfg["cosine_weight"])
     data_dir = Path(data_dir)
     train_file = data_dir / "train.jsonl"
@@ -77,7 +97,7 @@ def distill_student(
     cached = entry.read_all(class_logits_problem(len(labels)))  # checksums and values, before training
 
     tokenizer = load_tokenizer(student_tokenizer)
-    student_spec = spec["student"]["model"]
+    student_spec = spec.student["model"]
     # The cosine loss runs the teacher online, on its own tokenization of each pair (checked to
     # give the student's token ids; its token_type_ids may differ, e.g. BERT vs DistilBERT).
     online_tokenizer = load_tokenizer(teacher_tokenizer) if cosine_weight > 0 else None
@@ -94,7 +114,7 @@ def distill_student(
     )
     name_labels(student, labels)  # trained on kdsweep's label order
 
-    max_length = spec["max_length"]
+    max_length = spec.max_length
     train = PairClassificationDataset(
         read_jsonl(train_file),
         tokenizer,
@@ -106,9 +126,7 @@ def distill_student(
     dev = PairClassificationDataset(
         read_jsonl(data_dir / f"{GLUE_TASKS[task].eval_splits[0]}.jsonl"), tokenizer, max_length
     )
-    args = training_arguments(
-        train_cfg, point["learning_rate"], checkpoint_dir, spec["eval_batch_size"], deepspeed_config
-    )
+    args = training_arguments(train_cfg, point["learning_rate"], checkpoint_dir, spec.eval_batch_size, deepspeed_config)
     trainer = DistillTrainer(
         model=student,
         args=args,
@@ -123,5 +141,5 @@ def distill_student(
             teacher=teacher if cosine_weight > 0 else None,
         ),
     )
-    job = {"stage": "distill", "task": task, "point": point, "spec": spec, "cache": entry.key}
+    job = {"stage": "distill", "task": task, "point": point, "spec": asdict(spec), "cache": entry.key}
     return train_and_save(trainer, job, model_out, log_out, tokenizer=tokenizer)

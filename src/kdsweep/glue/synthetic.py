@@ -11,9 +11,11 @@ A few rows are malformed on purpose, as in the real files: gold label "-", a sho
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 from kdsweep.core.io import atomic_path
+from kdsweep.core.spec import setting
 
 # verb: (past tense, synonym past, antonym-ish past, base form)
 VERBS = [
@@ -258,10 +260,22 @@ def write_qqp(out_dir: str | Path, train_size: int, dev_size: int, label_noise: 
             tmp.write_text("\n".join(lines) + "\n")
 
 
-def write_synthetic_glue(
-    task: str, out_dir: str | Path, *, train_size: int, dev_size: int, label_noise: float = 0.05, seed: int = 0
-) -> None:
+@dataclass
+class SynthesizeGlueSpec:
+    """Stage synthesize-glue: the rule sends the config's glue.synthetic block."""
+
+    train_size: int = setting("glue.synthetic.train_size: training pairs")
+    dev_size: int = setting("glue.synthetic.dev_size: pairs per dev split")
+    label_noise: float = setting("glue.synthetic.label_noise: share of labels drawn at random", default=0.05)
+    seed: int = setting("glue.synthetic.seed", default=0)
+
+    def __post_init__(self):
+        if not 0 <= self.label_noise <= 1:
+            raise ValueError(f"glue.synthetic.label_noise: {self.label_noise} is not between 0 and 1")
+
+
+def write_synthetic_glue(task: str, out_dir: str | Path, spec: SynthesizeGlueSpec) -> None:
     writers = {"mnli": write_mnli, "qqp": write_qqp}
     if task not in writers:
         raise ValueError(f"no synthetic generator for task {task!r}; known: {sorted(writers)}")
-    writers[task](out_dir, train_size, dev_size, label_noise, seed)
+    writers[task](out_dir, spec.train_size, spec.dev_size, spec.label_noise, spec.seed)

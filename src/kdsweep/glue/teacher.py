@@ -8,6 +8,7 @@ max_length (see kdsweep/core/cache.py): an unchanged input reuses the entry, a c
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ from kdsweep.core.models import (
     name_labels,
     tokenizer_fingerprint,
 )
+from kdsweep.core.spec import setting
 from kdsweep.core.trainer import DistillTrainer, train_and_save, training_arguments
 from kdsweep.glue.data import GLUE_TASKS
 from kdsweep.glue.dataset import PairClassificationDataset, PairCollator, predict_logits
@@ -31,19 +33,46 @@ from kdsweep.glue.loss import ClassificationKD
 log = logging.getLogger(__name__)
 
 
+def check_max_length(max_length: int) -> None:
+    if max_length < 8:
+        raise ValueError(f"glue.max_length: {max_length} tokens leave no room for a pair (at least 8)")
+
+
+@dataclass
+class GlueTeacherSpec:
+    """Stage finetune-teacher."""
+
+    model: str | dict = setting("glue.teacher.model: a hub name or local dir, or a model built from a config")
+    finetune: dict = setting("glue.teacher.finetune: learning_rate and the training block")
+    max_length: int = setting("glue.max_length: tokens per pair")
+    eval_batch_size: int = setting("glue.evaluate.batch_size", default=128)
+
+    def __post_init__(self):
+        check_max_length(self.max_length)
+
+
+@dataclass
+class GlueCacheSpec:
+    """Stage cache-teacher."""
+
+    max_length: int = setting("glue.max_length: tokens per pair")
+    batch_size: int = setting("glue.teacher.cache.batch_size", default=128)
+
+    def __post_init__(self):
+        check_max_length(self.max_length)
+
+
 def finetune_teacher(
     task: str,
-    model_spec: str | dict,
     tokenizer_path: str,
     data_dir: str | Path,
-    finetune_cfg: dict,
-    max_length: int,
     model_out: str | Path,
     log_out: str | Path,
     checkpoint_dir: str | Path,
-    eval_batch_size: int = 128,
+    spec: GlueTeacherSpec,
 ) -> dict:
     """Train the teacher on the task's train split (CE only); eval loss on the first dev split."""
+    model_spec, finetune_cfg, max_length = spec.model, spec.finetune, spec.max_length
     labels = GLUE_TASKS[task].labels
     tokenizer = load_tokenizer(tokenizer_path)
     seed = finetune_cfg["training"]["seed"]
@@ -57,7 +86,9 @@ def finetune_teacher(
     dev = PairClassificationDataset(
         read_jsonl(data_dir / f"{GLUE_TASKS[task].eval_splits[0]}.jsonl"), tokenizer, max_length
     )
-    args = training_arguments(finetune_cfg["training"], finetune_cfg["learning_rate"], checkpoint_dir, eval_batch_size)
+    args = training_arguments(
+        finetune_cfg["training"], finetune_cfg["learning_rate"], checkpoint_dir, spec.eval_batch_size
+    )
     trainer = DistillTrainer(
         model=model,
         args=args,
@@ -82,15 +113,15 @@ def cache_teacher_logits(
     teacher_path: str,
     tokenizer_path: str,
     data_dir: str | Path,
-    max_length: int,
     store: str | Path,
     pointer_out: str | Path,
-    batch_size: int = 128,
+    spec: GlueCacheSpec,
 ) -> dict:
     """Cache the teacher's logits on the train split (reused when the key is unchanged). The
     teacher must be a classifier trained for the task's labels in kdsweep's order, and the
     tokenizer's ids must fit it (models.load_classifier, check_tokenizer_fits): checked before
     anything is predicted."""
+    max_length = spec.max_length
     labels = GLUE_TASKS[task].labels
     train_file = Path(data_dir) / "train.jsonl"
     tokenizer = load_tokenizer(tokenizer_path)
@@ -111,7 +142,7 @@ def cache_teacher_logits(
         log.info("building teacher cache %s", entry.dir)
         rows = read_jsonl(train_file)
         dataset = PairClassificationDataset(rows, tokenizer, max_length)
-        logits = predict_logits(model, dataset, PairCollator(tokenizer), batch_size, desc=f"cache {task}")
+        logits = predict_logits(model, dataset, PairCollator(tokenizer), spec.batch_size, desc=f"cache {task}")
         pseudo = logits.argmax(-1)
         entry.write_shard(0, {"logits": logits, "pseudo_labels": pseudo})
         gold = torch.tensor([r["label"] for r in rows])

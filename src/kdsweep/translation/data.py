@@ -23,11 +23,13 @@ from __future__ import annotations
 import codecs
 import logging
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 from kdsweep import __version__
 from kdsweep.core.data import PrepareError, SplitStats, check_encoding
 from kdsweep.core.io import sha256_file, write_json, write_jsonl
+from kdsweep.core.spec import setting
 
 log = logging.getLogger(__name__)
 SOURCES = ("hub", "local", "synthetic")
@@ -188,26 +190,43 @@ def _read_source(
     return *read_europarl(*paths), {str(path): sha256_file(path) for path in paths}
 
 
+@dataclass
+class PrepareTranslationSpec:
+    """Stage prepare-translation: the translation block's data settings."""
+
+    source: str = setting("translation.source: hub, local or synthetic (the files of --local-dir)")
+    file_stem: str = setting("translation.file_stem: files <file_stem>.<lang>", default="europarl-v7.fr-en")
+    hub_dataset: str = setting("translation.hub_dataset", default="Helsinki-NLP/europarl")
+    hub_config: str = setting("translation.hub_config", default="en-fr")
+    source_lang: str = setting("translation.source_lang", default="en")
+    target_lang: str = setting("translation.target_lang", default="fr")
+    train_size: int | None = setting("translation.train_size: training pairs (None: all the rest)", default=None)
+    dev_size: int = setting("translation.dev_size", default=500)
+    test_size: int = setting("translation.test_size", default=500)
+    subset_seed: int = setting("translation.subset_seed: the split's shuffle seed", default=0)
+    max_source_words: int = setting("translation.max_source_words: longer sources are dropped", default=128)
+    overlong: str = setting("translation.overlong: drop (the only choice)", default="drop")
+    max_length_ratio: float = setting("translation.max_length_ratio: character-length ratio limit", default=3.0)
+
+    def __post_init__(self):
+        if self.source_lang == self.target_lang:
+            raise PrepareError(f"translation.target_lang: {self.target_lang!r} is also the source language")
+        if self.overlong not in OVERLONG:
+            raise PrepareError(
+                f"translation.overlong: must be one of {OVERLONG}, not {self.overlong!r}: a truncated source no "
+                "longer matches its whole target, so pairs longer than max_source_words are dropped (and counted)"
+            )
+
+
 def prepare_translation(
-    source: str,
-    out_dir: str | Path,
-    *,
-    local_dir: str | Path | None = None,
-    stem: str = "europarl-v7.fr-en",
-    hub_dataset: str = "Helsinki-NLP/europarl",
-    hub_config: str = "en-fr",
-    source_lang: str = "en",
-    target_lang: str = "fr",
-    train_size: int | None = None,
-    dev_size: int = 500,
-    test_size: int = 500,
-    seed: int = 0,
-    max_source_words: int = 128,
-    overlong: str = "drop",
-    max_length_ratio: float = 3.0,
+    out_dir: str | Path, spec: PrepareTranslationSpec, *, local_dir: str | Path | None = None
 ) -> dict:
     """Write <out_dir>/{train,dev,test}.jsonl and, last, <out_dir>/manifest.json; return the manifest."""
-    settings = {
+    source, stem, hub_dataset, hub_config = spec.source, spec.file_stem, spec.hub_dataset, spec.hub_config
+    source_lang, target_lang, train_size, seed = spec.source_lang, spec.target_lang, spec.train_size, spec.subset_seed
+    dev_size, test_size, max_source_words = spec.dev_size, spec.test_size, spec.max_source_words
+    overlong, max_length_ratio = spec.overlong, spec.max_length_ratio
+    settings = {  # the manifest's names
         "stem": stem,
         "hub_dataset": hub_dataset,
         "hub_config": hub_config,

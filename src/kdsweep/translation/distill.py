@@ -10,6 +10,7 @@ except by init_student_lm, which builds the base student when the config does no
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ from kdsweep.core.cache import open_pointer
 from kdsweep.core.hub import hub_path
 from kdsweep.core.io import atomic_path, read_jsonl
 from kdsweep.core.models import causal_lm_from_config, load_causal_lm, student_from_teacher, tokenizer_fingerprint
+from kdsweep.core.spec import setting
 from kdsweep.core.trainer import DistillTrainer, process_rank, train_and_save, training_arguments
 from kdsweep.translation.batching import TranslationCollator
 from kdsweep.translation.generation import load_lm_tokenizer
@@ -29,11 +31,46 @@ from kdsweep.translation.teacher import check_cache_alignment, translation_examp
 log = logging.getLogger(__name__)
 
 
-def init_student_lm(student_spec: dict, teacher_path: str, tokenizer_path: str, out: str | Path, seed: int) -> None:
+@dataclass
+class InitStudentLMSpec:
+    """Stage init-student-lm."""
+
+    student: dict = setting("translation.student.model: from_teacher layers or a model built from a config")
+    seed: int = setting("translation.distill.training.seed")
+
+    def __post_init__(self):
+        if not isinstance(self.student, dict):
+            raise ValueError(
+                f"translation.student.model: {self.student!r} names a model, used as it is; "
+                "init-student-lm builds a student from teacher layers or a config"
+            )
+
+
+@dataclass
+class DistillLMSpec:
+    """Stage distill-lm: one sweep point's job. Its fields, as a dict, are part of the job record
+    that decides whether checkpoints are resumed (train_and_save)."""
+
+    point: dict = setting("the sweep point: learning_rate, alpha, temperature")
+    distill: dict = setting("translation.distill without sweep")
+    prompt: dict = setting("translation.prompt")
+    max_length: int = setting("translation.max_length: tokens, prompt + response")
+    packing: bool = setting("translation.packing")
+    eval_batch_size: int = setting("translation.evaluate.batch_size")
+
+    def __post_init__(self):
+        missing = [k for k in ("learning_rate", "alpha", "temperature") if k not in self.point]
+        if missing:
+            raise ValueError(f"translation.distill.sweep: the point {self.point} has no {', '.join(missing)}")
+
+
+def init_student_lm(teacher_path: str, tokenizer_path: str, out: str | Path, spec: InitStudentLMSpec) -> None:
     """The base student, before distillation, for a student kdsweep builds: from teacher layers
     (DistilBERT's construction; the only case that loads the teacher's weights) or from a config.
     Saved with its tokenizer, after checking its vocabulary against the teacher's."""
     from transformers import AutoConfig
+
+    student_spec, seed = spec.student, spec.seed
 
     tokenizer = load_lm_tokenizer(tokenizer_path)
     if "from_teacher" in student_spec:
@@ -50,8 +87,6 @@ def init_student_lm(student_spec: dict, teacher_path: str, tokenizer_path: str, 
 
 
 def distill_student_lm(
-    point: dict,
-    spec: dict,
     student_path: str,
     teacher_tokenizer: str,
     data_dir: str | Path,
@@ -59,11 +94,12 @@ def distill_student_lm(
     model_out: str | Path,
     log_out: str | Path,
     checkpoint_dir: str | Path,
+    spec: DistillLMSpec,
     deepspeed_config: str | None = None,
 ) -> dict:
-    """spec: {"point", "distill" (without its sweep), "prompt", "max_length", "packing", "eval_batch_size"}.
-    student_path: the base student (a hub name or kdsweep's init_student output)."""
-    distill_cfg, train_cfg = spec["distill"], spec["distill"]["training"]
+    """student_path: the base student (a hub name or kdsweep's init_student output)."""
+    point = spec.point
+    distill_cfg, train_cfg = spec.distill, spec.distill["training"]
     data_dir = Path(data_dir)
     entry = open_pointer(cache_pointer, data_dir / "train.jsonl")
     tokenizer = load_lm_tokenizer(student_path)
@@ -72,14 +108,12 @@ def distill_student_lm(
         raise RuntimeError(f"{cache_pointer}: cache built with another tokenizer than {teacher_tokenizer}")
     student = load_causal_lm(student_path, torch.float32)  # fp32 master weights; mixed precision: precision.py
     check_same_vocabulary(teacher_tok, tokenizer, entry.manifest()["teacher_vocab_size"], student.config.vocab_size)
-    prompt = make_prompt(tokenizer, spec["prompt"])
-    dev = translation_examples(data_dir / "dev.jsonl", tokenizer, prompt, spec["max_length"])  # fails if none fits
+    prompt = make_prompt(tokenizer, spec.prompt)
+    dev = translation_examples(data_dir / "dev.jsonl", tokenizer, prompt, spec.max_length)  # fails if none fits
     check_cache_alignment(
         entry, read_jsonl(data_dir / "train.jsonl"), tokenizer, prompt, entry.key_parts["targets"] == "reference"
     )
-    args = training_arguments(
-        train_cfg, point["learning_rate"], checkpoint_dir, spec["eval_batch_size"], deepspeed_config
-    )
+    args = training_arguments(train_cfg, point["learning_rate"], checkpoint_dir, spec.eval_batch_size, deepspeed_config)
     # Memory-mapped (mapped_cache.py): each process verifies its share of the shards, all refuse a
     # damaged cache together, and each reads only its own batches' examples from the page cache.
     train = open_topk_examples(entry, *process_rank(args))
@@ -88,15 +122,15 @@ def distill_student_lm(
         args=args,
         train_dataset=train,
         eval_dataset=dev,
-        data_collator=TranslationCollator(tokenizer.pad_token_id, spec["max_length"] if spec["packing"] else None),
+        data_collator=TranslationCollator(tokenizer.pad_token_id, spec.max_length if spec.packing else None),
         loss=TokenKD(
             alpha=point["alpha"],
             temperature=point["temperature"],
             kd_loss=distill_cfg["loss"],
             tail=distill_cfg["tail"],
             chunk_size=distill_cfg["chunk_size"],
-            ce_only_ids=ce_only_token_ids(tokenizer, spec["prompt"], distill_cfg["ce_only_tokens"]),
+            ce_only_ids=ce_only_token_ids(tokenizer, spec.prompt, distill_cfg["ce_only_tokens"]),
         ),
     )
-    job = {"stage": "distill_lm", "point": point, "spec": spec, "student": student_path, "cache": entry.key}
+    job = {"stage": "distill_lm", "point": point, "spec": asdict(spec), "student": student_path, "cache": entry.key}
     return train_and_save(trainer, job, model_out, log_out, tokenizer=tokenizer)

@@ -13,10 +13,12 @@ keeps the row with stop "prompt_too_long" and no hypothesis."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from kdsweep.core.io import read_jsonl, write_json, write_jsonl
 from kdsweep.core.models import load_causal_lm
+from kdsweep.core.spec import setting
 from kdsweep.translation.generation import (
     PROMPT_TOO_LONG,
     STOP_REASONS,
@@ -40,22 +42,32 @@ def stop_rates(outputs: list[dict]) -> dict[str, float]:
     return {reason: sum(o["stop"] == reason for o in outputs) / max(len(outputs), 1) for reason in STOP_REASONS}
 
 
+@dataclass
+class EvaluateTranslationSpec:
+    """Stage evaluate-translation (the base student, the teacher or a distilled student)."""
+
+    prompt: dict = setting("translation.prompt")
+    max_length: int = setting("translation.max_length: tokens, prompt + response")
+    evaluate: dict = setting(
+        "translation.evaluate without samples: batch_size, max_new_tokens, num_beams, comet {enabled, model, batch_size, gpus}"
+    )
+    params: dict | None = setting(
+        "the sweep point's settings, recorded in the result ({}: base, teacher)", default=None
+    )
+
+
 def evaluate_translation(
     model_path: str,
     data_dir: str | Path,
-    prompt_cfg: dict,
-    eval_cfg: dict,
     out: str | Path,
     translations_out: str | Path,
     name: str,
-    params: dict | None = None,
+    spec: EvaluateTranslationSpec,
     split: str = "test",
-    *,
-    max_length: int,
 ) -> dict:
-    """eval_cfg: batch_size, max_new_tokens, num_beams, comet {enabled, model, batch_size, gpus};
-    max_length: the config's translation.max_length (tokens, prompt + response)."""
     from kdsweep.translation.metrics import comet_score, sacrebleu_scores
+
+    prompt_cfg, eval_cfg, max_length, params = spec.prompt, spec.evaluate, spec.max_length, spec.params
 
     data_file = Path(data_dir) / f"{split}.jsonl"
     rows = read_jsonl(data_file)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdsweep.core.io import atomic_path
+from kdsweep.core.spec import setting
 
 # "english=french" entries, separated by ";" or newlines.
 _FEMININE_NOUNS = """
@@ -383,9 +384,18 @@ def synthetic_pairs(size: int, seed: int = 0) -> list[tuple[str, str]]:
     return [random_pair(rng) for _ in range(size)]
 
 
-def write_synthetic_europarl(out_dir: str | Path, size: int, seed: int = 0, stem: str = "europarl-v7.fr-en") -> None:
+@dataclass
+class SynthesizeEuroparlSpec:
+    """Stage synthesize-europarl: the translation.synthetic block and the file stem."""
+
+    size: int = setting("translation.synthetic.size: sentence pairs")
+    seed: int = setting("translation.synthetic.seed", default=0)
+    file_stem: str = setting("translation.file_stem: files <file_stem>.en and .fr", default="europarl-v7.fr-en")
+
+
+def write_synthetic_europarl(out_dir: str | Path, spec: SynthesizeEuroparlSpec) -> None:
     """Write <out_dir>/<stem>.en and <stem>.fr: `size` line-aligned sentence pairs."""
-    pairs = synthetic_pairs(size, seed)
+    pairs = synthetic_pairs(spec.size, spec.seed)
     for lang, side in (("en", 0), ("fr", 1)):
-        with atomic_path(Path(out_dir) / f"{stem}.{lang}") as tmp:
+        with atomic_path(Path(out_dir) / f"{spec.file_stem}.{lang}") as tmp:
             tmp.write_text("".join(pair[side] + "\n" for pair in pairs), encoding="utf-8")

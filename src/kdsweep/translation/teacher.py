@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,6 +33,7 @@ from kdsweep.core.cache import CacheEntry, write_pointer
 from kdsweep.core.io import read_jsonl, sha256_file
 from kdsweep.core.models import causal_lm_from_config, load_causal_lm, model_fingerprint, tokenizer_fingerprint
 from kdsweep.core.progress import progress
+from kdsweep.core.spec import setting
 from kdsweep.core.trainer import DistillTrainer, train_and_save, training_arguments
 from kdsweep.translation.batching import (
     TranslationCollator,
@@ -104,21 +106,42 @@ def load_lm(model_spec: str | dict, tokenizer, seed: int):
     return load_causal_lm(model_spec, torch.float32)  # trained: fp32 master weights, mixed precision (precision.py)
 
 
+@dataclass
+class TeacherLMSpec:
+    """Stage train-teacher-lm."""
+
+    model: str | dict = setting("translation.teacher.model: a hub name or local dir, or a model built from a config")
+    finetune: dict = setting("translation.teacher.finetune: learning_rate and the training block")
+    prompt: dict = setting("translation.prompt: template, end_marker, marker_token")
+    max_length: int = setting("translation.max_length: tokens, prompt + response")
+    packing: bool = setting("translation.packing: pack pairs into rows of max_length tokens", default=True)
+    eval_batch_size: int = setting("translation.evaluate.batch_size", default=64)
+    chunk_size: int = setting("translation.distill.chunk_size: tokens per chunk of the loss", default=1024)
+
+
+@dataclass
+class CacheTeacherLMSpec:
+    """Stage cache-teacher-lm."""
+
+    prompt: dict = setting("translation.prompt")
+    cache: dict = setting(
+        "translation.teacher.cache: top_k, batch_size, shard_size, value_dtype, targets, max_new_tokens, chunk_size"
+    )
+    max_length: int = setting("translation.max_length: tokens, prompt + response")
+    packing: bool = setting("translation.packing: the batches' layout, not part of the cache key", default=True)
+
+
 def train_teacher_lm(
-    model_spec: str | dict,
     tokenizer_path: str,
     data_dir: str | Path,
-    prompt_cfg: dict,
-    finetune_cfg: dict,
-    max_length: int,
     model_out: str | Path,
     log_out: str | Path,
     checkpoint_dir: str | Path,
-    eval_batch_size: int = 64,
-    chunk_size: int = 1024,
-    packing: bool = True,
+    spec: TeacherLMSpec,
 ) -> dict:
     """Train the teacher on the train split (CE on the response tokens); eval loss on dev."""
+    model_spec, prompt_cfg, finetune_cfg = spec.model, spec.prompt, spec.finetune
+    max_length, packing = spec.max_length, spec.packing
     tokenizer = load_lm_tokenizer(tokenizer_path)
     prompt = make_prompt(tokenizer, prompt_cfg)
     seed = finetune_cfg["training"]["seed"]
@@ -127,7 +150,9 @@ def train_teacher_lm(
     train = translation_examples(data_dir / "train.jsonl", tokenizer, prompt, max_length)
     dev = translation_examples(data_dir / "dev.jsonl", tokenizer, prompt, max_length)
     model = load_lm(model_spec, tokenizer, seed)
-    args = training_arguments(finetune_cfg["training"], finetune_cfg["learning_rate"], checkpoint_dir, eval_batch_size)
+    args = training_arguments(
+        finetune_cfg["training"], finetune_cfg["learning_rate"], checkpoint_dir, spec.eval_batch_size
+    )
     trainer = DistillTrainer(
         model=model,
         args=args,
@@ -135,7 +160,7 @@ def train_teacher_lm(
         eval_dataset=dev,
         data_collator=TranslationCollator(tokenizer.pad_token_id, max_length if packing else None),
         loss=TokenKD(
-            chunk_size=chunk_size,
+            chunk_size=spec.chunk_size,
         ),
     )
     job = {
@@ -263,21 +288,19 @@ def cache_teacher_topk(
     teacher_path: str,
     tokenizer_path: str,
     data_dir: str | Path,
-    prompt_cfg: dict,
-    cache_cfg: dict,
-    max_length: int,
     store: str | Path,
     pointer_out: str | Path,
-    packing: bool = True,
+    spec: CacheTeacherLMSpec,
 ) -> dict:
     """Cache the teacher's top-k on the train split, shard by shard (resuming a killed job at
     its first missing shard; an unchanged entry is reused). cache_cfg: top_k, batch_size,
     shard_size, value_dtype, targets (reference | teacher), max_new_tokens, chunk_size. Packing
     changes the batches' layout, not the values (up to float rounding): not part of the key."""
+    max_length = spec.max_length
     train_file = Path(data_dir) / "train.jsonl"
     tokenizer = load_lm_tokenizer(tokenizer_path)
-    prompt = make_prompt(tokenizer, prompt_cfg)
-    settings = {"max_length": max_length, "packing": packing, **cache_cfg}
+    prompt = make_prompt(tokenizer, spec.prompt)
+    settings = {"max_length": max_length, "packing": spec.packing, **spec.cache}
     rows = read_jsonl(train_file)
     # Before the teacher is loaded: a max_length that leaves no pair would cache nothing.
     check_a_pair_fits(rows, tokenizer, prompt, max_length, train_file, responses=settings["targets"] == "reference")
