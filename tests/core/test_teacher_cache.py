@@ -278,7 +278,7 @@ def good_cache(teacher_dir, glue_data, tmp_path_factory):
 @pytest.mark.parametrize("cosine_weight", [0.0, 0.5])  # the teacher builds the student; it also runs online
 @pytest.mark.parametrize("name, says", [("reversed", "names its labels"), ("no_head", "not a trained classifier")])
 def test_distill_refuses_such_a_teacher_too(teachers, glue_data, good_cache, tmp_path, cosine_weight, name, says):
-    with pytest.raises(ModelMismatch, match=f"^teacher\\.model: .*{says}"):
+    with pytest.raises(ModelMismatch, match=f"^glue\\.teacher\\.model: .*{says}"):
         distill_until_the_teacher_is_loaded(
             teachers[name], teachers[name], cosine_weight, glue_data, tmp_path, good_cache
         )

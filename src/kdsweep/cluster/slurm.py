@@ -67,7 +67,7 @@ def uses_slurm_profile(resource_settings) -> bool:
     (workflow.resource_settings) name slurm_* resources or the profile's $KDSWEEP_* variables,
     even when the command line replaced one of the two lists (--default-resources mem_mb=16000)."""
     texts = [str(arg) for arg in (getattr(resource_settings.default_resources, "args", None) or [])]
-    for rule, resources in (resource_settings.overwrite_resources or {}).items():
+    for resources in (resource_settings.overwrite_resources or {}).values():
         texts += [f"{name}={value}" for name, value in dict(resources).items()]
     return any(t.startswith("slurm_") or "$KDSWEEP_" in t for t in texts)
 

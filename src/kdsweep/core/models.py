@@ -188,7 +188,9 @@ def student_from_teacher(
     layers = layers if layers is not None else default_layer_map(n_teacher)
     bad = [i for i in layers if i >= n_teacher]
     if bad:
-        raise ValueError(f"<family>.student.model.from_teacher.layers: {bad} out of range, the teacher has {n_teacher} layers")
+        raise ValueError(
+            f"<family>.student.model.from_teacher.layers: {bad} out of range, the teacher has {n_teacher} layers"
+        )
     config = teacher.config.__class__.from_dict(teacher.config.to_dict())
     config.num_hidden_layers = len(layers)
     torch.manual_seed(seed)
