@@ -86,3 +86,41 @@ def test_loaders_name_the_damaged_file_of_a_local_folder(tmp_path):
         load_tokenizer(str(tmp_path / "empty"))
     with pytest.raises(ModelFolderError, match=r"model: local folder /no/such/student: does not exist"):
         load_causal_lm("/no/such/student")
+
+
+TEXTS = ["The cat sat on the mat.", "A dog, a cat; the END!", "Dogs and cats are pets", "the the cat"] * 3
+
+
+def test_wordpiece_training_gives_the_same_files_in_every_process(tmp_path):
+    """Two trainings on the same text, in separate processes (hash maps seeded differently),
+    write byte-identical tokenizer files (the tokenizers library's own WordPiece trainer did not:
+    its vocabulary changed from run to run, and with it the demo's GLUE tables)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from kdsweep.core.models import train_wordpiece_tokenizer; "
+        f"train_wordpiece_tokenizer({TEXTS!r} * 5, sys.argv[1], 40)"
+    )
+    for run in ("a", "b", "c"):
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / run)], check=True, capture_output=True)
+    files = [(tmp_path / run / "tokenizer.json").read_bytes() for run in ("a", "b", "c")]
+    assert files[0] == files[1] == files[2]
+
+
+def test_wordpiece_vocabulary_and_encoding(tmp_path):
+    """Specials, then every character (word start and ##continuation), then words by count (ties
+    alphabetical) up to vocab_size; an unseen word is spelled with characters, never [UNK]."""
+    from kdsweep.core.models import train_wordpiece_tokenizer, wordpiece_vocab
+
+    vocab = wordpiece_vocab(
+        ["b", "cab", "ab", "cab", "ab", "dd"], 5 + 8 + 2, ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    )
+    assert vocab[5:] == ["a", "b", "c", "d", "##a", "##b", "##c", "##d", "ab", "cab"]
+    tok = train_wordpiece_tokenizer(TEXTS, tmp_path / "tok", 100)
+    assert tok.tokenize("The cat sat") == ["the", "cat", "sat"]
+    assert tok.tokenize("tac") == ["t", "##a", "##c"] and tok.unk_token_id not in tok("cot dag")["input_ids"]
+    assert (
+        tok("a cat", "the dog")["input_ids"][0] == tok.cls_token_id
+        and tok.decode(tok("the cat")["input_ids"], skip_special_tokens=True) == "the cat"
+    )

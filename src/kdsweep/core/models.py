@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,17 +215,37 @@ def student_from_teacher(
     return student
 
 
+def wordpiece_vocab(words, vocab_size: int, special: list[str]) -> list[str]:
+    """A WordPiece vocabulary, the same for the same words on every run: the special tokens,
+    every character seen (as a word start and as a ##continuation, so no word is unknown), then
+    the most frequent words (ties alphabetical) up to vocab_size tokens. The tokenizers library's
+    WordPiece trainer is not used: it orders symbols of equal count by hash-map iteration, so two
+    trainings on the same text gave different vocabularies (and different demo tables)."""
+    counts = Counter(words)
+    chars = sorted({c for w in counts for c in w})
+    vocab = [*special, *chars, *(f"##{c}" for c in chars)]
+    known = set(vocab)
+    for word in sorted(counts, key=lambda w: (-counts[w], w)):
+        if len(vocab) >= vocab_size:
+            break
+        if word not in known:
+            vocab.append(word)
+            known.add(word)
+    return vocab
+
+
 def train_wordpiece_tokenizer(texts, out_dir: str | Path, vocab_size: int) -> PreTrainedTokenizerBase:
-    """A BERT-style uncased WordPiece tokenizer trained on `texts`, saved with save_pretrained."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """A BERT-style uncased WordPiece tokenizer for `texts` (vocabulary: wordpiece_vocab), saved
+    with save_pretrained."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import BertTokenizerFast
 
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special))
+    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    words = [w for text in texts for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))]
+    vocab = wordpiece_vocab(words, vocab_size, special)
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre_tokenizer, decoders.WordPiece()
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
