@@ -299,3 +299,37 @@ def test_distill_refuses_an_online_teacher_tokenizer_that_does_not_fit(
             teacher_dir, teachers["wider_tokenizer"], 0.5, glue_data, tmp_path, good_cache
         )
     assert not (tmp_path / "out").exists()
+
+
+def test_the_shared_shard_loop_resumes_and_recomputes_only_damaged_shards(tmp_path):
+    """CacheEntry.fill, the loop both families' caches use: a job killed while computing shard 2
+    resumes there (shards 0 and 1 are not recomputed), a damaged shard is recomputed, and the
+    entry ends byte for byte as one uninterrupted fill."""
+    values = torch.arange(10, dtype=torch.float32)
+
+    def compute(start, stop, label):
+        calls.append(start)
+        if start == kill_at:
+            raise KeyboardInterrupt  # the job dies mid-run
+        return {"x": values[start:stop] * 2}
+
+    def check(shard):
+        return None if torch.equal(shard["x"], shard["x"].round()) else "not whole numbers"
+
+    calls, kill_at = [], None
+    whole = CacheEntry(tmp_path / "a", {"kind": "test"})
+    assert whole.fill(10, 4, compute, check) == 3 and calls == [0, 4, 8]
+
+    entry = CacheEntry(tmp_path / "b", {"kind": "test"})
+    calls, kill_at = [], 8
+    with pytest.raises(KeyboardInterrupt):
+        entry.fill(10, 4, compute, check)
+    calls, kill_at = [], None
+    assert entry.fill(10, 4, compute, check) == 3 and calls == [8]  # resumed at the missing shard
+    shard = entry.read_shard(1)
+    entry.write_shard(1, {"x": shard["x"] + 0.5})  # a sound file whose values the check refuses
+    calls = []
+    entry.fill(10, 4, compute, check)
+    assert calls == [4]
+    for i in range(3):
+        assert entry.shard_path(i).read_bytes() == whole.shard_path(i).read_bytes()

@@ -38,6 +38,21 @@ def cache_key(key_parts: dict) -> str:
     return sha256_json(key_parts)[:20]
 
 
+def teacher_key_parts(kind: str, model, tokenizer, data_file: str | Path, **settings) -> dict:
+    """What a teacher cache entry depends on, the same way for every family: its kind, the
+    teacher's weights and tokenizer (content fingerprints, not paths), the data file's hash, and
+    the settings that change the cached values (max_length, top_k, ...)."""
+    from kdsweep.core.models import model_fingerprint, tokenizer_fingerprint
+
+    return {
+        "kind": kind,
+        "teacher": model_fingerprint(model),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "data": sha256_file(data_file),
+        **settings,
+    }
+
+
 # The rule that writes an entry of each kind: what a damaged entry's message tells the user to force.
 REBUILD_RULE = {"class_logits": "cache_teacher", "lm_topk": "cache_teacher_lm"}
 # The shard's metadata key holding {tensor name: SHA-256 of its bytes}, as one sorted JSON
@@ -46,6 +61,8 @@ REBUILD_RULE = {"class_logits": "cache_teacher", "lm_topk": "cache_teacher_lm"}
 CHECKSUMS_KEY = "sha256"
 # A family's check of a shard's values (NaN, ranges, consistency): what is wrong, or None.
 ShardCheck = Callable[[dict[str, torch.Tensor]], str | None]
+# A family's computation of one shard: (first row, row after the last, "shard i/n") -> its tensors.
+ShardCompute = Callable[[int, int, str], dict[str, torch.Tensor]]
 
 
 # A streaming scan reads a shard in chunks of about this many bytes (whole rows of a tensor).
@@ -256,6 +273,24 @@ class CacheEntry:
         self.manifest_path.unlink(missing_ok=True)
         for index in shards:
             self.shard_path(index).unlink(missing_ok=True)
+
+    def fill(self, num_rows: int, shard_size: int, compute: ShardCompute, check: ShardCheck | None = None) -> int:
+        """The one shard/resume loop of every teacher cache: shard i holds rows [i * shard_size,
+        (i + 1) * shard_size), computed by compute(start, stop, label) and written atomically. A
+        shard already there and sound is kept, so a killed job resumes at its first missing shard;
+        a damaged one is recomputed. Returns the number of shards (then call finish)."""
+        num_shards = max(1, math.ceil(num_rows / shard_size))
+        for index in range(num_shards):
+            if self.has_shard(index):
+                problem = self.shard_problem(index, check)
+                if not problem:
+                    log.info("shard %d/%d already cached", index + 1, num_shards)
+                    continue
+                log.warning("%s", problem)  # recomputed below, replacing the file
+            start, stop = index * shard_size, min((index + 1) * shard_size, num_rows)
+            self.write_shard(index, compute(start, stop, f"shard {index + 1}/{num_shards}"))
+            log.info("cached shard %d/%d", index + 1, num_shards)
+        return num_shards
 
     def finish(self, num_shards: int, info: dict) -> dict:
         missing = [i for i in range(num_shards) if not self.has_shard(i)]

@@ -13,16 +13,14 @@ from pathlib import Path
 
 import torch
 
-from kdsweep.core.cache import CacheEntry, write_pointer
+from kdsweep.core.cache import CacheEntry, teacher_key_parts, write_pointer
 from kdsweep.core.io import read_json, read_jsonl, sha256_file
 from kdsweep.core.models import (
     check_tokenizer_fits,
     classifier_from_config,
     load_classifier,
     load_tokenizer,
-    model_fingerprint,
     name_labels,
-    tokenizer_fingerprint,
 )
 from kdsweep.core.spec import setting
 from kdsweep.core.trainer import DistillTrainer, train_and_save, training_arguments
@@ -127,27 +125,28 @@ def cache_teacher_logits(
     tokenizer = load_tokenizer(tokenizer_path)
     model = load_classifier(teacher_path, len(labels), trained_labels=labels, key="glue.teacher.model")
     check_tokenizer_fits(tokenizer, model, "glue.teacher.tokenizer", teacher_path)
-    key_parts = {
-        "kind": "class_logits",
-        "teacher": model_fingerprint(model),
-        "tokenizer": tokenizer_fingerprint(tokenizer),
-        "data": sha256_file(train_file),
-        "max_length": max_length,
-    }
+    key_parts = teacher_key_parts("class_logits", model, tokenizer, train_file, max_length=max_length)
     entry = CacheEntry(store, key_parts)
-    reused = entry.reuse(class_logits_problem(len(labels)))
+    check = class_logits_problem(len(labels))
+    reused = entry.reuse(check)
     if reused:
         log.info("teacher cache %s is up to date, not recomputed", entry.dir)
     else:
         log.info("building teacher cache %s", entry.dir)
         rows = read_jsonl(train_file)
-        dataset = PairClassificationDataset(rows, tokenizer, max_length)
-        logits = predict_logits(model, dataset, PairCollator(tokenizer), spec.batch_size, desc=f"cache {task}")
-        pseudo = logits.argmax(-1)
-        entry.write_shard(0, {"logits": logits, "pseudo_labels": pseudo})
+
+        def shard(start: int, stop: int, label: str) -> dict[str, torch.Tensor]:
+            dataset = PairClassificationDataset(rows[start:stop], tokenizer, max_length)
+            collator = PairCollator(tokenizer)
+            logits = predict_logits(model, dataset, collator, spec.batch_size, desc=f"cache {task} {label}")
+            return {"logits": logits, "pseudo_labels": logits.argmax(-1)}
+
+        # One shard by default: a GLUE cache is a few floats per example (MNLI: 5 MB).
+        num_shards = entry.fill(len(rows), len(rows), shard, check)
+        pseudo = torch.cat([entry.read_shard(i, ("pseudo_labels",))["pseudo_labels"] for i in range(num_shards)])
         gold = torch.tensor([r["label"] for r in rows])
         entry.finish(
-            1,
+            num_shards,
             {
                 "task": task,
                 "rows": len(rows),

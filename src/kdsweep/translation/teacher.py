@@ -22,16 +22,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from kdsweep.core.cache import CacheEntry, write_pointer
+from kdsweep.core.cache import CacheEntry, teacher_key_parts, write_pointer
 from kdsweep.core.io import read_jsonl, sha256_file
-from kdsweep.core.models import causal_lm_from_config, load_causal_lm, model_fingerprint, tokenizer_fingerprint
+from kdsweep.core.models import causal_lm_from_config, load_causal_lm
 from kdsweep.core.progress import progress
 from kdsweep.core.spec import setting
 from kdsweep.core.trainer import DistillTrainer, train_and_save, training_arguments
@@ -310,36 +309,28 @@ def cache_teacher_topk(
             f"translation.teacher.cache.top_k: {settings['top_k']} is larger than the vocabulary of the teacher "
             f"{teacher_path} ({model.config.vocab_size} tokens); top_k = {model.config.vocab_size} caches every token"
         )
-    key_parts = {
-        "kind": "lm_topk",
-        "values": "logprob",  # top-k log-probabilities (teacher logits minus the row's log-sum-exp)
-        "teacher": model_fingerprint(model),
-        "tokenizer": tokenizer_fingerprint(tokenizer),
-        "data": sha256_file(train_file),
-        "prompt": prompt.template,
-        "marker": prompt.marker,
+    key_parts = teacher_key_parts(
+        "lm_topk",
+        model,
+        tokenizer,
+        train_file,
+        values="logprob",  # top-k log-probabilities (teacher logits minus the row's log-sum-exp)
+        prompt=prompt.template,
+        marker=prompt.marker,
         **{k: settings[k] for k in ("max_length", "top_k", "value_dtype", "targets", "shard_size")},
         **({"max_new_tokens": settings["max_new_tokens"]} if settings["targets"] == "teacher" else {}),
-    }
+    )
     entry = CacheEntry(store, key_parts)
     check = topk_shard_problem(model.config.vocab_size)
     reused = entry.reuse(check)  # a complete entry is verified first: damaged shards are rebuilt
     if reused:
         log.info("teacher cache %s is up to date, not recomputed", entry.dir)
     else:
-        size = settings["shard_size"]
-        num_shards = max(1, math.ceil(len(rows) / size))
-        for index in range(num_shards):
-            if entry.has_shard(index):
-                problem = entry.shard_problem(index, check)
-                if not problem:
-                    log.info("shard %d/%d already cached", index + 1, num_shards)
-                    continue
-                log.warning("%s", problem)  # recomputed below, replacing the file
-            shard_rows = rows[index * size : (index + 1) * size]
-            desc = f"cache shard {index + 1}/{num_shards}"
-            entry.write_shard(index, _cache_shard(model, tokenizer, prompt, shard_rows, index * size, settings, desc))
-            log.info("cached shard %d/%d", index + 1, num_shards)
+
+        def shard(start: int, stop: int, label: str) -> dict[str, torch.Tensor]:
+            return _cache_shard(model, tokenizer, prompt, rows[start:stop], start, settings, f"cache {label}")
+
+        num_shards = entry.fill(len(rows), settings["shard_size"], shard, check)
         info = {"rows": len(rows), "teacher_path": str(teacher_path), "teacher_vocab_size": model.config.vocab_size}
         entry.finish(num_shards, {**info, **topk_summary(entry, num_shards)})
     write_pointer(pointer_out, entry, reused)
