@@ -62,10 +62,11 @@ def llama(hidden: int, layers: int) -> dict:
 def build(root: Path, pairs: int) -> dict:
     """Data, tokenizer, teacher, student and the top-64 cache under root (reused when there)."""
     from kdsweep.core.io import read_jsonl
-    from kdsweep.core.models import causal_lm_from_config, train_bpe_tokenizer
     from kdsweep.translation.data import PrepareTranslationSpec, prepare_translation
+    from kdsweep.translation.models import causal_lm_from_config
     from kdsweep.translation.synthetic import SynthesizeEuroparlSpec, write_synthetic_europarl
     from kdsweep.translation.teacher import CacheTeacherLMSpec, cache_teacher_topk
+    from kdsweep.translation.tokenizer import train_bpe_tokenizer
 
     if not (root / "data" / "manifest.json").is_file():
         write_synthetic_europarl(root / "raw", SynthesizeEuroparlSpec(size=pairs + 100, seed=7))

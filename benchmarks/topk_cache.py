@@ -112,10 +112,10 @@ def synthetic_peaked(tokens: int = 256, seed: int = 0) -> tuple[torch.Tensor, to
 @torch.no_grad()
 def demo_logits(run: Path, model_dirs: list[Path], max_examples: int = 100) -> list[torch.Tensor]:
     """Each model's logits on the response tokens of the demo's dev split (unpacked batches)."""
-    from kdsweep.core.models import load_causal_lm
     from kdsweep.families import load_config
     from kdsweep.translation.batching import TranslationCollator
     from kdsweep.translation.generation import load_lm_tokenizer
+    from kdsweep.translation.models import load_causal_lm
     from kdsweep.translation.prompt import make_prompt
     from kdsweep.translation.teacher import translation_examples
 

@@ -33,7 +33,7 @@ def glue_data(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tokenizer_dir(glue_data, tmp_path_factory):
     from kdsweep.core.io import read_jsonl
-    from kdsweep.core.models import train_wordpiece_tokenizer
+    from kdsweep.glue.tokenizer import train_wordpiece_tokenizer
 
     rows = read_jsonl(glue_data["data"] / "train.jsonl")
     out = tmp_path_factory.mktemp("tok")
@@ -44,7 +44,8 @@ def tokenizer_dir(glue_data, tmp_path_factory):
 @pytest.fixture(scope="session")
 def teacher_dir(tokenizer_dir, tmp_path_factory):
     """A tiny 4-layer BERT classifier (random weights) saved with its tokenizer."""
-    from kdsweep.core.models import classifier_from_config, load_tokenizer
+    from kdsweep.core.models import load_tokenizer
+    from kdsweep.glue.models import classifier_from_config
 
     tok = load_tokenizer(str(tokenizer_dir))
     model = classifier_from_config(TINY_BERT, 3, tok, seed=0)

@@ -10,7 +10,7 @@ import yaml
 from comet.models import RegressionMetric
 from transformers import BertConfig
 
-from kdsweep.core.models import train_wordpiece_tokenizer
+from kdsweep.glue.tokenizer import train_wordpiece_tokenizer
 from kdsweep.translation.synthetic import synthetic_pairs
 
 

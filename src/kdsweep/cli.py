@@ -48,12 +48,16 @@ def cmd_prepare_glue(a) -> None:
 def cmd_train_tokenizer(a) -> None:
     """WordPiece on GLUE's text pairs; with spec kind "bpe", byte-level BPE on translation pairs."""
     from kdsweep.core.io import read_jsonl
-    from kdsweep.core.models import TokenizerSpec, train_tokenizer
+    from kdsweep.core.models import TokenizerSpec
+    from kdsweep.glue.tokenizer import train_wordpiece_tokenizer
+    from kdsweep.translation.tokenizer import train_bpe_tokenizer
 
     spec = _build(TokenizerSpec, a)
     rows = read_jsonl(a.train)
-    fields = ("source", "target") if spec.kind == "bpe" else ("text_a", "text_b")
-    train_tokenizer([r[field] for field in fields for r in rows], a.out, spec)
+    if spec.kind == "bpe":
+        train_bpe_tokenizer([r[f] for f in ("source", "target") for r in rows], a.out, spec.vocab_size)
+    else:
+        train_wordpiece_tokenizer([r[f] for f in ("text_a", "text_b") for r in rows], a.out, spec.vocab_size)
 
 
 def cmd_synthesize_europarl(a) -> None:
@@ -157,7 +161,7 @@ def cmd_evaluate(a) -> None:
 
 def cmd_report(a) -> None:
     from kdsweep.core.paths import RunPaths
-    from kdsweep.core.report import write_report
+    from kdsweep.families import write_report
 
     write_report(RunPaths(a.root), a.spec)
 

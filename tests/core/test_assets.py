@@ -29,19 +29,14 @@ from kdsweep.core.hub import (
     prefetch_from_config,
 )
 from kdsweep.core.io import read_json, read_jsonl
-from kdsweep.core.models import (
-    causal_lm_from_config,
-    load_causal_lm,
-    load_classifier,
-    load_tokenizer,
-    model_fingerprint,
-    tokenizer_fingerprint,
-    train_bpe_tokenizer,
-)
+from kdsweep.core.models import load_tokenizer, model_fingerprint, tokenizer_fingerprint
 from kdsweep.families import load_config, validate_config
 from kdsweep.glue.data import PrepareGlueSpec, prepare_glue
+from kdsweep.glue.models import load_classifier
 from kdsweep.translation.data import load_hub_pairs
 from kdsweep.translation.metrics import resolve_comet_checkpoint
+from kdsweep.translation.models import causal_lm_from_config, load_causal_lm
+from kdsweep.translation.tokenizer import train_bpe_tokenizer
 
 COMMITS = {
     "kdsweep-tests/tiny-bert": "1" * 40,

@@ -129,7 +129,8 @@ def _model_folder(path: Path, tokenizer: bool = True) -> Path:
     """A real tiny Llama folder, with its tokenizer files."""
     from tiny import tiny_llama
 
-    from kdsweep.core.models import causal_lm_from_config, train_bpe_tokenizer
+    from kdsweep.translation.models import causal_lm_from_config
+    from kdsweep.translation.tokenizer import train_bpe_tokenizer
 
     tok = train_bpe_tokenizer(["le chat", "the cat", "un chien", "a dog"] * 20, path, 300)
     causal_lm_from_config(tiny_llama(4), tok, seed=0).save_pretrained(path)  # the demo student takes layers 0, 3

@@ -13,8 +13,9 @@ import torch
 from tiny import tiny_bert
 
 from kdsweep.core.io import read_jsonl
-from kdsweep.core.models import classifier_from_config, load_classifier, load_tokenizer
+from kdsweep.core.models import load_tokenizer
 from kdsweep.families import validate_config
+from kdsweep.glue.models import classifier_from_config, load_classifier
 from kdsweep.glue.teacher import GlueCacheSpec, cache_teacher_logits
 
 REPO = Path(__file__).resolve().parents[2]

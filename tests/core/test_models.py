@@ -3,12 +3,12 @@ import torch
 
 from kdsweep.core.models import (
     default_layer_map,
-    load_classifier,
     load_tokenizer,
     model_fingerprint,
     student_from_teacher,
     tokenizer_fingerprint,
 )
+from kdsweep.glue.models import load_classifier
 
 
 def test_default_layer_map_is_every_other_layer():
@@ -72,7 +72,9 @@ def test_loaders_name_the_damaged_file_of_a_local_folder(tmp_path):
     from tiny import tiny_llama
 
     from kdsweep.core.integrity import ModelFolderError
-    from kdsweep.core.models import causal_lm_from_config, load_causal_lm, load_tokenizer, train_bpe_tokenizer
+    from kdsweep.core.models import load_tokenizer
+    from kdsweep.translation.models import causal_lm_from_config, load_causal_lm
+    from kdsweep.translation.tokenizer import train_bpe_tokenizer
 
     tok = train_bpe_tokenizer(["le chat", "the cat", "un chien", "a dog"] * 20, tmp_path / "m", 300)
     causal_lm_from_config(tiny_llama(1), tok, seed=0).save_pretrained(tmp_path / "m")
@@ -111,7 +113,7 @@ def test_wordpiece_training_gives_the_same_files_in_every_process(tmp_path):
 def test_wordpiece_vocabulary_and_encoding(tmp_path):
     """Specials, then every character (word start and ##continuation), then words by count (ties
     alphabetical) up to vocab_size; an unseen word is spelled with characters, never [UNK]."""
-    from kdsweep.core.models import train_wordpiece_tokenizer, wordpiece_vocab
+    from kdsweep.glue.tokenizer import train_wordpiece_tokenizer, wordpiece_vocab
 
     vocab = wordpiece_vocab(
         ["b", "cab", "ab", "cab", "ab", "dd"], 5 + 8 + 2, ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

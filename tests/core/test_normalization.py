@@ -16,12 +16,13 @@ import torch
 from tiny import DEMO_PROMPT, tiny_llama, wait_for_a_checkpoint
 
 from kdsweep.core.io import read_jsonl, write_jsonl
-from kdsweep.core.models import causal_lm_from_config, load_causal_lm, train_bpe_tokenizer
 from kdsweep.families import validate_config
 from kdsweep.translation.data import PrepareTranslationSpec, prepare_translation
 from kdsweep.translation.distill import DistillLMSpec, distill_student_lm
+from kdsweep.translation.models import causal_lm_from_config, load_causal_lm
 from kdsweep.translation.synthetic import SynthesizeEuroparlSpec, write_synthetic_europarl
 from kdsweep.translation.teacher import CacheTeacherLMSpec, cache_teacher_topk
+from kdsweep.translation.tokenizer import train_bpe_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration

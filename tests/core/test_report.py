@@ -7,7 +7,7 @@ import pytest
 
 from kdsweep.core.io import write_json, write_jsonl
 from kdsweep.core.paths import RunPaths
-from kdsweep.core.report import write_report
+from kdsweep.families import write_report
 
 
 def fake_run_outputs(paths, task, splits, points):
@@ -36,9 +36,9 @@ def written_files(paths: RunPaths) -> set[str]:
 
 
 def declared_files(paths: RunPaths, spec: dict) -> set[str]:
-    """The report rule's outputs: kdsweep.core.report.report_outputs (independently: the files
+    """The report rule's outputs: kdsweep.families.report_outputs (independently: the files
     write_report actually left, above)."""
-    from kdsweep.core.report import report_outputs
+    from kdsweep.families import report_outputs
 
     return {f for files in report_outputs(paths, spec).values() for f in files}
 
@@ -185,7 +185,7 @@ def test_experiment_tables_study_comparison_and_runtime(tmp_path):
 
 
 def test_translation_study_comparison(tmp_path):
-    from kdsweep.core.report import translation_vs_study
+    from kdsweep.translation.report import translation_vs_study
 
     paths = RunPaths(str(tmp_path / "run"))
     write_json(paths.eval_json("europarl_en_fr", "base"), {"bleu": 17.891, "comet": 0.7512})
@@ -218,8 +218,8 @@ def test_translation_rows_count_stop_reasons_from_the_outputs(tmp_path):
     """The runaway rate is the share that ran to max_new_tokens; a model that stops at <|eot_id|>
     (the base model, an Instruct teacher) is not a runaway. The rates in the table are the counts
     of the outputs' stop reasons, written by evaluate_translation."""
-    from kdsweep.core.report import translation_row
     from kdsweep.translation.evaluate import stop_rates
+    from kdsweep.translation.report import translation_row
 
     outputs = [{"stop": s} for s in ["eos"] * 6 + ["marker"] * 3 + ["max_new_tokens"]]
     result = {"bleu": 20.0, "chrf": 50.0, "comet": None, "length_ratio": 1.0, "stop_rates": stop_rates(outputs)}

@@ -7,9 +7,10 @@ from transformers import AutoConfig
 
 from kdsweep.core.cache import CacheDamaged, CacheEntry, open_pointer
 from kdsweep.core.io import read_json, read_jsonl
-from kdsweep.core.models import ModelMismatch, load_classifier, load_tokenizer
+from kdsweep.core.models import ModelMismatch, load_tokenizer
 from kdsweep.glue.dataset import PairClassificationDataset, PairCollator, predict_logits
 from kdsweep.glue.distill import GlueDistillSpec, distill_student
+from kdsweep.glue.models import load_classifier
 from kdsweep.glue.teacher import GlueCacheSpec, cache_teacher_logits, class_logits_problem
 
 
@@ -143,7 +144,7 @@ def teachers(teacher_dir, tmp_path_factory):
     from conftest import TINY_BERT
     from transformers import AutoModelForSequenceClassification
 
-    from kdsweep.core.models import classifier_from_config
+    from kdsweep.glue.models import classifier_from_config
 
     root = tmp_path_factory.mktemp("teachers")
     tok = load_tokenizer(str(teacher_dir))

@@ -14,7 +14,7 @@ from transformers import TrainerCallback
 
 import kdsweep
 from kdsweep.core.io import read_jsonl
-from kdsweep.core.models import load_classifier, load_tokenizer, student_from_teacher
+from kdsweep.core.models import load_tokenizer, student_from_teacher
 from kdsweep.core.trainer import (
     COMPLETE_MARKER,
     LOCK_FILE,
@@ -31,6 +31,7 @@ from kdsweep.core.trainer import (
 from kdsweep.families import validate_config
 from kdsweep.glue.dataset import PairClassificationDataset, PairCollator
 from kdsweep.glue.loss import ClassificationKD
+from kdsweep.glue.models import load_classifier
 
 
 def train_cfg(**over):
@@ -221,7 +222,7 @@ def test_cosine_loss_runs_the_frozen_teacher_on_its_own_inputs(teacher_dir, glue
 
 
 def test_cosine_loss_refuses_a_student_tokenization_with_other_ids(teacher_dir, glue_data, tmp_path, tokenizer_dir):
-    from kdsweep.core.models import train_wordpiece_tokenizer
+    from kdsweep.glue.tokenizer import train_wordpiece_tokenizer
 
     rows = read_jsonl(glue_data["data"] / "train.jsonl")
     other = train_wordpiece_tokenizer([r["text_a"] for r in rows], tmp_path / "other", vocab_size=150)

@@ -13,13 +13,14 @@ import torch
 from tiny import DEMO_PROMPT, lm_training, tiny_llama
 
 from kdsweep.core.io import read_jsonl
-from kdsweep.core.models import load_causal_lm, train_bpe_tokenizer
 from kdsweep.translation.data import PrepareTranslationSpec, prepare_translation
 from kdsweep.translation.distill import DistillLMSpec, InitStudentLMSpec, distill_student_lm, init_student_lm
 from kdsweep.translation.generation import generate_translations, load_lm_tokenizer
+from kdsweep.translation.models import load_causal_lm
 from kdsweep.translation.prompt import encode_pair, make_prompt
 from kdsweep.translation.synthetic import SynthesizeEuroparlSpec, write_synthetic_europarl
 from kdsweep.translation.teacher import CacheTeacherLMSpec, TeacherLMSpec, cache_teacher_topk, train_teacher_lm
+from kdsweep.translation.tokenizer import train_bpe_tokenizer
 
 pytestmark = pytest.mark.integration
 NO_MARKER = {**DEMO_PROMPT, "template": "<|begin_of_text|>English: {source}\nFrench: {target}<|eot_id|>"}

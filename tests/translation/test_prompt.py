@@ -4,7 +4,6 @@ import pytest
 import torch
 from tiny import DEMO_PROMPT, DEMO_TEMPLATE
 
-from kdsweep.core.models import train_bpe_tokenizer
 from kdsweep.translation.batching import TranslationCollator
 from kdsweep.translation.prompt import (
     IGNORE_INDEX,
@@ -16,6 +15,7 @@ from kdsweep.translation.prompt import (
     resolve_marker,
 )
 from kdsweep.translation.synthetic import synthetic_pairs
+from kdsweep.translation.tokenizer import train_bpe_tokenizer
 
 # Copied from the study (shared/DESIGN.md), not built from kdsweep's constants.
 STUDY_STRING = (

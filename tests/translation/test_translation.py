@@ -11,12 +11,13 @@ from tiny import DEMO_PROMPT, lm_training, tiny_llama
 
 from kdsweep.core.cache import CacheEntry, open_pointer
 from kdsweep.core.io import read_jsonl, write_jsonl
-from kdsweep.core.models import causal_lm_from_config, load_causal_lm, train_bpe_tokenizer
 from kdsweep.translation.data import PrepareTranslationSpec, prepare_translation
 from kdsweep.translation.generation import generate_translations, load_lm_tokenizer
+from kdsweep.translation.models import causal_lm_from_config, load_causal_lm
 from kdsweep.translation.prompt import encode_pair, make_prompt
 from kdsweep.translation.synthetic import SynthesizeEuroparlSpec, write_synthetic_europarl
 from kdsweep.translation.teacher import CacheTeacherLMSpec, cache_teacher_topk, read_topk_cache
+from kdsweep.translation.tokenizer import train_bpe_tokenizer
 
 CACHE = {
     "top_k": 8,
@@ -230,8 +231,8 @@ def test_evaluation_counts_prompts_over_max_length_or_the_context_and_scores_the
     generated from, a ~90-token one only under the larger limit; BLEU is sacrebleu's on the rest."""
     import sacrebleu
 
-    from kdsweep.core.report import translation_row
     from kdsweep.translation.evaluate import EvaluateTranslationSpec, evaluate_translation
+    from kdsweep.translation.report import translation_row
 
     tok = load_lm_tokenizer(str(lm / "teacher"))
     prompt = make_prompt(tok, DEMO_PROMPT)

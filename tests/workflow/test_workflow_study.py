@@ -39,9 +39,11 @@ def snapshot(hub: Path, repo_id: str, repo_type: str) -> Path:
 def build_hub_cache(hf_home: Path, raw: Path) -> None:
     """MNLI as the hub's parquet repo (from kdsweep's synthetic generator) and a tiny BERT
     (tokenizer trained on that data) as a hub model, in HF_HOME/hub."""
-    from kdsweep.core.models import classifier_from_config, load_tokenizer, train_wordpiece_tokenizer
+    from kdsweep.core.models import load_tokenizer
     from kdsweep.glue.data import GLUE_TASKS, parse_glue_tsv
+    from kdsweep.glue.models import classifier_from_config
     from kdsweep.glue.synthetic import SynthesizeGlueSpec, write_synthetic_glue
+    from kdsweep.glue.tokenizer import train_wordpiece_tokenizer
 
     write_synthetic_glue("mnli", raw, SynthesizeGlueSpec(train_size=240, dev_size=40, seed=0))
     hub = hf_home / "hub"

@@ -26,7 +26,7 @@ from kdsweep.core.config import (
 )
 from kdsweep.core.hub import config_assets, hub_environment
 from kdsweep.core.paths import RunPaths
-from kdsweep.core.report import report_outputs
+from kdsweep.families import report_outputs
 from kdsweep.glue.data import GLUE_TASKS, tsv_dir
 
 P = RunPaths(run_root(config))

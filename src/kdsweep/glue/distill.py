@@ -13,19 +13,13 @@ from transformers import AutoModelForSequenceClassification
 
 from kdsweep.core.cache import open_pointer
 from kdsweep.core.io import read_jsonl
-from kdsweep.core.models import (
-    check_tokenizer_fits,
-    classifier_from_config,
-    load_classifier,
-    load_tokenizer,
-    name_labels,
-    student_from_teacher,
-)
+from kdsweep.core.models import check_tokenizer_fits, load_tokenizer, student_from_teacher
 from kdsweep.core.spec import setting
 from kdsweep.core.trainer import DistillTrainer, train_and_save, training_arguments
 from kdsweep.glue.data import GLUE_TASKS
 from kdsweep.glue.dataset import PairClassificationDataset, PairCollator
 from kdsweep.glue.loss import ClassificationKD
+from kdsweep.glue.models import classifier_from_config, load_classifier, name_labels
 from kdsweep.glue.teacher import check_max_length, class_logits_problem
 
 log = logging.getLogger(__name__)

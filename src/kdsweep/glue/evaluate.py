@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdsweep.core.io import read_jsonl, write_json
-from kdsweep.core.models import load_classifier, load_tokenizer
+from kdsweep.core.models import load_tokenizer
 from kdsweep.core.spec import setting
 from kdsweep.glue.data import GLUE_TASKS
 from kdsweep.glue.dataset import PairClassificationDataset, PairCollator, predict_logits
 from kdsweep.glue.metrics import classification_metrics
+from kdsweep.glue.models import load_classifier
 
 
 @dataclass

@@ -15,18 +15,13 @@ import torch
 
 from kdsweep.core.cache import CacheEntry, teacher_key_parts, write_pointer
 from kdsweep.core.io import read_json, read_jsonl, sha256_file
-from kdsweep.core.models import (
-    check_tokenizer_fits,
-    classifier_from_config,
-    load_classifier,
-    load_tokenizer,
-    name_labels,
-)
+from kdsweep.core.models import check_tokenizer_fits, load_tokenizer
 from kdsweep.core.spec import setting
 from kdsweep.core.trainer import DistillTrainer, train_and_save, training_arguments
 from kdsweep.glue.data import GLUE_TASKS
 from kdsweep.glue.dataset import PairClassificationDataset, PairCollator, predict_logits
 from kdsweep.glue.loss import ClassificationKD
+from kdsweep.glue.models import classifier_from_config, load_classifier, name_labels
 
 log = logging.getLogger(__name__)
 

@@ -18,13 +18,14 @@ import torch
 from kdsweep.core.cache import open_pointer
 from kdsweep.core.hub import hub_path
 from kdsweep.core.io import atomic_path, read_jsonl
-from kdsweep.core.models import causal_lm_from_config, load_causal_lm, student_from_teacher, tokenizer_fingerprint
+from kdsweep.core.models import student_from_teacher, tokenizer_fingerprint
 from kdsweep.core.spec import setting
 from kdsweep.core.trainer import DistillTrainer, process_rank, train_and_save, training_arguments
 from kdsweep.translation.batching import TranslationCollator
 from kdsweep.translation.generation import load_lm_tokenizer
 from kdsweep.translation.loss import TokenKD
 from kdsweep.translation.mapped_cache import open_topk_examples
+from kdsweep.translation.models import causal_lm_from_config, load_causal_lm
 from kdsweep.translation.prompt import ce_only_token_ids, check_same_vocabulary, make_prompt
 from kdsweep.translation.teacher import check_cache_alignment, translation_examples
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdsweep.core.io import read_jsonl, write_json, write_jsonl
-from kdsweep.core.models import load_causal_lm
 from kdsweep.core.spec import setting
 from kdsweep.translation.generation import (
     PROMPT_TOO_LONG,
@@ -26,6 +25,7 @@ from kdsweep.translation.generation import (
     load_lm_tokenizer,
     prompt_token_limit,
 )
+from kdsweep.translation.models import load_causal_lm
 from kdsweep.translation.prompt import make_prompt
 
 log = logging.getLogger(__name__)

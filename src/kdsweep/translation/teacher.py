@@ -30,7 +30,6 @@ import torch.nn.functional as F
 
 from kdsweep.core.cache import CacheEntry, teacher_key_parts, write_pointer
 from kdsweep.core.io import read_jsonl, sha256_file
-from kdsweep.core.models import causal_lm_from_config, load_causal_lm
 from kdsweep.core.progress import progress
 from kdsweep.core.spec import setting
 from kdsweep.core.trainer import DistillTrainer, train_and_save, training_arguments
@@ -42,6 +41,7 @@ from kdsweep.translation.batching import (
 )
 from kdsweep.translation.generation import device, generate_translations, load_lm_tokenizer
 from kdsweep.translation.loss import TokenKD
+from kdsweep.translation.models import causal_lm_from_config, load_causal_lm
 from kdsweep.translation.prompt import Prompt, encode_pair, make_prompt
 
 log = logging.getLogger(__name__)
