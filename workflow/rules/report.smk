@@ -1,8 +1,8 @@
 # Stage report: the study's tables, the experiments' tables, kdsweep vs the study, loss curves,
 # sample translations, the runtime/GPU-hours table and report.md (kdsweep/core/report.py and
 # each family's report.py), from the runs' output files only. Its outputs are what
-# kdsweep.families.report_outputs says the job
-# writes. The files marked report() make up Snakemake's HTML report:
+# kdsweep.families.report_outputs says the job writes. The files marked report() make up
+# Snakemake's HTML report:
 #   snakemake --report results/<run>/report.html --configfile ...
 
 
