@@ -101,7 +101,7 @@ def test_wordpiece_training_gives_the_same_files_in_every_process(tmp_path):
     import sys
 
     code = (
-        "import sys; from kdsweep.core.models import train_wordpiece_tokenizer; "
+        "import sys; from kdsweep.glue.tokenizer import train_wordpiece_tokenizer; "
         f"train_wordpiece_tokenizer({TEXTS!r} * 5, sys.argv[1], 40)"
     )
     for run in ("a", "b", "c"):
@@ -112,7 +112,8 @@ def test_wordpiece_training_gives_the_same_files_in_every_process(tmp_path):
 
 def test_wordpiece_vocabulary_and_encoding(tmp_path):
     """Specials, then every character (word start and ##continuation), then words by count (ties
-    alphabetical) up to vocab_size; an unseen word is spelled with characters, never [UNK]."""
+    alphabetical) up to vocab_size; an unseen word of training characters is spelled with them,
+    never [UNK]."""
     from kdsweep.glue.tokenizer import train_wordpiece_tokenizer, wordpiece_vocab
 
     vocab = wordpiece_vocab(

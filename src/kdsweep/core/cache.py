@@ -279,6 +279,8 @@ class CacheEntry:
         (i + 1) * shard_size), computed by compute(start, stop, label) and written atomically. A
         shard already there and sound is kept, so a killed job resumes at its first missing shard;
         a damaged one is recomputed. Returns the number of shards (then call finish)."""
+        if shard_size < 1:
+            raise ValueError(f"{self.dir}: shard_size {shard_size} (examples per shard) must be at least 1")
         num_shards = max(1, math.ceil(num_rows / shard_size))
         for index in range(num_shards):
             if self.has_shard(index):

@@ -1,8 +1,10 @@
 """Typed stage settings: each stage reads one dataclass of its settings, built from the JSON the
 rule sends (--spec). A field per JSON key, with a default where the stage has one and help text
-in its metadata; a stage's own checks go in its __post_init__ and name the config key. The JSON
-is unchanged by the round trip (dataclasses.asdict gives it back), so the job records and cache
-keys built from it are too."""
+in its metadata; a stage's own checks go in its __post_init__ and name the config key. Defaults
+serve direct callers (tests, benchmarks); the rules send every key. dataclasses.asdict gives the
+rule's JSON back only when every field was sent: the specs whose asdict is recorded for resume
+(GlueDistillSpec, DistillLMSpec) therefore have no defaults; a defaulted field added there would
+change the record and discard existing checkpoints."""
 
 from __future__ import annotations
 

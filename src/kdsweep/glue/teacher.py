@@ -136,8 +136,8 @@ def cache_teacher_logits(
             logits = predict_logits(model, dataset, collator, spec.batch_size, desc=f"cache {task} {label}")
             return {"logits": logits, "pseudo_labels": logits.argmax(-1)}
 
-        # One shard by default: a GLUE cache is a few floats per example (MNLI: 5 MB).
-        num_shards = entry.fill(len(rows), len(rows), shard, check)
+        # One shard: a GLUE cache is a few floats per example (MNLI: 5 MB).
+        num_shards = entry.fill(len(rows), max(1, len(rows)), shard, check)
         pseudo = torch.cat([entry.read_shard(i, ("pseudo_labels",))["pseudo_labels"] for i in range(num_shards)])
         gold = torch.tensor([r["label"] for r in rows])
         entry.finish(

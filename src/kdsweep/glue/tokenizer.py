@@ -11,8 +11,10 @@ from transformers import PreTrainedTokenizerBase
 
 def wordpiece_vocab(words, vocab_size: int, special: list[str]) -> list[str]:
     """A WordPiece vocabulary, the same for the same words on every run: the special tokens,
-    every character seen (as a word start and as a ##continuation, so no word is unknown), then
-    the most frequent words (ties alphabetical) up to vocab_size tokens. The tokenizers library's
+    every character seen (as a word start and as a ##continuation, so a word made of training
+    characters is never [UNK]; these come first even when they alone exceed vocab_size), then the
+    most frequent words (ties alphabetical) up to vocab_size tokens. Words outside it are spelled
+    from characters (no subword merges). The tokenizers library's
     WordPiece trainer is not used: it orders symbols of equal count by hash-map iteration, so two
     trainings on the same text gave different vocabularies (and different demo tables)."""
     counts = Counter(words)
