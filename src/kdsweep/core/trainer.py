@@ -232,7 +232,8 @@ def training_arguments(
         per_device_eval_batch_size=eval_batch_size,
         gradient_accumulation_steps=accum,
         weight_decay=train_cfg["weight_decay"],
-        warmup_ratio=train_cfg["warmup_ratio"],
+        # transformers 5: a float below 1 in warmup_steps is the share of the steps (warmup_ratio is gone)
+        warmup_steps=float(train_cfg["warmup_ratio"]),
         lr_scheduler_type=train_cfg["lr_scheduler"],
         logging_steps=train_cfg["logging_steps"],
         eval_strategy="steps",
