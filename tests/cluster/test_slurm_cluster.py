@@ -199,3 +199,61 @@ def test_profile_partitions_gpus_and_resume_after_a_killed_job(cluster, tmp_path
             assert runtime.loc[rule, "GPUs per job"] == gpus, runtime
     distill = runtime.loc["distill"]
     assert distill["GPU-hours"] == pytest.approx(distill["Wall time (s)"] * 2 / 3600, abs=0.002)
+
+
+SLEEPER = """
+rule all:
+    input: "done.txt"
+
+rule sleeper:
+    output: "done.txt"
+    shell: "sleep 600; touch {output}"
+"""
+
+
+@pytest.mark.parametrize("status_command", ["the profile's (squeue)", "sacct"])
+def test_a_job_cancelled_by_hand_ends_the_run(cluster, tmp_path, status_command):
+    """A plain `scancel <job>` (no signal): sacct records "CANCELLED by <uid>". With the profile's
+    status command Snakemake reports the job failed and exits; with sacct, plugin 2.8.0 takes that
+    state for a running job and waits forever (the reason for the profile's setting: when this case
+    fails, the plugin has learned the state and the setting can go)."""
+    (tmp_path / "Snakefile").write_text(SLEEPER)
+    cmd = [sys.executable, "-m", "snakemake", "--profile", str(REPO / "profiles" / "slurm"), "--retries", "0"]
+    cmd += ["--slurm-init-seconds-before-status-checks", "2"]
+    if status_command == "sacct":
+        cmd += ["--slurm-status-command", "sacct"]
+    e = env() | {f"KDSWEEP_PARTITION_{k}": v for k, v in (("CPU", "short"), ("GPU", "gpu"), ("MULTIGPU", "multigpu"))}
+    run = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        env=e | {"KDSWEEP_GPU_TYPE": "v100-sxm2"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        job = None
+        deadline = time.time() + 120
+        while job is None and time.time() < deadline and run.poll() is None:
+            running = subprocess.run(["squeue", "-h", "-t", "R", "-o", "%i|%k"], capture_output=True, text=True).stdout
+            job = next((j for j, c in (line.split("|") for line in running.splitlines()) if "rule_sleeper" in c), None)
+            time.sleep(1)
+        assert job, "the job never ran"
+        subprocess.run(["scancel", job], check=True)
+        time.sleep(3)
+        state = subprocess.run(["sacct", "-X", "-P", "-n", "-o", "State", "-j", job], capture_output=True, text=True)
+        assert state.stdout.strip() == f"CANCELLED by {os.getuid()}"
+        try:
+            output = run.communicate(timeout=60)[0]
+        except subprocess.TimeoutExpired:
+            output = None
+        if status_command == "sacct":
+            assert output is None, "Snakemake noticed the cancelled job: the plugin now knows 'CANCELLED by'"
+        else:
+            assert output is not None, "Snakemake still waits for the cancelled job"
+            assert run.returncode != 0 and f"SLURM-job '{job}' failed, SLURM status is: 'CANCELLED'" in output, output
+            assert not (tmp_path / "done.txt").exists()
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
