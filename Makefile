@@ -25,7 +25,8 @@ test: venv  ## the test suite (unit + Snakemake integration), offline
 lint: venv
 	snakemake --lint --configfile config/demo.yaml
 	snakefmt --check Snakefile workflow/
-	ruff check src tests benchmarks && ruff format --check src tests benchmarks
+	ruff check src tests benchmarks scripts && ruff format --check src tests benchmarks scripts
+	python scripts/sync-envs.py --check
 
 clean-demo:
 	rm -rf results/demo
