@@ -192,6 +192,18 @@ def comet_dry_run(tmp_path, comet: dict) -> subprocess.CompletedProcess:
     )
 
 
+def test_with_comet_on_the_report_waits_for_score_comet(tmp_path):
+    """COMET on (the default interpreter): one score_comet job per evaluated model, the report's
+    inputs; with it off, none."""
+    on = comet_dry_run(tmp_path, {"enabled": True, "model": "Unbabel/wmt22-comet-da", "gpus": 0})
+    assert on.returncode == 0, on.stderr[-3000:]
+    assert planned(on.stdout + on.stderr)["score_comet"] == 4
+    report_inputs = (on.stdout + on.stderr).split("rule report:")[1].split("output:")[0]
+    assert report_inputs.count(".comet.json") == 4
+    off = comet_dry_run(tmp_path, {"enabled": False})
+    assert off.returncode == 0 and "score_comet" not in planned(off.stdout + off.stderr)
+
+
 def test_a_missing_comet_interpreter_fails_before_any_job(tmp_path):
     """COMET on, outside conda, its interpreter missing: the plan fails naming the config key and
     how to build it; with COMET off the same setting is not needed (no score_comet job)."""
