@@ -1,6 +1,10 @@
 """A tiny COMET regression metric built offline (random weights, a 2-layer BERT encoder with a
 locally trained tokenizer), written in the layout of a downloaded COMET model such as
-Unbabel/wmt22-comet-da: `<dir>/hparams.yaml` and `<dir>/checkpoints/model.ckpt`."""
+Unbabel/wmt22-comet-da: `<dir>/hparams.yaml` and `<dir>/checkpoints/model.ckpt`.
+
+Needs COMET's environment (.venv-comet) and kdsweep on PYTHONPATH. The workflow test, in the main
+environment, builds one with `PYTHONPATH=src .venv-comet/bin/python tests/tiny_comet.py <dir>`,
+which prints the checkpoint's path."""
 
 from pathlib import Path
 
@@ -58,3 +62,11 @@ def build_tiny_comet(out_dir) -> str:
         checkpoint,
     )
     return str(checkpoint)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python tests/tiny_comet.py OUT_DIR (prints OUT_DIR/checkpoints/model.ckpt, absolute)")
+    print(build_tiny_comet(sys.argv[1]))

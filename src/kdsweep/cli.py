@@ -153,6 +153,13 @@ def cmd_evaluate_translation(a) -> None:
     evaluate_translation(a.model, a.data_dir, a.out, a.translations, a.name, spec)
 
 
+def cmd_score_comet(a) -> None:
+    """COMET of one model's translations (runs in COMET's own environment: kdsweep is on PYTHONPATH)."""
+    from kdsweep.translation.comet_score import ScoreCometSpec, score_comet
+
+    score_comet(a.translations, a.out, _build(ScoreCometSpec, a))
+
+
 def cmd_evaluate(a) -> None:
     from kdsweep.glue.evaluate import GlueEvaluateSpec, evaluate_classifier
 
@@ -209,6 +216,7 @@ COMMANDS = {
         ["student", "teacher_tokenizer", "data_dir", "cache", "model_out", "log_out", "checkpoints", "deepspeed?"],
     ),
     "evaluate-translation": (cmd_evaluate_translation, ["model", "data_dir", "out", "translations", "name"]),
+    "score-comet": (cmd_score_comet, ["translations", "out"]),
     "report": (cmd_report, ["root"]),
 }
 

@@ -33,8 +33,8 @@ from kdsweep.core.models import load_tokenizer, model_fingerprint, tokenizer_fin
 from kdsweep.families import load_config, validate_config
 from kdsweep.glue.data import PrepareGlueSpec, prepare_glue
 from kdsweep.glue.models import load_classifier
+from kdsweep.translation.comet_score import resolve_comet_checkpoint
 from kdsweep.translation.data import load_hub_pairs
-from kdsweep.translation.metrics import resolve_comet_checkpoint
 from kdsweep.translation.models import causal_lm_from_config, load_causal_lm
 from kdsweep.translation.tokenizer import train_bpe_tokenizer
 

@@ -188,8 +188,10 @@ def test_translation_study_comparison(tmp_path):
     from kdsweep.translation.report import translation_vs_study
 
     paths = RunPaths(str(tmp_path / "run"))
-    write_json(paths.eval_json("europarl_en_fr", "base"), {"bleu": 17.891, "comet": 0.7512})
-    write_json(paths.eval_json("europarl_en_fr", "lr0.001_a0.5_T1"), {"bleu": 27.0, "comet": None})
+    write_json(paths.eval_json("europarl_en_fr", "base"), {"bleu": 17.891})
+    write_json(paths.eval_json("europarl_en_fr", "lr0.001_a0.5_T1"), {"bleu": 27.0})
+    write_json(paths.eval_comet("europarl_en_fr", "base"), {"comet": 0.7512, "comet_model": "m"})
+    write_json(paths.eval_comet("europarl_en_fr", "lr0.001_a0.5_T1"), {"comet": 0.8, "comet_model": "m"})
     points = {"lr0.001_a0.5_T1": {"learning_rate": 1e-3, "alpha": 0.5, "temperature": 1.0}}
     ref = {
         "rows": [
@@ -198,7 +200,7 @@ def test_translation_study_comparison(tmp_path):
             {"learning_rate": 1e-4, "bleu": 26.57, "comet": 0.82},
         ]
     }
-    table = translation_vs_study(paths, "europarl_en_fr", points, ref)
+    table = translation_vs_study(paths, "europarl_en_fr", points, ref, {"enabled": True, "model": "m"})
     assert table["Model"].tolist() == [
         "Base model",
         "Distilled (learning rate 0.001)",
@@ -210,8 +212,37 @@ def test_translation_study_comparison(tmp_path):
         0.7512,
         0.0212,
     ]
-    assert table.iloc[1][["SacreBLEU diff", "COMET kdsweep", "COMET diff"]].tolist() == [1.24, "not computed", ""]
+    assert table.iloc[1][["SacreBLEU diff", "COMET kdsweep", "COMET diff"]].tolist() == [1.24, 0.8, 0.0]
     assert table.iloc[2][["SacreBLEU kdsweep", "COMET kdsweep"]].tolist() == ["not run", "not run"]
+    # COMET off: its files are not read (a run with COMET off has none), the table says so.
+    for name in ("base", "lr0.001_a0.5_T1"):
+        Path(paths.eval_comet("europarl_en_fr", name)).unlink()
+    table = translation_vs_study(paths, "europarl_en_fr", points, ref, {"enabled": False})
+    assert table["COMET kdsweep"].tolist() == ["not computed", "not computed", "not run"]
+    assert table.iloc[1][["SacreBLEU diff", "COMET diff"]].tolist() == [1.24, ""]
+
+
+def test_the_comet_result_is_merged_into_each_models_row_or_said_not_computed(tmp_path):
+    """score_comet's file gives the row its COMET (the evaluation JSON has none); with COMET off
+    the row says "not computed" and why (the config's reason)."""
+    from kdsweep.translation.report import model_result, translation_row
+
+    paths = RunPaths(str(tmp_path / "run"))
+    result = {"bleu": 20.0, "chrf": 50.0, "length_ratio": 1.0, "stop_rates": {"marker": 1.0, "eos": 0.0}}
+    result["stop_rates"]["max_new_tokens"] = 0.0
+    write_json(paths.eval_json("europarl_en_fr", "base"), result)
+    comet = {"comet": 0.61234, "comet_model": "Unbabel/wmt22-comet-da", "comet_checkpoint": "/c", "scored": 2}
+    write_json(paths.eval_comet("europarl_en_fr", "base"), comet | {"segment_scores": []})
+    on = model_result(paths, "europarl_en_fr", "base", {"enabled": True, "model": "Unbabel/wmt22-comet-da"})
+    assert on == result | {"comet": 0.61234, "comet_model": "Unbabel/wmt22-comet-da"}
+    assert translation_row(on)["COMET"] == 0.6123
+    off = model_result(paths, "europarl_en_fr", "base", {"enabled": False, "reason": "no checkpoint offline"})
+    assert off == result | {
+        "comet": None,
+        "comet_note": "not computed: evaluate.comet.enabled is false in the config (no checkpoint offline)",
+    }
+    assert translation_row(off)["COMET"] == "not computed"
+    assert "(" not in model_result(paths, "europarl_en_fr", "base", {"enabled": False})["comet_note"]
 
 
 def test_translation_rows_count_stop_reasons_from_the_outputs(tmp_path):

@@ -246,7 +246,7 @@ def test_evaluation_counts_prompts_over_max_length_or_the_context_and_scores_the
     rows[4:4] = [{"id": 901, "source": medium, "target": "Le conseil adopte le rapport."}]
     write_jsonl(tmp_path / "data" / "test.jsonl", rows)
     limit, not_scored = (120, {900}) if max_length == 192 else (64, {900, 901})
-    eval_cfg = {"batch_size": 3, "max_new_tokens": 8, "num_beams": 1, "comet": {"enabled": False}}
+    eval_cfg = {"batch_size": 3, "max_new_tokens": 8, "num_beams": 1}
     spec = EvaluateTranslationSpec(prompt=DEMO_PROMPT, max_length=max_length, evaluate=eval_cfg)
     result = evaluate_translation(
         str(lm / "teacher"),

@@ -1,9 +1,13 @@
 """A real Snakemake run of the translation DAG at test size: synthetic Europarl files in a local folder, a BPE
 tokenizer, a tiny Llama teacher trained from a config, the top-k cache, a student built from
-its layers distilled with 2 CPU processes (DeepSpeed ZeRO-2), generation, SacreBLEU and COMET
-(a tiny COMET model built here, loaded like the real checkpoint), and the report."""
+its layers distilled with 2 CPU processes (DeepSpeed ZeRO-2), generation, SacreBLEU, COMET (the
+rule score_comet in COMET's own environment, .venv-comet, with a tiny COMET model built there and
+loaded like the real checkpoint), and the report."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +17,6 @@ import torch
 import yaml
 from test_workflow import REPO, planned, snakemake
 from tiny import HOSTILE_NAME, dot_test_config, injected
-from tiny_comet import build_tiny_comet
 from transformers import AutoModelForCausalLM
 
 from kdsweep.core.cache import open_pointer
@@ -24,6 +27,23 @@ from kdsweep.translation.teacher import read_topk_cache
 
 pytestmark = pytest.mark.integration
 TASK = "europarl_en_fr"
+# COMET's interpreter: the workflow's default (translation.evaluate.comet.python: null), built by
+# scripts/setup-venv.sh; unbabel-comet cannot be imported in the main environment these tests run in.
+COMET_PYTHON = REPO / ".venv-comet" / "bin" / "python"
+
+
+def build_tiny_comet(out_dir: Path) -> str:
+    """tests/tiny_comet.py's model, built by COMET's interpreter; its checkpoint's path."""
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    out = subprocess.run(
+        [str(COMET_PYTHON), str(REPO / "tests" / "tiny_comet.py"), str(out_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.strip().splitlines()[-1]
 
 
 def small_translation_config(comet_ckpt: str) -> dict:
@@ -62,6 +82,7 @@ def test_translation_dag_runs_every_stage(tr_run, monkeypatch):
         "init_student_lm": 1,
         "distill_lm": 2,
         "evaluate_translation": 4,
+        "score_comet": 4,
         "report": 1,
         "all": 1,
     }
@@ -99,7 +120,8 @@ def test_translation_dag_runs_every_stage(tr_run, monkeypatch):
 
 
 def test_metrics_are_sacrebleus_and_comets_and_reach_the_report(tr_run):
-    _, _, paths, _ = tr_run
+    _, configfile, paths, _ = tr_run
+    comet_ckpt = yaml.safe_load(configfile.read_text())["translation"]["evaluate"]["comet"]["model"]
     table = pd.read_csv(paths.report_table(TASK, "learning_rate", "csv"))
     assert list(table["Model"]) == [
         "Base model",
@@ -122,13 +144,29 @@ def test_metrics_are_sacrebleus_and_comets_and_reach_the_report(tr_run):
         ):
             share = sum(o["stop"] == reason for o in outputs) / 24
             assert result["stop_rates"][reason] == share and row[f"{column} (%)"] == round(100 * share, 1)
-        assert isinstance(result["comet"], float) and float(row["COMET"]) == round(result["comet"], 4)
-        assert result["comet"] == pytest.approx(sum(o["comet"] for o in outputs) / 24)
+        # COMET: score_comet's file (the evaluation JSON has none), all 24 translations scored
+        comet = json.loads(Path(paths.eval_comet(TASK, name)).read_text())
+        assert "comet" not in result and comet["comet_model"] == comet["comet_checkpoint"] == comet_ckpt
+        assert isinstance(comet["comet"], float) and float(row["COMET"]) == round(comet["comet"], 4)
+        assert [s["id"] for s in comet["segment_scores"]] == [o["id"] for o in outputs] and comet["scored"] == 24
+        assert comet["comet"] == pytest.approx(sum(s["comet"] for s in comet["segment_scores"]) / 24)
     report = Path(paths.report_md()).read_text()
     assert "BLEU signature: `nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0`" in report
     assert "chrF signature: `nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:2.6.0`" in report
+    assert f"- COMET: {comet_ckpt}" in report
     samples = Path(paths.report_samples(TASK)).read_text()
     assert samples.count("- **Source**") == 3 and "- **Distilled lr1e-05_a0.5_T1**" in samples
+
+
+def test_changing_comet_settings_reruns_only_comet(tr_run):
+    """The evaluation jobs do not receive COMET's settings: generation is not redone for them."""
+    workdir, configfile, _, _ = tr_run
+    assert "Nothing to be done" in snakemake(workdir, configfile, "-n")
+    config = yaml.safe_load(configfile.read_text())
+    config["translation"]["evaluate"]["comet"]["batch_size"] = 4
+    other = workdir / "tr-comet-batch.yaml"
+    other.write_text(yaml.safe_dump(config))
+    assert planned(snakemake(workdir, other, "-n")) == {"score_comet": 4, "report": 1, "all": 1}
 
 
 def test_rerun_after_a_failed_evaluation_redoes_only_it(tr_run):
@@ -136,4 +174,45 @@ def test_rerun_after_a_failed_evaluation_redoes_only_it(tr_run):
     assert "Nothing to be done" in snakemake(workdir, configfile, "-n")
     Path(paths.eval_json(TASK, "teacher")).unlink()
     Path(paths.report_md()).unlink()
-    assert planned(snakemake(workdir, configfile, "-n")) == {"evaluate_translation": 1, "report": 1, "all": 1}
+    # its translations are rewritten, so their COMET is recomputed
+    expected = {"evaluate_translation": 1, "score_comet": 1, "report": 1, "all": 1}
+    assert planned(snakemake(workdir, configfile, "-n")) == expected
+
+
+def comet_dry_run(tmp_path, comet: dict) -> subprocess.CompletedProcess:
+    """`snakemake -n` of .test/translation.yaml with these COMET settings."""
+    config = dot_test_config("translation")
+    config["translation"]["evaluate"]["comet"] = comet
+    configfile = tmp_path / "tr.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    cmd = [sys.executable, "-m", "snakemake", "-n", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path)]
+    return subprocess.run(
+        [*cmd, "--configfile", str(configfile), "--cores", "2"], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def test_with_comet_on_the_report_waits_for_score_comet(tmp_path):
+    """COMET on (the default interpreter): one score_comet job per evaluated model, the report's
+    inputs; with it off, none."""
+    on = comet_dry_run(tmp_path, {"enabled": True, "model": "Unbabel/wmt22-comet-da", "gpus": 0})
+    assert on.returncode == 0, on.stderr[-3000:]
+    assert planned(on.stdout + on.stderr)["score_comet"] == 4
+    report_inputs = (on.stdout + on.stderr).split("rule report:")[1].split("output:")[0]
+    assert report_inputs.count(".comet.json") == 4
+    off = comet_dry_run(tmp_path, {"enabled": False})
+    assert off.returncode == 0 and "score_comet" not in planned(off.stdout + off.stderr)
+
+
+def test_a_missing_comet_interpreter_fails_before_any_job(tmp_path):
+    """COMET on, outside conda, its interpreter missing: the plan fails naming the config key and
+    how to build it; with COMET off the same setting is not needed (no score_comet job)."""
+    missing = str(tmp_path / "no-comet-venv" / "bin" / "python")
+    out = comet_dry_run(tmp_path, {"enabled": True, "model": "Unbabel/wmt22-comet-da", "python": missing})
+    assert out.returncode != 0
+    message = " ".join((out.stdout + out.stderr).split())
+    assert f"translation.evaluate.comet.python: {missing} is not an executable Python interpreter" in message
+    assert "`make venv` (scripts/setup-venv.sh" in message and "Job stats" not in message
+    out = comet_dry_run(tmp_path, {"enabled": False, "reason": "off here", "python": missing})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "rule evaluate_translation:" in out.stdout + out.stderr and "score_comet" not in out.stdout + out.stderr

@@ -1,6 +1,7 @@
 # The rules' helpers (Snakemake's layout: functions here, rules in the other files): paths
 # (kdsweep.core.paths, built in one place), the hub assets, the settings each job gets as JSON,
-# how jobs start, then each family's input functions and the report's spec, inputs and outputs.
+# how jobs start, then each family's input functions (COMET's interpreter, checked here) and the
+# report's spec, inputs and outputs.
 # A family's rules are in glue.smk / translation.smk, included by the Snakefile only when the
 # config has the family's block. Including these files starts nothing and asks nothing of Slurm
 # (it sets the jobs' shell prefix and, for prefetch_assets, the hub's offline variables).
@@ -11,6 +12,7 @@ import shlex
 import sys
 from dataclasses import asdict
 
+from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
 
 from kdsweep.core import plan
@@ -38,13 +40,21 @@ POINTS = distill_points(GLUE["distill"]) if GLUE else {}  # every distillation j
 TR = config.get("translation")
 TR_TASK = translation_task(config) if TR else None
 TR_POINTS = sweep_points(TR["distill"]) if TR else {}
+COMET = TR["evaluate"]["comet"] if TR else {"enabled": False}
+# the package's folder, for the jobs whose environment does not install it (COMET's, conda's)
+SRC = os.path.join(workflow.basedir, "src")
+CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
 # Jobs run the interpreter that runs Snakemake: its folder goes first on the jobs' PATH, so
 # `python` is the venv's even when the user called .venv/bin/snakemake without activating it.
-# With --sdm conda or apptainer, the python of the rule's environment or container.
-if not workflow.deployment_settings.deployment_method & {
-    DeploymentMethod.CONDA,
-    DeploymentMethod.APPTAINER,
-}:
+# With --sdm conda or apptainer, the python of the rule's environment or container; the conda
+# environments (envs/*.yaml) do not install kdsweep (conda would resolve `-e ..` against the copy
+# of the file Snakemake makes under .snakemake/conda/), so the jobs find it on PYTHONPATH.
+if CONDA:
+    shell.prefix(
+        # braces doubled twice: once for this f-string, once for Snakemake's formatting of the prefix
+        f'set -euo pipefail; export PYTHONPATH={shlex.quote(SRC)}"${{{{PYTHONPATH:+:$PYTHONPATH}}}}"; '
+    )
+elif DeploymentMethod.APPTAINER not in workflow.deployment_settings.deployment_method:
     shell.prefix(
         f'set -euo pipefail; export PATH={shlex.quote(os.path.dirname(sys.executable))}:"$PATH"; '
     )
@@ -170,6 +180,36 @@ def translation_model(name):
     return P.distill_model(TR_TASK, name)
 
 
+def comet_python():
+    """The interpreter score_comet runs: under --sdm conda, the python of envs/comet.yaml; else
+    translation.evaluate.comet.python, by default .venv-comet/bin/python in the repository (built by
+    scripts/setup-venv.sh). COMET has its own environment: unbabel-comet caps numpy < 2,
+    transformers < 5 and huggingface-hub < 1, which the main one is past."""
+    if CONDA:
+        return "python"
+    default = os.path.join(workflow.basedir, ".venv-comet", "bin", "python")
+    return os.path.abspath(COMET.get("python") or default)
+
+
+def check_comet_python():
+    """Before any job: with COMET on, outside conda, the COMET interpreter must exist."""
+    python = comet_python()
+    if CONDA or (os.path.isfile(python) and os.access(python, os.X_OK)):
+        return python
+    raise WorkflowError(
+        f"translation.evaluate.comet.python: {python} is not an executable Python interpreter, and "
+        "COMET (translation.evaluate.comet.enabled) runs in its own environment. Build it with "
+        "`make venv` (scripts/setup-venv.sh creates .venv-comet next to .venv), set "
+        "translation.evaluate.comet.python to the python of an environment with requirements/comet.txt, "
+        "run with --software-deployment-method conda (envs/comet.yaml), or turn COMET off "
+        "(translation.evaluate.comet.enabled: false)."
+    )
+
+
+# Before any job: COMET's interpreter (a missing one fails here, naming the config key).
+COMET_PYTHON = check_comet_python() if COMET["enabled"] else None
+
+
 def translation_model_input(name):
     """File dependency of translation_model: none for a model named by the config (hub, local)."""
     if name == "base":
@@ -214,6 +254,8 @@ def report_spec():
             "points": TR_POINTS,
             "swept": swept_axes(TR["distill"]),
             "samples": TR["evaluate"]["samples"],
+            # whether COMET is on (and why not): the report reads score_comet's files or says so
+            "comet": {k: v for k, v in COMET.items() if k != "python"},
         }
     return spec
 
@@ -230,6 +272,8 @@ def report_inputs():
         names = ["base", "teacher", *TR_POINTS]
         files += [P.eval_json(TR_TASK, n) for n in names]
         files += [P.eval_translations(TR_TASK, n) for n in names]
+        if COMET["enabled"]:
+            files += [P.eval_comet(TR_TASK, n) for n in names]
         files += [P.distill_log(TR_TASK, p) for p in TR_POINTS]
         files += [P.data_dir(TR_TASK), P.cache_pointer(TR_TASK)]
     return files + reference_file()

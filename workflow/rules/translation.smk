@@ -3,7 +3,8 @@
 # (models built from a config) -> teacher training and its top-k cache (translation/teacher.py,
 # sharded and resumable, in the store of kdsweep/core/cache.py) -> the base student -> one
 # distillation per sweep point (translation/distill.py) -> evaluation of the base student, the
-# teacher and every distilled student (translation/evaluate.py: SacreBLEU, chrF, COMET, runaways).
+# teacher and every distilled student (translation/evaluate.py: SacreBLEU, chrF, runaways) -> their
+# COMET (translation/comet_score.py), in COMET's own environment, when the config turns it on.
 
 
 rule synthesize_europarl:
@@ -238,7 +239,9 @@ rule evaluate_translation:
                 "prompt": TR["prompt"],
                 "max_length": TR["max_length"],
                 "evaluate": {
-                    k: v for k, v in TR["evaluate"].items() if k != "samples"
+                    k: v
+                    for k, v in TR["evaluate"].items()
+                    if k not in ("samples", "comet")
                 },
                 "params": TR_POINTS.get(w.name, {}),
             }
@@ -247,3 +250,30 @@ rule evaluate_translation:
         "KDSWEEP_THREADS={threads} python -m kdsweep evaluate-translation --model {params.model:q} "
         "--data-dir {input.data:q} --out {output.metrics:q} --translations {output.translations:q} "
         "--name {wildcards.name:q} --spec {params.spec:q} > {log:q} 2>&1"
+
+
+# COMET runs in its own environment (unbabel-comet caps numpy < 2, transformers < 5 and
+# huggingface-hub < 1): envs/comet.yaml under --sdm conda, else the interpreter of
+# translation.evaluate.comet.python (.venv-comet by default, checked before any job). kdsweep is
+# not installed there: the job puts the repository's src/ on PYTHONPATH.
+rule score_comet:
+    input:
+        P.eval_translations(TR_TASK, "{name}"),
+    output:
+        P.eval_comet(TR_TASK, "{name}"),
+    log:
+        P.log("score_comet", "{name}"),
+    benchmark:
+        P.benchmark("score_comet", "{name}")
+    wildcard_constraints:
+        name="|".join(re.escape(n) for n in ["base", "teacher", *TR_POINTS]),
+    conda:
+        "../../envs/comet.yaml"
+    threads: 2
+    params:
+        src=SRC,
+        python=comet_python(),
+        spec=as_json({k: COMET[k] for k in ("model", "batch_size", "gpus")}),
+    shell:
+        "KDSWEEP_THREADS={threads} PYTHONPATH={params.src:q} {params.python:q} -m kdsweep score-comet "
+        "--translations {input:q} --out {output:q} --spec {params.spec:q} > {log:q} 2>&1"

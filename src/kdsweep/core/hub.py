@@ -26,7 +26,6 @@ from huggingface_hub import constants, snapshot_download
 from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 from huggingface_hub.utils import validate_repo_id
 
-from kdsweep.core.config import translation_task
 from kdsweep.core.io import write_json
 
 log = logging.getLogger(__name__)
@@ -154,6 +153,9 @@ def _role_assets(assets: dict, block: dict, role: str, task: str, label: str) ->
 def config_assets(config: dict) -> list[Asset]:
     """Every hub asset a validated config downloads, once each (local paths, models built from a
     config and non-hub data sources need none). The COMET encoder is found at prefetch time."""
+    # Here, not at the top: COMET's environment imports this module (hub_path) and has no jsonschema.
+    from kdsweep.core.config import translation_task
+
     assets: dict[tuple[str, str], Asset] = {}
     if "glue" in config:
         glue = config["glue"]

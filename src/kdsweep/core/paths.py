@@ -16,6 +16,7 @@ layout change is made here once. Layout under results/<run_name>/:
     distill/<task>/<point>/        model/, log.jsonl; checkpoints/ (not an output: survives failures)
     eval/<task>/<name>.json        metrics of one model (a sweep point, "teacher", "base")
     eval/<task>/<name>.translations.jsonl   its translations (translation family)
+    eval/<task>/<name>.comet.json  their COMET scores, system and per segment (score_comet)
     report/                        tables (csv, md, tex, html), plots, samples; report.md links them
     logs/<rule>/..., benchmarks/<rule>/...
 """
@@ -94,6 +95,9 @@ class RunPaths:
 
     def eval_translations(self, task: str, name: str) -> str:
         return self._p("eval", task, f"{name}.translations.jsonl")
+
+    def eval_comet(self, task: str, name: str) -> str:
+        return self._p("eval", task, f"{name}.comet.json")
 
     def report_samples(self, task: str) -> str:
         return self._p("report", f"{task}_samples.md")

@@ -1,9 +1,9 @@
 """Stage `evaluate` for translation: one model (the base student, the teacher or a distilled
-student) translates the test split; SacreBLEU BLEU and chrF (with their signatures), COMET
-(unbabel-comet) when the config turns it on, why the outputs stopped (the shares that ended with
-the end marker, with an end token such as <|eot_id|>, and that ran to max_new_tokens: the runaway
-rate) and the hypothesis/reference length ratio. Writes the metrics JSON and the translations
-(JSONL, with each output's stop reason, for the report's samples).
+student) translates the test split; SacreBLEU BLEU and chrF (with their signatures), why the
+outputs stopped (the shares that ended with the end marker, with an end token such as <|eot_id|>,
+and that ran to max_new_tokens: the runaway rate) and the hypothesis/reference length ratio. Writes
+the metrics JSON and the translations (JSONL, with each output's stop reason, for the report's
+samples and for COMET, which scores them in its own environment: translation/comet_score.py).
 
 A test source whose prompt is longer than the pipeline's max_length tokens (or than leaves room for
 max_new_tokens in the model's context) is not translated and not scored; the metrics JSON counts
@@ -31,12 +31,6 @@ from kdsweep.translation.prompt import make_prompt
 log = logging.getLogger(__name__)
 
 
-def comet_not_computed(comet_cfg: dict) -> str:
-    return "not computed: evaluate.comet.enabled is false in the config" + (
-        f" ({comet_cfg['reason']})" if comet_cfg.get("reason") else ""
-    )
-
-
 def stop_rates(outputs: list[dict]) -> dict[str, float]:
     """The share of outputs per stop reason (generation.STOP_REASONS): marker, eos, max_new_tokens."""
     return {reason: sum(o["stop"] == reason for o in outputs) / max(len(outputs), 1) for reason in STOP_REASONS}
@@ -48,9 +42,7 @@ class EvaluateTranslationSpec:
 
     prompt: dict = setting("translation.prompt")
     max_length: int = setting("translation.max_length: tokens, prompt + response")
-    evaluate: dict = setting(
-        "translation.evaluate without samples: batch_size, max_new_tokens, num_beams, comet {enabled, model, batch_size, gpus}"
-    )
+    evaluate: dict = setting("translation.evaluate without samples and comet: batch_size, max_new_tokens, num_beams")
     params: dict | None = setting(
         "the sweep point's settings, recorded in the result ({}: base, teacher)", default=None
     )
@@ -65,7 +57,7 @@ def evaluate_translation(
     spec: EvaluateTranslationSpec,
     split: str = "test",
 ) -> dict:
-    from kdsweep.translation.metrics import comet_score, sacrebleu_scores
+    from kdsweep.translation.metrics import sacrebleu_scores
 
     prompt_cfg, eval_cfg, max_length, params = spec.prompt, spec.evaluate, spec.max_length, spec.params
 
@@ -102,7 +94,6 @@ def evaluate_translation(
         log.warning(
             "%s: %d of %d prompts longer than %d tokens: not translated, not scored", name, dropped, len(rows), limit
         )
-    sources = [rows[i]["source"] for i in scored]
     hyps, refs = [outputs[i]["hypothesis"] for i in scored], [rows[i]["target"] for i in scored]
     result = {
         "model": name,
@@ -117,15 +108,6 @@ def evaluate_translation(
         "stop_rates": stop_rates([outputs[i] for i in scored]),
         **sacrebleu_scores(hyps, refs),
     }
-    comet_cfg = eval_cfg["comet"]
-    if comet_cfg["enabled"]:
-        del model  # free the LM's memory for COMET
-        scores = comet_score(sources, hyps, refs, comet_cfg["model"], comet_cfg["batch_size"], comet_cfg["gpus"])
-        result.update({"comet": scores["comet"], "comet_model": scores["comet_model"]})
-        for i, seg in zip(scored, scores["segment_scores"], strict=True):
-            outputs[i]["comet"] = seg
-    else:
-        result.update({"comet": None, "comet_note": comet_not_computed(comet_cfg)})
     write_jsonl(
         translations_out,
         [

@@ -25,6 +25,18 @@ from kdsweep.core.report import (
     table_links,
     write_table,
 )
+from kdsweep.translation.comet_score import comet_not_computed
+
+
+def model_result(paths: RunPaths, task: str, name: str, comet_cfg: dict) -> dict:
+    """Model `name`'s evaluation JSON with its COMET result merged in: {comet, comet_model} from
+    score_comet's eval/<task>/<name>.comet.json when the config turns COMET on, else
+    {comet: None, comet_note: "not computed: ... (reason)"}."""
+    result = read_json(paths.eval_json(task, name))
+    if not comet_cfg["enabled"]:
+        return result | {"comet": None, "comet_note": comet_not_computed(comet_cfg)}
+    comet = read_json(paths.eval_comet(task, name))
+    return result | {"comet": comet["comet"], "comet_model": comet["comet_model"]}
 
 
 def translation_row(result: dict) -> dict:
@@ -45,14 +57,17 @@ def translation_row(result: dict) -> dict:
     }
 
 
-def translation_table(paths: RunPaths, task: str, points: dict[str, dict], swept: list[str]) -> pd.DataFrame:
+def translation_table(
+    paths: RunPaths, task: str, points: dict[str, dict], swept: list[str], comet_cfg: dict
+) -> pd.DataFrame:
     """The study's table: a "Base model" row, one row per sweep point, and the teacher."""
-    rows = [{"Model": "Base model", **translation_row(read_json(paths.eval_json(task, "base")))}]
+    rows = [{"Model": "Base model", **translation_row(model_result(paths, task, "base", comet_cfg))}]
     by_rate = sorted(points.items(), key=lambda kv: (-kv[1]["learning_rate"], kv[1]["alpha"], kv[1]["temperature"]))
     for point_id, params in by_rate:  # as in the study: learning rates from high to low
         label = ", ".join(f"{AXIS_LABELS[a].lower()} {params[a]:g}" for a in swept)
-        rows.append({"Model": f"Distilled ({label})", **translation_row(read_json(paths.eval_json(task, point_id)))})
-    rows.append({"Model": "Teacher", **translation_row(read_json(paths.eval_json(task, "teacher")))})
+        result = model_result(paths, task, point_id, comet_cfg)
+        rows.append({"Model": f"Distilled ({label})", **translation_row(result)})
+    rows.append({"Model": "Teacher", **translation_row(model_result(paths, task, "teacher", comet_cfg))})
     return pd.DataFrame(rows)
 
 
@@ -95,12 +110,14 @@ def _samples_html(task: str, outputs: dict[str, list[dict]], count: int) -> str:
     return html_page(f"{task}: sample translations", "\n".join(body))
 
 
-def translation_vs_study(paths: RunPaths, task: str, points: dict[str, dict], ref: dict) -> pd.DataFrame:
+def translation_vs_study(
+    paths: RunPaths, task: str, points: dict[str, dict], ref: dict, comet_cfg: dict
+) -> pd.DataFrame:
     """kdsweep's SacreBLEU and COMET next to the study's, for the base model and each learning rate."""
     rows = []
     for r in ref["rows"]:
         pid = "base" if r.get("model") == "base" else matching_point(points, r)
-        result = read_json(paths.eval_json(task, pid)) if pid else None
+        result = model_result(paths, task, pid, comet_cfg) if pid else None
         bleu = round(result["bleu"], 2) if result else "not run"
         comet = "not run" if result is None else result.get("comet")
         comet = "not computed" if comet is None else (comet if isinstance(comet, str) else round(comet, 4))
@@ -111,14 +128,20 @@ def translation_vs_study(paths: RunPaths, task: str, points: dict[str, dict], re
 
 
 def translation_section(
-    paths: RunPaths, task: str, points: dict[str, dict], swept: list[str], samples: int, reference: dict | None = None
+    paths: RunPaths,
+    task: str,
+    points: dict[str, dict],
+    swept: list[str],
+    samples: int,
+    comet_cfg: dict,
+    reference: dict | None = None,
 ) -> list[str]:
-    """reference: the reference file's `translation` block ({rows: [{model: base | learning_rate,
-    bleu, comet}]})."""
+    """comet_cfg: translation.evaluate.comet ({enabled, reason, ...}); reference: the reference
+    file's `translation` block ({rows: [{model: base | learning_rate, bleu, comet}]})."""
     stem = Path(paths.report_table(task, "learning_rate", "csv")).with_suffix("")
-    table = translation_table(paths, task, points, swept)
+    table = translation_table(paths, task, points, swept, comet_cfg)
     write_table(table, stem, f"{task}: SacreBLEU and COMET of the distilled students")
-    base = read_json(paths.eval_json(task, "base"))
+    base = model_result(paths, task, "base", comet_cfg)
     cache = open_pointer(paths.cache_pointer(task)).manifest()
     md = [f"## Translation ({task})", "", manifest_summary(paths, task), ""]
     md += [
@@ -130,7 +153,7 @@ def translation_section(
     md += [table.to_markdown(index=False, floatfmt="g"), "", table_links(paths, stem), ""]
     if reference:
         note = "The study's numbers (reference file): SacreBLEU and COMET (x 1)."
-        md += study_md(paths, translation_vs_study(paths, task, points, reference), task, task, note)
+        md += study_md(paths, translation_vs_study(paths, task, points, reference, comet_cfg), task, task, note)
     gen = base["generation"]
     decoding = "greedy" if gen["num_beams"] == 1 else f"beam search ({gen['num_beams']} beams)"
     md += [f"Test sentences: {base['examples']}; decoding: {decoding}, at most {gen['max_new_tokens']} new tokens."]
@@ -155,8 +178,8 @@ def translation_section(
 
 
 def section(paths: RunPaths, t: dict, reference: dict | None) -> list[str]:
-    """The report's translation section; t: {task, points, swept, samples}."""
-    return translation_section(paths, t["task"], t["points"], t["swept"], t["samples"], reference)
+    """The report's translation section; t: {task, points, swept, samples, comet}."""
+    return translation_section(paths, t["task"], t["points"], t["swept"], t["samples"], t["comet"], reference)
 
 
 def outputs(paths: RunPaths, t: dict, reference: dict | None) -> dict[str, list[str]]:
