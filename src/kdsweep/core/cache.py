@@ -23,13 +23,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
-
-import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from kdsweep.core.io import atomic_path, read_json, sha256_file, sha256_json, write_json
+
+if TYPE_CHECKING:  # torch and safetensors are imported where used: the report reads entries without them
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -60,24 +59,24 @@ REBUILD_RULE = {"class_logits": "cache_teacher", "lm_topk": "cache_teacher_lm"}
 # same file byte for byte.
 CHECKSUMS_KEY = "sha256"
 # A family's check of a shard's values (NaN, ranges, consistency): what is wrong, or None.
-ShardCheck = Callable[[dict[str, torch.Tensor]], str | None]
+ShardCheck = Callable[[dict[str, "torch.Tensor"]], str | None]
 # A family's computation of one shard: (first row, row after the last, "shard i/n") -> its tensors.
-ShardCompute = Callable[[int, int, str], dict[str, torch.Tensor]]
+ShardCompute = Callable[[int, int, str], dict[str, "torch.Tensor"]]
 
 
 # A streaming scan reads a shard in chunks of about this many bytes (whole rows of a tensor).
 SCAN_CHUNK_BYTES = 2**20
-SAFETENSORS_DTYPES = {
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "F32": torch.float32,
-    "F64": torch.float64,
-    "I8": torch.int8,
-    "I16": torch.int16,
-    "I32": torch.int32,
-    "I64": torch.int64,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
+SAFETENSORS_DTYPES = {  # safetensors' dtype name -> torch's
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F32": "float32",
+    "F64": "float64",
+    "I8": "int8",
+    "I16": "int16",
+    "I32": "int32",
+    "I64": "int64",
+    "U8": "uint8",
+    "BOOL": "bool",
 }
 
 
@@ -111,6 +110,8 @@ class TensorSpan:
 def shard_layout(f: BinaryIO) -> tuple[dict[str, TensorSpan], dict[str, str]]:
     """The tensors' spans (in the file's order) and the metadata of an open safetensors file,
     from its header alone; ValueError when the header does not describe the file (e.g. truncated)."""
+    import torch
+
     f.seek(0)
     head = f.read(8)
     if len(head) != 8:
@@ -123,7 +124,7 @@ def shard_layout(f: BinaryIO) -> tuple[dict[str, TensorSpan], dict[str, str]]:
     metadata = header.pop("__metadata__", None) or {}
     base, spans, end = 8 + n, {}, 8 + n
     for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
-        dtype, shape = SAFETENSORS_DTYPES[info["dtype"]], tuple(info["shape"])
+        dtype, shape = getattr(torch, SAFETENSORS_DTYPES[info["dtype"]]), tuple(info["shape"])
         start, stop = info["data_offsets"]
         if stop - start != math.prod(shape) * dtype.itemsize or base + start != end:
             raise ValueError(f"tensor {name!r}: its offsets do not match its shape")
@@ -141,6 +142,8 @@ class CacheDamaged(RuntimeError):
 
 def tensor_sha256(t: torch.Tensor) -> str:
     """SHA-256 of a tensor's bytes (its dtype and shape are checked by safetensors itself)."""
+    import torch
+
     return hashlib.sha256(t.contiguous().reshape(-1).view(torch.uint8).numpy()).hexdigest()
 
 
@@ -172,6 +175,8 @@ class CacheEntry:
         )
 
     def write_shard(self, index: int, tensors: dict[str, torch.Tensor]) -> None:
+        from safetensors.torch import save_file
+
         tensors = {k: v.contiguous() for k, v in tensors.items()}
         checksums = json.dumps({k: tensor_sha256(v) for k, v in tensors.items()}, sort_keys=True)
         with atomic_path(self.shard_path(index)) as tmp:
@@ -180,6 +185,8 @@ class CacheEntry:
     def read_shard(self, index: int, names: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
         """A shard's tensors, each checked against the checksum written with it; with `names`,
         only those are read from the file. Raises CacheDamaged."""
+        from safetensors import safe_open
+
         path = self.shard_path(index)
         if not path.is_file():
             raise self.damaged(index, "missing")
@@ -205,6 +212,9 @@ class CacheEntry:
         one reused buffer: the memory it takes does not grow with the shard): every tensor's
         SHA-256 against its checksum, and `scan`'s verdict on the values; None when it is sound.
         The same verdicts (and messages) as shard_problem, without holding the shard in memory."""
+        import torch
+        from safetensors import safe_open
+
         path = self.shard_path(index)
         if not path.is_file():
             return str(self.damaged(index, "missing"))
@@ -315,6 +325,8 @@ class CacheEntry:
 
     def read_all(self, check: ShardCheck) -> dict[str, torch.Tensor]:
         """Every shard, checked, concatenated along dim 0."""
+        import torch
+
         shards = [self.read_checked(i, check) for i in range(self.manifest()["num_shards"])]
         return {k: torch.cat([s[k] for s in shards]) for k in shards[0]}
 

@@ -10,9 +10,12 @@ import copy
 import itertools
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import jsonschema
 import yaml
+
+if TYPE_CHECKING:  # jsonschema is imported where a config is validated, not by every job
+    import jsonschema
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -26,6 +29,8 @@ class ConfigError(ValueError):
 
 def _with_defaults(cls):
     """A validator that fills in `default` values under `properties` (as Snakemake's does)."""
+    import jsonschema
+
     validate_properties = cls.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, schema):
@@ -47,12 +52,16 @@ def _key_path(error: jsonschema.ValidationError) -> str:
 
 def _best_message(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
     # For oneOf/anyOf, report the most specific sub-error rather than "is not valid under any".
+    import jsonschema
+
     return jsonschema.exceptions.best_match([error]) if error.context else error
 
 
 def validate_config(config: dict, schema_path: str | Path = SCHEMA_PATH, checks=()) -> dict:
     """Validate `config` in place (defaults filled in) and return it; raise ConfigError. `checks`
     are the families' own (kdsweep.families.validate_config passes them), run after the shared ones."""
+    import jsonschema
+
     schema = yaml.safe_load(Path(schema_path).read_text())
     validator_cls = _with_defaults(jsonschema.validators.validator_for(schema))
     errors = sorted(validator_cls(schema).iter_errors(config), key=lambda e: list(e.absolute_path))

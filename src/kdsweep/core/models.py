@@ -12,17 +12,15 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from transformers import (
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from typing import TYPE_CHECKING
 
 from kdsweep.core.hub import WEIGHT_PATTERNS, hub_path, is_repo_id
 from kdsweep.core.integrity import check_model_folder
 from kdsweep.core.spec import setting
+
+if TYPE_CHECKING:  # torch and transformers are imported where used: train-tokenizer reads TokenizerSpec
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +46,8 @@ def resolve(name_or_path: str, *, weights: bool) -> str:
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """A tokenizer from a local directory or the hub (resolve)."""
+    from transformers import AutoTokenizer
+
     return AutoTokenizer.from_pretrained(resolve(name_or_path, weights=False))
 
 
@@ -80,6 +80,8 @@ def student_from_teacher(
     """DistilBERT's construction: a student with len(layers) layers, layer i initialized from
     teacher layer layers[i], embeddings copied; the head (BERT's pooler and classifier, an LM's
     output layer) copied only with copy_head (otherwise freshly initialized)."""
+    import torch
+
     n_teacher = teacher.config.num_hidden_layers
     layers = layers if layers is not None else default_layer_map(n_teacher)
     bad = [i for i in layers if i >= n_teacher]
@@ -132,6 +134,8 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
 
 def model_fingerprint(model: torch.nn.Module) -> str:
     """Content hash of a model's weights (names, shapes, dtypes, bytes) and config."""
+    import torch
+
     h = hashlib.sha256()
     config = getattr(model, "config", None)
     if config is not None:  # architecture only: not where it was loaded from, nor by which version

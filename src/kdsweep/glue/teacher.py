@@ -17,7 +17,6 @@ from kdsweep.core.cache import CacheEntry, teacher_key_parts, write_pointer
 from kdsweep.core.io import read_json, read_jsonl, sha256_file
 from kdsweep.core.models import check_tokenizer_fits, load_tokenizer
 from kdsweep.core.spec import setting
-from kdsweep.core.trainer import DistillTrainer, train_and_save, training_arguments
 from kdsweep.glue.data import GLUE_TASKS
 from kdsweep.glue.dataset import PairClassificationDataset, PairCollator, predict_logits
 from kdsweep.glue.loss import ClassificationKD
@@ -65,6 +64,9 @@ def finetune_teacher(
     spec: GlueTeacherSpec,
 ) -> dict:
     """Train the teacher on the task's train split (CE only); eval loss on the first dev split."""
+    # Here, not at the top: the cache stage, which does not train, skips transformers' Trainer.
+    from kdsweep.core.trainer import DistillTrainer, train_and_save, training_arguments
+
     model_spec, finetune_cfg, max_length = spec.model, spec.finetune, spec.max_length
     labels = GLUE_TASKS[task].labels
     tokenizer = load_tokenizer(tokenizer_path)

@@ -20,7 +20,6 @@ from kdsweep.core.hub import hub_path
 from kdsweep.core.io import atomic_path, read_jsonl
 from kdsweep.core.models import student_from_teacher, tokenizer_fingerprint
 from kdsweep.core.spec import setting
-from kdsweep.core.trainer import DistillTrainer, process_rank, train_and_save, training_arguments
 from kdsweep.translation.batching import TranslationCollator
 from kdsweep.translation.generation import load_lm_tokenizer
 from kdsweep.translation.loss import TokenKD
@@ -99,6 +98,9 @@ def distill_student_lm(
     deepspeed_config: str | None = None,
 ) -> dict:
     """student_path: the base student (a hub name or kdsweep's init_student output)."""
+    # Here, not at the top: init-student-lm, which does not train, skips transformers' Trainer.
+    from kdsweep.core.trainer import DistillTrainer, process_rank, train_and_save, training_arguments
+
     point = spec.point
     distill_cfg, train_cfg = spec.distill, spec.distill["training"]
     data_dir = Path(data_dir)

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from transformers import PreTrainedTokenizerBase
+if TYPE_CHECKING:  # not imported at run time: the config checks and the report read this module
+    from transformers import PreTrainedTokenizerBase
 
 STUDY_SYSTEM = (
     "Cutting Knowledge Date: December 2023\nToday Date: 31 Mar 2025\n\n"

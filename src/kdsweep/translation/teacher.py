@@ -32,7 +32,6 @@ from kdsweep.core.cache import CacheEntry, teacher_key_parts, write_pointer
 from kdsweep.core.io import read_jsonl, sha256_file
 from kdsweep.core.progress import progress
 from kdsweep.core.spec import setting
-from kdsweep.core.trainer import DistillTrainer, train_and_save, training_arguments
 from kdsweep.translation.batching import (
     TranslationCollator,
     TranslationExamples,
@@ -139,6 +138,9 @@ def train_teacher_lm(
     spec: TeacherLMSpec,
 ) -> dict:
     """Train the teacher on the train split (CE on the response tokens); eval loss on dev."""
+    # Here, not at the top: the cache stage, which does not train, skips transformers' Trainer.
+    from kdsweep.core.trainer import DistillTrainer, train_and_save, training_arguments
+
     model_spec, prompt_cfg, finetune_cfg = spec.model, spec.prompt, spec.finetune
     max_length, packing = spec.max_length, spec.packing
     tokenizer = load_lm_tokenizer(tokenizer_path)
