@@ -17,10 +17,15 @@ demo: venv  ## the embedded demo, end to end, on the CPU: results/demo/report.md
 	$(OFFLINE) snakemake --cores $(CORES) --configfile config/demo.yaml
 
 # COMET's tests run under COMET's own interpreter (its environment caps numpy < 2, transformers < 5),
-# without tests/conftest.py (--confcutdir), after the main suite; PYTEST_ARGS go to the main one.
+# without tests/conftest.py (--confcutdir). Both suites run even when the first fails; the target
+# fails when either does. PYTEST_ARGS go to the main suite, COMET_PYTEST_ARGS to COMET's
+# (e.g. `make test PYTEST_ARGS=tests/core COMET_PYTEST_ARGS=--co`).
 test: venv  ## the test suite (unit + Snakemake integration), offline
-	$(OFFLINE) python -m pytest -ra $(PYTEST_ARGS)
-	$(OFFLINE) PYTHONPATH=src:tests $(VENV)-comet/bin/python -m pytest -ra --confcutdir tests/comet -p no:cacheprovider tests/comet
+	status=0; \
+	$(OFFLINE) python -m pytest -ra $(PYTEST_ARGS) || status=$$?; \
+	$(OFFLINE) PYTHONPATH=src:tests $(VENV)-comet/bin/python -m pytest -ra --confcutdir tests/comet \
+	  -p no:cacheprovider $(or $(COMET_PYTEST_ARGS),tests/comet) || status=$$?; \
+	exit $$status
 
 lint: venv
 	snakemake --lint --configfile config/demo.yaml

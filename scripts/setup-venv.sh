@@ -23,7 +23,9 @@ build() {
     return
   fi
   echo "setup-venv: building $dir (torch first, then $lock)"
-  [ -x "$dir/bin/python" ] || "$python" -m venv "$dir"
+  # From empty: installing a new lock over an old one would keep the packages that left it
+  # (unbabel-comet and its numpy < 2 cap in a .venv made before COMET moved out), and pip check fails.
+  "$python" -m venv --clear "$dir"
   "$dir/bin/python" -m pip install --quiet --upgrade "pip==25.3"
   "$dir/bin/python" -m pip install --quiet -r requirements/torch.txt
   "$dir/bin/python" -m pip install --quiet -r "$lock"

@@ -172,3 +172,11 @@ def test_the_command_line_runs_the_stage_as_the_rule_does(tiny_comet, tmp_path):
         timeout=300,
     )
     assert out.returncode != 0 and "kdsweep score-comet --spec.python: not a setting of this stage" in out.stderr
+
+
+def test_importing_the_stage_loads_neither_comet_nor_torch():
+    """Here, where comet and torch are installed: the module imports them only when it scores
+    (the report imports it in the main environment, which has no comet)."""
+    code = "import sys, kdsweep.translation.comet_score; print(sorted({'comet', 'torch'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

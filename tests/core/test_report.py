@@ -188,10 +188,10 @@ def test_translation_study_comparison(tmp_path):
     from kdsweep.translation.report import translation_vs_study
 
     paths = RunPaths(str(tmp_path / "run"))
-    write_json(paths.eval_json("europarl_en_fr", "base"), {"bleu": 17.891})
-    write_json(paths.eval_json("europarl_en_fr", "lr0.001_a0.5_T1"), {"bleu": 27.0})
-    write_json(paths.eval_comet("europarl_en_fr", "base"), {"comet": 0.7512, "comet_model": "m"})
-    write_json(paths.eval_comet("europarl_en_fr", "lr0.001_a0.5_T1"), {"comet": 0.8, "comet_model": "m"})
+    write_json(paths.eval_json("europarl_en_fr", "base"), {"bleu": 17.891, "scored": 5})
+    write_json(paths.eval_json("europarl_en_fr", "lr0.001_a0.5_T1"), {"bleu": 27.0, "scored": 5})
+    write_json(paths.eval_comet("europarl_en_fr", "base"), {"comet": 0.7512, "comet_model": "m", "scored": 5})
+    write_json(paths.eval_comet("europarl_en_fr", "lr0.001_a0.5_T1"), {"comet": 0.8, "comet_model": "m", "scored": 5})
     points = {"lr0.001_a0.5_T1": {"learning_rate": 1e-3, "alpha": 0.5, "temperature": 1.0}}
     ref = {
         "rows": [
@@ -228,7 +228,7 @@ def test_the_comet_result_is_merged_into_each_models_row_or_said_not_computed(tm
     from kdsweep.translation.report import model_result, translation_row
 
     paths = RunPaths(str(tmp_path / "run"))
-    result = {"bleu": 20.0, "chrf": 50.0, "length_ratio": 1.0, "stop_rates": {"marker": 1.0, "eos": 0.0}}
+    result = {"bleu": 20.0, "chrf": 50.0, "length_ratio": 1.0, "stop_rates": {"marker": 1.0, "eos": 0.0}, "scored": 2}
     result["stop_rates"]["max_new_tokens"] = 0.0
     write_json(paths.eval_json("europarl_en_fr", "base"), result)
     comet = {"comet": 0.61234, "comet_model": "Unbabel/wmt22-comet-da", "comet_checkpoint": "/c", "scored": 2}
@@ -243,6 +243,12 @@ def test_the_comet_result_is_merged_into_each_models_row_or_said_not_computed(tm
     }
     assert translation_row(off)["COMET"] == "not computed"
     assert "(" not in model_result(paths, "europarl_en_fr", "base", {"enabled": False})["comet_note"]
+    # A COMET file of other translations (another count) or of another COMET model is refused.
+    with pytest.raises(ValueError, match=r"base\.comet\.json: COMET of 2 translations.*stale"):
+        model_result(paths, "europarl_en_fr", "base", {"enabled": True, "model": "Unbabel/other-comet"})
+    write_json(paths.eval_json("europarl_en_fr", "base"), result | {"scored": 3})
+    with pytest.raises(ValueError, match="scored 3"):
+        model_result(paths, "europarl_en_fr", "base", {"enabled": True, "model": "Unbabel/wmt22-comet-da"})
 
 
 def test_translation_rows_count_stop_reasons_from_the_outputs(tmp_path):

@@ -56,6 +56,6 @@ def test_comet_scores_what_generation_translated():
     from kdsweep.translation.generation import PROMPT_TOO_LONG
 
     assert NOT_TRANSLATED == PROMPT_TOO_LONG
-    code = "import sys, kdsweep.translation.comet_score; print(sorted({'comet', 'torch'} & set(sys.modules)))"
+    code = "import sys, kdsweep.translation.comet_score; print(sorted({'torch'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert out.stdout.strip() == "[]"  # (that comet is not imported is tested where it is installed: tests/comet)

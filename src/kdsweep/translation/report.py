@@ -35,7 +35,16 @@ def model_result(paths: RunPaths, task: str, name: str, comet_cfg: dict) -> dict
     result = read_json(paths.eval_json(task, name))
     if not comet_cfg["enabled"]:
         return result | {"comet": None, "comet_note": comet_not_computed(comet_cfg)}
-    comet = read_json(paths.eval_comet(task, name))
+    comet_file = paths.eval_comet(task, name)
+    comet = read_json(comet_file)
+    # Snakemake reruns score_comet when the translations or the COMET settings change; results
+    # touched, copied or planned by mtime alone could still pair other files: refuse those.
+    if comet["comet_model"] != comet_cfg["model"] or comet["scored"] != result["scored"]:
+        raise ValueError(
+            f"{comet_file}: COMET of {comet['scored']} translations with {comet['comet_model']!r}, but "
+            f"{paths.eval_json(task, name)} scored {result['scored']} and the config's COMET model is "
+            f"{comet_cfg['model']!r}: stale COMET result; delete it and rerun (snakemake reruns score_comet)"
+        )
     return result | {"comet": comet["comet"], "comet_model": comet["comet_model"]}
 
 
