@@ -188,7 +188,9 @@ def comet_python():
     if CONDA:
         return "python"
     default = os.path.join(workflow.basedir, ".venv-comet", "bin", "python")
-    return os.path.abspath(os.path.expandvars(os.path.expanduser(COMET.get("python") or default)))
+    return os.path.abspath(
+        os.path.expandvars(os.path.expanduser(COMET.get("python") or default))
+    )
 
 
 def check_comet_python():
