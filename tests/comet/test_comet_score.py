@@ -11,34 +11,10 @@ import time
 
 import pytest
 from conftest import REPO
+from sentences import HYPOTHESES, REFERENCES, SOURCES
 
 from kdsweep.core.hub import MissingAsset
 from kdsweep.translation.comet_score import ScoreCometSpec, comet_score, score_comet
-
-SOURCES = [
-    "The cat is sleeping on the sofa.",
-    "We will meet tomorrow at the station.",
-    "This book was written in 1850.",
-    "She has never seen the sea.",
-    "The weather is nice today.",
-    "Could you close the window, please?",
-]
-HYPOTHESES = [
-    "Le chat dort sur le canapé.",
-    "Nous nous verrons demain à la gare.",
-    "Ce livre a été écrit en 1850.",
-    "Elle n'a jamais vu la mer.",
-    "Il fait beau aujourd'hui.",
-    "Pourriez-vous fermer la fenêtre ?",
-]
-REFERENCES = [
-    "Le chat dort sur le canapé.",
-    "Nous nous retrouverons demain à la gare.",
-    "Ce livre fut écrit en 1850.",
-    "Elle n'a encore jamais vu la mer.",
-    "Il fait beau temps aujourd'hui.",
-    "Pouvez-vous fermer la fenêtre, s'il vous plaît ?",
-]
 
 
 def test_length_mismatch_names_all_lengths():

@@ -2,25 +2,9 @@
 
 import pytest
 import sacrebleu
+from sentences import HYPOTHESES, REFERENCES
 
 from kdsweep.translation.metrics import sacrebleu_scores
-
-HYPOTHESES = [
-    "Le chat dort sur le canapé.",
-    "Nous nous verrons demain à la gare.",
-    "Ce livre a été écrit en 1850.",
-    "Elle n'a jamais vu la mer.",
-    "Il fait beau aujourd'hui.",
-    "Pourriez-vous fermer la fenêtre ?",
-]
-REFERENCES = [
-    "Le chat dort sur le canapé.",
-    "Nous nous retrouverons demain à la gare.",
-    "Ce livre fut écrit en 1850.",
-    "Elle n'a encore jamais vu la mer.",
-    "Il fait beau temps aujourd'hui.",
-    "Pouvez-vous fermer la fenêtre, s'il vous plaît ?",
-]
 
 
 def test_sacrebleu_scores_match_sacrebleu():
