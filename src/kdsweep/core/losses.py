@@ -206,3 +206,49 @@ def chunked_token_losses(
         ce_parts.append(ce)
         kd_parts.append(kd)
     return torch.cat(ce_parts), None if topk_logprobs is None else torch.cat(kd_parts)
+
+
+# Sampled KD (issue 17, Anshumann et al., ACL 2025, "Sparse Logit Sampling"): instead of its top-k,
+# the teacher's distribution at temperature T is represented by `draws` tokens drawn from it,
+# kept as unique ids with their counts c (sum c = draws). For one response token,
+#
+#   sampled_kd = T^2 * (1/draws) * sum_v c_v * (-log q_T(v))
+#
+# is an unbiased estimate of T^2 * CE(p_T, q_T) = T^2 * (KL(p_T || q_T) + H(p_T)): its expectation
+# over the draws is the cross-entropy, whose gradient in the student's logits is the dense forward
+# KL's (H(p_T) does not depend on the student): T * (q_T - c / draws), expected T * (q_T - p_T).
+# So the gradient is unbiased for forward KL at the draws' temperature; the loss value is the
+# KL plus the teacher's entropy (not a KL estimate by itself). Draws made at another temperature
+# estimate another target: the caller must refuse a distillation temperature that is not the
+# sampling temperature (a reweighted estimator would need the teacher's log-probabilities of the
+# drawn tokens). Not wired into the caches and the trainer yet.
+
+
+def sample_teacher_tokens(
+    teacher_logits: torch.Tensor, draws: int, temperature: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`draws` tokens per row of teacher_logits [N, V] from softmax(logits / temperature), with
+    replacement, as (ids [N, draws], counts [N, draws]): each row's distinct ids in increasing
+    order with how often each was drawn, then padding (id 0, count 0). Same generator state, same
+    result (a cache rebuilt with its seed is the same bytes)."""
+    if draws < 1:
+        raise ValueError(f"draws must be at least 1, got {draws}")
+    probs = F.softmax(teacher_logits.detach().float() / temperature, dim=-1)
+    drawn, _ = torch.multinomial(probs, draws, replacement=True, generator=generator).sort(dim=-1)
+    new = torch.ones_like(drawn, dtype=torch.bool)
+    new[:, 1:] = drawn[:, 1:] != drawn[:, :-1]
+    slot = new.long().cumsum(-1) - 1  # each draw's place among its row's distinct ids
+    ids = torch.zeros_like(drawn).scatter_(1, slot, drawn)
+    counts = torch.zeros_like(drawn).scatter_add_(1, slot, torch.ones_like(drawn))
+    return ids, counts
+
+
+def sampled_kd(
+    student_logits: torch.Tensor, sample_ids: torch.Tensor, sample_counts: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """Per-token sampled KD [N] of student logits [N, V] against drawn teacher tokens (ids and
+    counts [N, m], padding has count 0), drawn at `temperature`: see the definition above."""
+    s = student_logits.float() / temperature
+    log_q = s.gather(-1, sample_ids.long()) - torch.logsumexp(s, dim=-1, keepdim=True)
+    counts = sample_counts.float()
+    return -(counts * log_q).sum(-1) / counts.sum(-1) * temperature**2
