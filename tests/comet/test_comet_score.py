@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import REPO
@@ -156,3 +157,23 @@ def test_importing_the_stage_loads_neither_comet_nor_torch():
     code = "import sys, kdsweep.translation.comet_score; print(sorted({'comet', 'torch'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_checkpoint_that_scores_nan_is_refused_and_writes_nothing(tiny_comet, tmp_path):
+    """A checkpoint with a NaN weight (a damaged download) gives NaN scores: the stage fails
+    naming the file and the rows, instead of handing the report a NaN."""
+    import shutil
+
+    import torch
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(Path(tiny_comet).parents[1], damaged)
+    ckpt = damaged / "checkpoints" / "model.ckpt"
+    state = torch.load(ckpt, weights_only=False)
+    name = next(k for k in state["state_dict"] if k.startswith("estimator") and k.endswith("weight"))
+    state["state_dict"][name] = torch.full_like(state["state_dict"][name], float("nan"))
+    torch.save(state, ckpt)
+    out = tmp_path / "base.comet.json"
+    with pytest.raises(ValueError, match=r"translations.jsonl: COMET .* non-finite scores for 6 of 6 rows"):
+        score_comet(translations(tmp_path), out, ScoreCometSpec(model=str(ckpt), batch_size=4))
+    assert not out.exists()

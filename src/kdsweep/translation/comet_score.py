@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,6 +135,12 @@ def score_comet(translations_file: str | Path, out: str | Path, spec: ScoreComet
         spec.batch_size,
         spec.gpus,
     )
+    bad = [r["id"] for r, v in zip(scored, scores["segment_scores"], strict=True) if not math.isfinite(v)]
+    if bad or not math.isfinite(scores["comet"]):  # a damaged checkpoint gives NaN: not a number for the report
+        raise ValueError(
+            f"{translations_file}: COMET ({spec.model}) gave non-finite scores for {len(bad)} of {len(scored)} rows "
+            f"(ids {bad[:5]}{' ...' if len(bad) > 5 else ''}), system score {scores['comet']}: is the checkpoint damaged?"
+        )
     result = {
         "comet": scores["comet"],
         "comet_model": scores["comet_model"],
