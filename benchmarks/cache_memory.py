@@ -1,23 +1,24 @@
 """The teacher cache at scale: memory per rank and training speed of the real distillation job
 (kdsweep.translation.distill.distill_student_lm under torchrun, DeepSpeed ZeRO-2 on gloo, the HF
-Trainer and its distributed sampler) reading its top-k cache in memory (before: read_topk_cache,
-every shard read and verified by every rank, its token ids as Python lists) or memory-mapped
-(after: mapped_cache.open_topk_examples, the shards' verification split over the ranks and each
-rank reading only its own batches' examples from the page cache), for 1 and 2 ranks.
+Trainer and its distributed sampler) reading its top-k cache in memory (before: read_cache,
+every shard read and verified by every rank, its token ids as Python lists, its teacher rows
+decoded: packed ids unpacked to int64) or memory-mapped (after: mapped_cache.open_cache_examples,
+the shards' verification split over the ranks and each rank reading only its own batches'
+examples from the page cache), for 1 and 2 ranks.
 
     HF_HUB_OFFLINE=1 python benchmarks/cache_memory.py [--pairs 16000] [--steps 60] [--repeats 2]
 
 First builds (once, under --work) synthetic Europarl pairs, a BPE tokenizer, a tiny random Llama
-teacher and its top-64 cache with kdsweep's own cache writer (cache_teacher_topk: the real shard
-format), of at least 200k response tokens at the default 16000 pairs; then runs the job for
-in memory / mapped x 1 / 2 ranks, the two modes alternating, `--repeats` times. Each rank samples its /proc/self/status every 10 ms and
-reports: VmHWM (peak resident set), the peaks of RssAnon (anonymous memory: the process's own)
-and RssFile (file pages mapped: page cache, shared by every process mapping the same file,
-reclaimable), PSS at the end of training (/proc/self/smaps_rollup: each shared page counted
-1/n in each of the n processes mapping it), what opening the cache added to RssAnon / RssFile,
-how long opening took, and optimizer steps/s (after 5 warm-up steps; the median over the
-repeats, the memory figures are the first run's). Absolute figures are this machine's; the
-ratios after / before are the result.
+teacher and its top-64 cache with kdsweep's own cache writer (cache_teacher_lm: the real shard
+format, translation.cache_format.TopkFormat, ids bit-packed), of at least 200k response tokens at
+the default 16000 pairs; then runs the job for in memory / mapped x 1 / 2 ranks, the two modes
+alternating, `--repeats` times. Each rank samples its /proc/self/status every 10 ms and reports:
+VmHWM (peak resident set), the peaks of RssAnon (anonymous memory: the process's own) and RssFile
+(file pages mapped: page cache, shared by every process mapping the same file, reclaimable), PSS
+at the end of training (/proc/self/smaps_rollup: each shared page counted 1/n in each of the n
+processes mapping it), what opening the cache added to RssAnon / RssFile, how long opening took,
+and optimizer steps/s (after 5 warm-up steps; the median over the repeats, the memory figures are
+the first run's). Absolute figures are this machine's; the ratios after / before are the result.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def build(root: Path, pairs: int) -> dict:
     from kdsweep.translation.data import PrepareTranslationSpec, prepare_translation
     from kdsweep.translation.models import causal_lm_from_config
     from kdsweep.translation.synthetic import SynthesizeEuroparlSpec, write_synthetic_europarl
-    from kdsweep.translation.teacher import CacheTeacherLMSpec, cache_teacher_topk
+    from kdsweep.translation.teacher import CacheTeacherLMSpec, cache_teacher_lm
     from kdsweep.translation.tokenizer import train_bpe_tokenizer
 
     if not (root / "data" / "manifest.json").is_file():
@@ -79,10 +80,10 @@ def build(root: Path, pairs: int) -> dict:
             model = causal_lm_from_config(spec, tok, seed=len(name))
             model.save_pretrained(root / name)
             tok.save_pretrained(root / name)
-    cache = {"top_k": TOP_K, "batch_size": 64, "shard_size": 2048, "value_dtype": "float16",
+    cache = {"method": "topk", "top_k": TOP_K, "batch_size": 64, "shard_size": 2048, "value_dtype": "float16",
              "targets": "reference", "max_new_tokens": 8, "chunk_size": 1024}  # fmt: skip
     spec = CacheTeacherLMSpec(prompt=PROMPT, cache=cache, max_length=MAX_LENGTH)
-    return cache_teacher_topk(
+    return cache_teacher_lm(
         str(root / "teacher"), str(root / "teacher"), root / "data", root / "store", root / "cache.json", spec
     )
 
@@ -126,9 +127,10 @@ def worker(args) -> None:
     `--worker` way, measured."""
     from transformers import TrainerCallback
 
+    from kdsweep.core import trainer as core_trainer
     from kdsweep.translation import distill as distill_translation
     from kdsweep.translation.batching import TranslationExamples
-    from kdsweep.translation.teacher import read_topk_cache
+    from kdsweep.translation.teacher import read_cache
 
     root, rank = Path(args.work), int(os.environ.get("RANK", "0"))
     peaks = dict.fromkeys(FIELDS, 0)
@@ -146,10 +148,10 @@ def worker(args) -> None:
     def open_examples(entry, rank: int, processes: int):
         before, start = status(), time.perf_counter()
         if args.worker == "in_memory":  # the job before: every shard read (and verified) into memory
-            ids, starts, topk, _ = read_topk_cache(entry)
-            data = TranslationExamples(ids, starts, topk)
+            ids, starts, teacher, _ = read_cache(entry)
+            data = TranslationExamples(ids, starts, teacher)
         else:
-            data = open_topk_examples(entry, rank, processes)
+            data = open_cache_examples(entry, rank, processes)
         after = status()
         result["open_s"] = time.perf_counter() - start
         result["open_added"] = {k: after[k] - before[k] for k in ("RssAnon", "RssFile")}
@@ -171,10 +173,10 @@ def worker(args) -> None:
         result["pss_end"] = pss()  # the dataset (and its mappings) still alive
         return out
 
-    open_topk_examples = distill_translation.open_topk_examples
-    train_and_save_real = distill_translation.train_and_save
-    distill_translation.open_topk_examples = open_examples
-    distill_translation.train_and_save = train_and_save
+    open_cache_examples = distill_translation.open_cache_examples
+    train_and_save_real = core_trainer.train_and_save  # distill_student_lm imports it when called
+    distill_translation.open_cache_examples = open_examples
+    core_trainer.train_and_save = train_and_save
     s = spec(args.steps, args.batch_size)
     out = Path(args.out)
     distill_translation.distill_student_lm(

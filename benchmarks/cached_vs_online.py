@@ -1,5 +1,8 @@
 """Student distillation throughput with the teacher's top-k read from the cache vs the teacher
 run online in the same process: same student, same batches, same loss (kdsweep's chunked top-k KD).
+The cache's rows are kept as a shard stores them (translation.cache_format.TopkFormat: ids
+bit-packed) and decoded each step, as the distill job's dataset does; online, the teacher's rows
+come from the same code (teacher.teacher_rows) and are decoded the same way.
 
     python benchmarks/cached_vs_online.py [--steps 20] [--repeats 3] [--device cpu|cuda] [--shape tiny|real]
 
@@ -17,24 +20,17 @@ import time
 import torch
 from common import SHAPES, build, example_lengths, examples, sync
 
-from kdsweep.core.losses import chunked_token_losses
+from kdsweep.core.losses import TopkKD, chunked_token_losses
 from kdsweep.translation.batching import TranslationCollator, response_hidden_states
-from kdsweep.translation.teacher import teacher_topk
+from kdsweep.translation.cache_format import TopkFormat
+from kdsweep.translation.teacher import teacher_rows
+
+KD = TopkKD(temperature=1.0, kind="forward_kl", tail="ignore")
 
 
-def student_step(student, optimizer, batch, topk_logprobs, topk_indices, chunk_size: int) -> None:
+def student_step(student, optimizer, batch, rows: dict[str, torch.Tensor], chunk_size: int) -> None:
     hidden, targets = response_hidden_states(student, student, batch)
-    ce, kd = chunked_token_losses(
-        hidden,
-        student.get_output_embeddings(),
-        targets,
-        topk_logprobs,
-        topk_indices,
-        1.0,
-        "forward_kl",
-        "ignore",
-        chunk_size,
-    )
+    ce, kd = chunked_token_losses(hidden, student.get_output_embeddings(), targets, rows, KD, chunk_size)
     (0.5 * kd.mean() + 0.5 * ce.mean()).backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -67,17 +63,19 @@ def main() -> None:
         {k: v.to(args.device) for k, v in collate(items[i : i + args.batch_size]).items()}
         for i in range(0, len(items), args.batch_size)
     ]
-    # The cache: the teacher's top-k of every batch, computed once (not timed).
-    cache = [teacher_topk(teacher, b, args.top_k, args.chunk_size)[:2] for b in data]
+    # The cache: the teacher's top-k rows of every batch as a shard stores them, computed once (not timed).
+    fmt = TopkFormat(args.top_k, teacher.config.vocab_size, "float16")
+    cache = [teacher_rows(teacher, b, fmt, args.chunk_size) for b in data]
     tokens = args.steps * args.batch_size * args.response
 
     def run(mode: str) -> float:
         sync(args.device)
         start = time.perf_counter()
-        for batch, (values, indices) in zip(data, cache, strict=True):
+        for batch, stored in zip(data, cache, strict=True):
             if mode == "online":
-                values, indices = teacher_topk(teacher, batch, args.top_k, args.chunk_size)[:2]
-            student_step(student, optimizer, batch, values.half(), indices.int(), args.chunk_size)
+                stored = teacher_rows(teacher, batch, fmt, args.chunk_size)
+            rows = {name: t.to(args.device) for name, t in fmt.decode(stored).items()}
+            student_step(student, optimizer, batch, rows, args.chunk_size)
         sync(args.device)
         return tokens / (time.perf_counter() - start)
 

@@ -70,7 +70,7 @@ def build(shape: dict, device: str, dtype: torch.dtype) -> LlamaForCausalLM:
 def example_lengths(spec: str, n: int, seed: int = 0) -> list[tuple[int, int]]:
     """(length, response start) of n examples. spec: "fixed:L/R" (all L tokens, the last R the
     response), "demo" (the demo's translation cache: `make demo` first) or "cache:<pointer.json>"
-    (any kdsweep top-k cache: the real tokenized pairs of a run, drawn at random)."""
+    (any kdsweep teacher cache, either method: the real tokenized pairs of a run, drawn at random)."""
     if spec.startswith("fixed:"):
         length, response = (int(x) for x in spec[len("fixed:") :].split("/"))
         return [(length, length - response)] * n
@@ -89,8 +89,9 @@ def example_lengths(spec: str, n: int, seed: int = 0) -> list[tuple[int, int]]:
 
 
 def examples(lengths: list[tuple[int, int]], vocab: int, top_k: int | None = None, seed: int = 0) -> list[dict]:
-    """Random token ids of the given lengths; with top_k, random teacher rows (fp16
-    log-probabilities, int32 indices, fp32 tail log-mass) for each response token, as read from a cache."""
+    """Random token ids of the given lengths; with top_k, random teacher rows for each response
+    token as a top-k cache's rows decode for training (translation.cache_format.TopkFormat.decode:
+    fp16 log-probabilities, int64 indices, fp32 tail log-mass)."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for length, start in lengths:
@@ -100,7 +101,7 @@ def examples(lengths: list[tuple[int, int]], vocab: int, top_k: int | None = Non
             logits = (torch.randn(n, top_k + 1, generator=g) * 3).sort(-1, descending=True).values
             logprobs = logits.log_softmax(-1)  # the last column stands for the tail
             item["topk_logprobs"] = logprobs[:, :top_k].half()
-            item["topk_indices"] = torch.randint(0, vocab, (n, top_k), generator=g, dtype=torch.int32)
+            item["topk_indices"] = torch.randint(0, vocab, (n, top_k), generator=g, dtype=torch.int64)
             item["topk_tail"] = logprobs[:, top_k]
         out.append(item)
     return out

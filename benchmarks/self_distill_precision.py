@@ -5,8 +5,9 @@ the CPU: the check of issue 12 for a lent GPU (Llama-3.2-1B shape from its confi
     python benchmarks/self_distill_precision.py --shape real --device cuda       # Llama-3.2-1B shape on a GPU
 
 The student is the teacher. The teacher's top-k rows are cached with kdsweep's caching code
-(teacher_topk: fp32 LM head; the model in precision.inference_dtype() on the device: bf16 where
-native), stored as the cache stores them (fp16 log-probabilities), and the TokenKD loss
+(teacher_rows with a TopkFormat: fp32 LM head; the model in precision.inference_dtype() on the
+device: bf16 where native), stored as the cache stores them (fp16 log-probabilities, bit-packed
+ids) and decoded as the distill job's dataset decodes them, and the TokenKD loss
 (alpha 0.5, forward KL, T = 1) is computed on them under the Trainer's own mixed-precision
 context (training.precision auto: bf16 autocast on an H100/H200, fp32 master weights). The same
 is computed in fp32 on the CPU. Printed: per-token CE and KD in both, their differences, and how
@@ -26,8 +27,9 @@ from common import SHAPES, build, example_lengths, examples, training_config
 from kdsweep.core.precision import current_device, inference_dtype, training_precision
 from kdsweep.core.trainer import DistillTrainer, training_arguments
 from kdsweep.translation.batching import TranslationCollator
+from kdsweep.translation.cache_format import TopkFormat
 from kdsweep.translation.loss import TokenKD
-from kdsweep.translation.teacher import fp32_head, teacher_topk
+from kdsweep.translation.teacher import fp32_head, teacher_rows
 
 TRAIN = training_config(batch_size=8, max_steps=1, seed=0)
 
@@ -37,7 +39,8 @@ def run(model, batch: dict, top_k: int, device: str) -> dict[str, torch.Tensor]:
     as its own student, on `device` in the precision kdsweep picks there."""
     cache_dtype = inference_dtype() if device.startswith("cuda") else torch.float32
     teacher = copy.deepcopy(model).to(device=device, dtype=cache_dtype).eval()
-    logprobs, indices, tail, _ = teacher_topk(teacher, batch, top_k, 1024, fp32_head(teacher))
+    fmt = TopkFormat(top_k, model.config.vocab_size, "float16")
+    rows = fmt.decode(teacher_rows(teacher, batch, fmt, 1024, fp32_head(teacher)))
     del teacher
     with tempfile.TemporaryDirectory() as out:
         trainer = DistillTrainer(
@@ -52,14 +55,14 @@ def run(model, batch: dict, top_k: int, device: str) -> dict[str, torch.Tensor]:
             ),
         )
         inputs = {k: v.to(device) for k, v in batch.items()}
-        inputs |= {"topk_logprobs": logprobs.half(), "topk_indices": indices.int(), "topk_tail": tail}
+        inputs |= {name: t.to(device) for name, t in rows.items()}
         with torch.no_grad(), trainer.compute_loss_context_manager():
             _, parts, count, _ = trainer.loss_terms(trainer.model, dict(inputs))
     return {
         "ce": parts["ce"].float().cpu() / count,
         "kd": parts["kd"].float().cpu() / count,
-        "logprobs": logprobs.float().cpu(),
-        "indices": indices.cpu(),
+        "logprobs": rows["topk_logprobs"].float(),
+        "indices": rows["topk_indices"],
     }
 
 

@@ -1,7 +1,8 @@
 """Student training throughput from the teacher cache: kdsweep's DistillTrainer with the TokenKD loss (the distill_lm
 stage's Hugging Face Trainer: fp32 master weights, bf16 autocast on a GPU, AdamW, chunked top-k
-KD + CE) on examples with cached top-k rows, batches padded vs packed, timed alternately in one
-run. Prints tokens/s, peak memory, MFU (GPU) and the collator's share of the step.
+KD + CE) on examples with cached top-k rows (random, as a top-k cache's rows decode for training:
+common.examples), batches padded vs packed, timed alternately in one run. Prints tokens/s, peak
+memory, MFU (GPU) and the collator's share of the step.
 
     python benchmarks/student_training.py                                    # CPU, tiny student, demo lengths
     python benchmarks/student_training.py --shape real --device cuda --lengths fixed:384/192  # Llama-3.2-1B shape
@@ -86,7 +87,7 @@ def main() -> None:
     dataset = TranslationExamples(
         [it["input_ids"] for it in items],
         [it["response_start"] for it in items],
-        [(it["topk_logprobs"], it["topk_indices"], it["topk_tail"]) for it in items],
+        [{k: it[k] for k in ("topk_logprobs", "topk_indices", "topk_tail")} for it in items],
     )
     params = sum(p.numel() for p in student.parameters())
     print(f"student {args.shape} {params / 1e9:.2f} B params on {args.device}, {torch.get_num_threads()} threads")

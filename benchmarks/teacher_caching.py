@@ -1,6 +1,7 @@
-"""Teacher caching throughput and peak memory: kdsweep's top-k pass (kdsweep.translation.teacher.topk_rows,
-the loop of the cache_teacher_lm stage) over the same examples, batches padded to their longest
-pair vs packed into rows of max_length tokens, timed alternately in one run.
+"""Teacher caching throughput and peak memory: kdsweep's top-k pass (kdsweep.translation.teacher.cache_rows
+with a TopkFormat, the loop of the cache_teacher_lm stage: the rows as a shard stores them, ids
+bit-packed) over the same examples, batches padded to their longest pair vs packed into rows of
+max_length tokens, timed alternately in one run.
 
     python benchmarks/teacher_caching.py                                     # CPU, tiny teacher, demo lengths
     python benchmarks/teacher_caching.py --shape real --device cuda --lengths fixed:384/192   # Llama-3.2-3B shape
@@ -28,7 +29,8 @@ from common import (
     sync,
 )
 
-from kdsweep.translation.teacher import topk_rows
+from kdsweep.translation.cache_format import TopkFormat
+from kdsweep.translation.teacher import cache_rows
 
 
 def main() -> None:
@@ -59,8 +61,8 @@ def main() -> None:
         f"{len(items)} examples ({args.lengths}): mean length {tokens / len(items):.1f} tokens, "
         f"{sum(n - r for n, r in lengths) / len(items):.1f} response; batch {args.batch_size}, top-{args.top_k}"
     )
-    settings = {"max_length": args.max_length, "batch_size": args.batch_size, "top_k": args.top_k}
-    settings |= {"chunk_size": args.chunk_size, "value_dtype": "bfloat16" if dtype == torch.bfloat16 else "float16"}
+    settings = {"max_length": args.max_length, "batch_size": args.batch_size, "chunk_size": args.chunk_size}
+    fmt = TopkFormat(args.top_k, teacher.config.vocab_size, "bfloat16" if dtype == torch.bfloat16 else "float16")
     modes = args.modes.split(",")
     padded, packed = (computed_per_real_token(lengths, args.batch_size, m) for m in (None, args.max_length))
     print(
@@ -70,7 +72,7 @@ def main() -> None:
     def run(mode: str) -> float:
         sync(args.device)
         start = time.perf_counter()
-        topk_rows(teacher, ids, starts, {**settings, "packing": mode == "packed"}, pad_token_id=0, desc=mode)
+        cache_rows(teacher, ids, starts, {**settings, "packing": mode == "packed"}, fmt, pad_token_id=0, desc=mode)
         sync(args.device)
         return tokens / (time.perf_counter() - start)
 

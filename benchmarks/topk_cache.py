@@ -2,16 +2,18 @@
 
     python benchmarks/topk_cache.py [--demo results/demo] [--point lr0.003_a0.5_T1]
 
-1. Bytes/token of real cache shards (kdsweep's shard format: fp16 top-k log-probabilities, int32
-   indices, fp32 tail log-mass and log-sum-exp per response token) for k in {8, 16, 32, 64, 128}
-   at Llama-3's vocabulary (128256), against full bf16 rows (128256 x 2 bytes).
+1. Bytes/token of real cache shards (kdsweep's shard format, translation.cache_format.TopkFormat:
+   fp16 top-k log-probabilities, ids bit-packed in 17 bits, fp32 tail log-mass and log-sum-exp per
+   response token) for k in {8, 16, 32, 64, 128} at Llama-3's vocabulary (128256), against full
+   bf16 rows (128256 x 2 bytes).
 2. Relative error of the sparse KD loss (kdsweep.core.losses.topk_kd) against the dense one, for every
    kind (forward KL, reverse KL, JSD) and tail option (ignore, bucket), with the teacher mass the
    top-k captures: on synthetic peaked distributions at V = 128256, and on the demo teacher's real
    distributions (dev split of a finished demo run, --demo) against two students: the base
    student as distillation starts (built from teacher layers, not trained) and a distilled one.
    "batch" is the error of the mean loss over all tokens (what a training step sees), "token" the
-   mean of the per-token relative errors.
+   mean of the per-token relative errors. The sparse loss reads the rows as the cache stores them
+   (TopkFormat's encode, then decode: fp16 rounding, bit packing).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import torch.nn.functional as F
 
 from kdsweep.core.cache import CacheEntry
 from kdsweep.core.losses import TAIL_OPTIONS, TOKEN_KD_LOSSES, topk_kd
+from kdsweep.translation.cache_format import TopkFormat
+from kdsweep.translation.cache_format import bytes_per_token as format_bytes_per_token
 
 KS = (8, 16, 32, 64, 128)
 LLAMA3_VOCAB = 128256
@@ -51,29 +55,25 @@ def bytes_per_token(tokens: int = 4096) -> None:
     print("k     B/token (shard file)   B/token (rows only)   vs full bf16")
     with tempfile.TemporaryDirectory() as tmp:
         for k in KS:
-            entry = CacheEntry(tmp, {"k": k})
+            fmt = TopkFormat(k, LLAMA3_VOCAB, "float16")
+            entry = CacheEntry(tmp, {"method": "topk", "top_k": k, "value_dtype": fmt.value_dtype})
             entry.dir.mkdir(parents=True)
-            logits = torch.randn(tokens, LLAMA3_VOCAB // 8)  # values only matter for their dtype
-            log_p = logits.log_softmax(-1)
-            top = log_p.topk(k, dim=-1)
-            tensors = {
-                "topk_logprobs": top.values.half(),
-                "topk_indices": (top.indices * 8).int(),
-                "tail_logmass": log_p.scatter(-1, top.indices, float("-inf")).logsumexp(-1),
-                "lse": logits.logsumexp(-1),
-            }
+            # Values only matter for their dtype and the ids for their packed width (bits of the
+            # vocabulary, whatever the ids): logits over V / 8 tokens keep this quick.
+            tensors = fmt.encode(torch.randn(tokens, LLAMA3_VOCAB // 8))
             entry.write_shard(0, tensors)
             on_disk = entry.shard_path(0).stat().st_size / tokens
             payload = sum(t.numel() * t.element_size() for t in tensors.values()) / tokens
+            assert payload == format_bytes_per_token(fmt)
             print(f"{k:<5} {on_disk:>10.1f}             {payload:>10.1f}            1/{full / on_disk:,.0f}")
 
 
 def cached(teacher: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """What the cache stores for the top-k: fp16 log-probabilities, ids and the tail's log-mass."""
-    log_p = F.log_softmax(teacher.float(), -1)
-    top = log_p.topk(k, dim=-1)
-    tail = log_p.scatter(-1, top.indices, float("-inf")).logsumexp(-1)
-    return top.values.half(), top.indices.int(), tail
+    """What training reads from the cache for the top-k: fp16 log-probabilities, ids and the
+    tail's log-mass (TopkFormat's rows, encoded and decoded)."""
+    fmt = TopkFormat(k, teacher.shape[1], "float16")
+    rows = fmt.decode(fmt.encode(teacher.float().clone()))  # encode overwrites its logits
+    return rows["topk_logprobs"], rows["topk_indices"], rows["topk_tail"]
 
 
 def fidelity_table(name: str, student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> None:

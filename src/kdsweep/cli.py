@@ -126,9 +126,9 @@ def cmd_train_teacher_lm(a) -> None:
 
 
 def cmd_cache_teacher_lm(a) -> None:
-    from kdsweep.translation.teacher import CacheTeacherLMSpec, cache_teacher_topk
+    from kdsweep.translation.teacher import CacheTeacherLMSpec, cache_teacher_lm
 
-    cache_teacher_topk(a.teacher, a.tokenizer, a.data_dir, a.store, a.out, _build(CacheTeacherLMSpec, a))
+    cache_teacher_lm(a.teacher, a.tokenizer, a.data_dir, a.store, a.out, _build(CacheTeacherLMSpec, a))
 
 
 def cmd_init_student_lm(a) -> None:

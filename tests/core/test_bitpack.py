@@ -70,3 +70,32 @@ def test_a_truncated_buffer_is_refused():
     with pytest.raises(ValueError, match=r"10 values of 17 bits take 22 bytes, got 21"):
         unpack(packed[:-1], 17, 10)
     assert unpack(pack(np.array([], dtype=np.int64), 17), 17, 0).size == 0
+
+
+@pytest.mark.parametrize("bits, m", [(17, 64), (17, 12), (10, 16), (4, 12), (3, 5)])
+def test_rows_are_packed_each_as_pack_lays_out_its_values_padded_to_whole_bytes(bits, m):
+    rng = np.random.default_rng(bits * 100 + m)
+    rows = rng.integers(0, 2**bits, size=(37, m))
+    rows[0, :2] = [0, 2**bits - 1]
+    packed = bitpack.pack_rows(rows, bits)
+    assert packed.shape == (37, math.ceil(m * bits / 8))
+    for r in range(37):  # each row is Python's integer layout of its own values
+        assert packed[r].tobytes() == reference_bytes(rows[r], bits)
+    assert np.array_equal(bitpack.unpack_rows(packed, bits, m), rows)
+    assert np.array_equal(bitpack.unpack_rows(packed[5:9], bits, m), rows[5:9])  # any rows alone
+
+
+def test_llama3_rows_round_trip_across_chunks(monkeypatch):
+    monkeypatch.setattr(bitpack, "CHUNK", 256)  # several steps of rows
+    rows = np.random.default_rng(3).integers(0, LLAMA3_VOCAB, size=(100, 64))
+    rows[-1, -1] = LLAMA3_VOCAB - 1
+    packed = bitpack.pack_rows(rows, bits_for(LLAMA3_VOCAB))
+    assert packed.shape == (100, 136)  # 64 x 17 bits = 136 bytes, against 256 as int32
+    assert np.array_equal(bitpack.unpack_rows(packed, 17, 64), rows)
+
+
+def test_rows_that_do_not_fit_or_have_another_width_are_refused():
+    with pytest.raises(ValueError, match="value 1024 at row 1, column 2 does not fit in 10 bits"):
+        bitpack.pack_rows(np.array([[0, 1, 2], [3, 4, 1024]]), 10)
+    with pytest.raises(ValueError, match="rows of 3 values of 10 bits take 4 bytes"):
+        bitpack.unpack_rows(np.zeros((2, 5), dtype=np.uint8), 10, 3)

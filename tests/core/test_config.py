@@ -394,6 +394,37 @@ def test_translation_temperature_other_than_1_needs_the_explicit_option():
     assert allowed["translation"]["distill"]["sweep"]["temperature"] == [2.0]
 
 
+def test_a_sampled_cache_serves_forward_kl_at_its_own_temperature_only():
+    """A sampled cache's draws estimate forward KL at the temperature they were drawn at: a sweep
+    temperature other than the cache's, another divergence or a tail option fail validation,
+    naming the key; the cache's own temperature passes (no allow_tempered_topk needed)."""
+    base = {
+        "run_name": "t",
+        "translation": {"source": "synthetic", "teacher": {"model": "t"}, "student": {"model": "s"}},
+    }
+
+    def config(cache, **distill):
+        tr = {**base["translation"], "distill": {"sweep": {"learning_rate": [1e-3]}, **distill}}
+        tr["teacher"] = {**tr["teacher"], "cache": cache}
+        return json.loads(json.dumps({**base, "translation": tr}))
+
+    sampled = {"method": "sampled", "draws": 12, "temperature": 2.0}
+    ok = validate_config(config(sampled, sweep={"learning_rate": [1e-3], "temperature": [2.0]}))
+    assert ok["translation"]["teacher"]["cache"] | {"seed": 0} == {**ok["translation"]["teacher"]["cache"], **sampled}
+    with pytest.raises(
+        ConfigError,
+        match=r"translation.distill.sweep.temperature: 1 with a sampled teacher cache drawn at temperature 2",
+    ):
+        validate_config(config(sampled, sweep={"learning_rate": [1e-3], "temperature": [2.0, 1.0]}))
+    with pytest.raises(ConfigError, match=r"translation.distill.loss: jsd with a sampled teacher cache"):
+        validate_config(config(sampled, sweep={"learning_rate": [1e-3], "temperature": [2.0]}, loss="jsd"))
+    with pytest.raises(ConfigError, match=r"translation.distill.tail: bucket applies to a top-k cache"):
+        validate_config(config(sampled, sweep={"learning_rate": [1e-3], "temperature": [2.0]}, tail="bucket"))
+    with pytest.raises(ConfigError, match=r"translation.teacher.cache.method"):
+        validate_config(config({"method": "nucleus"}))
+    assert validate_config(config({}))["translation"]["teacher"]["cache"]["method"] == "topk"  # the default
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [

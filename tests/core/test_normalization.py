@@ -21,7 +21,7 @@ from kdsweep.translation.data import PrepareTranslationSpec, prepare_translation
 from kdsweep.translation.distill import DistillLMSpec, distill_student_lm
 from kdsweep.translation.models import causal_lm_from_config, load_causal_lm
 from kdsweep.translation.synthetic import SynthesizeEuroparlSpec, write_synthetic_europarl
-from kdsweep.translation.teacher import CacheTeacherLMSpec, cache_teacher_topk
+from kdsweep.translation.teacher import CacheTeacherLMSpec, cache_teacher_lm
 from kdsweep.translation.tokenizer import train_bpe_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,7 +47,7 @@ def setup(tmp_path_factory):
         tok.save_pretrained(root / name)
     cache_cfg = {**CACHE, "max_new_tokens": 8, "chunk_size": 64}
     spec = CacheTeacherLMSpec(prompt=DEMO_PROMPT, cache=cache_cfg, max_length=128)
-    cache_teacher_topk(
+    cache_teacher_lm(
         str(root / "teacher"), str(root / "teacher"), root / "data", root / "store", root / "data.json", spec
     )
     lengths = [len(r["source"].split()) for r in rows]
@@ -171,7 +171,7 @@ def test_a_short_last_accumulation_window_weighs_its_tokens_alike(setup):
     cache_cfg = {**CACHE, "max_new_tokens": 8, "chunk_size": 64}
     teacher = str(setup / "teacher")
     spec = CacheTeacherLMSpec(prompt=DEMO_PROMPT, cache=cache_cfg, max_length=128)
-    cache_teacher_topk(teacher, teacher, setup / "data20", setup / "store", setup / "data20.json", spec)
+    cache_teacher_lm(teacher, teacher, setup / "data20", setup / "store", setup / "data20.json", spec)
     one = steps(run_in_process(setup, "short_one", 1, max_steps=-1, data="data20"))
     two = steps(run_in_process(setup, "short_two", 2, max_steps=-1, data="data20"))
     assert [h["step"] for h in one] == [h["step"] for h in two] == [1, 2, 3]

@@ -19,7 +19,7 @@ from kdsweep.translation.generation import generate_translations, load_lm_tokeni
 from kdsweep.translation.models import load_causal_lm
 from kdsweep.translation.prompt import encode_pair, make_prompt
 from kdsweep.translation.synthetic import SynthesizeEuroparlSpec, write_synthetic_europarl
-from kdsweep.translation.teacher import CacheTeacherLMSpec, TeacherLMSpec, cache_teacher_topk, train_teacher_lm
+from kdsweep.translation.teacher import CacheTeacherLMSpec, TeacherLMSpec, cache_teacher_lm, train_teacher_lm
 from kdsweep.translation.tokenizer import train_bpe_tokenizer
 
 pytestmark = pytest.mark.integration
@@ -46,7 +46,7 @@ def instruct_teacher(tmp_path_factory):
     cache |= {"max_new_tokens": 8, "chunk_size": 256}
     teacher = str(root / "teacher")
     spec = CacheTeacherLMSpec(prompt=DEMO_PROMPT, cache=cache, max_length=128)
-    cache_teacher_topk(teacher, teacher, root / "data", root / "store", root / "cache.json", spec)
+    cache_teacher_lm(teacher, teacher, root / "data", root / "store", root / "cache.json", spec)
     init_student_lm(teacher, teacher, root / "student", InitStudentLMSpec({"from_teacher": {"layers": [0, 1]}}, seed=0))
     return root
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdsweep.core.losses import TAIL_OPTIONS, TOKEN_KD_LOSSES, chunked_token_losses, kd_kl, topk_kd
+from kdsweep.core.losses import TAIL_OPTIONS, TOKEN_KD_LOSSES, TopkKD, chunked_token_losses, kd_kl, topk_kd
 
 V = 50
 
@@ -191,9 +191,8 @@ def test_chunked_losses_equal_unchunked_values_and_gradients(kind, tail):
     for chunk in (3, 1000):
         head.zero_grad()
         hidden.grad = None
-        ce, kd = chunked_token_losses(
-            hidden, head, targets, logprobs.half(), indices.int(), 2.0, kind, tail, chunk, tail_mass
-        )
+        rows = {"topk_logprobs": logprobs.half(), "topk_indices": indices.int(), "topk_tail": tail_mass}
+        ce, kd = chunked_token_losses(hidden, head, targets, rows, TopkKD(2.0, kind, tail), chunk)
         (0.5 * ce.sum() + 0.5 * kd.sum()).backward()
         results.append((ce.detach(), kd.detach(), hidden.grad.clone(), head.weight.grad.clone()))
     for a, b in zip(*results, strict=True):

@@ -2,6 +2,7 @@
 mid-shard, invalidation), generation (stops at the marker, batching), and the vocabulary check
 before distillation. Tiny Llamas built from a config, a BPE tokenizer trained here."""
 
+import math
 import os
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from tiny import DEMO_PROMPT, lm_training, tiny_llama
 
+from kdsweep.core import bitpack
 from kdsweep.core.cache import CacheEntry, open_pointer
 from kdsweep.core.io import read_jsonl, write_jsonl
 from kdsweep.translation.data import PrepareTranslationSpec, prepare_translation
@@ -16,7 +18,7 @@ from kdsweep.translation.generation import generate_translations, load_lm_tokeni
 from kdsweep.translation.models import causal_lm_from_config, load_causal_lm
 from kdsweep.translation.prompt import encode_pair, make_prompt
 from kdsweep.translation.synthetic import SynthesizeEuroparlSpec, write_synthetic_europarl
-from kdsweep.translation.teacher import CacheTeacherLMSpec, cache_teacher_topk, read_topk_cache
+from kdsweep.translation.teacher import CacheTeacherLMSpec, cache_teacher_lm, entry_format, read_cache
 from kdsweep.translation.tokenizer import train_bpe_tokenizer
 
 CACHE = {
@@ -48,7 +50,7 @@ def lm(tmp_path_factory):
 
 def run_cache(lm, data_dir, store, pointer, max_length=MAX_LENGTH, **cache):
     spec = CacheTeacherLMSpec(prompt=DEMO_PROMPT, cache={**CACHE, **cache}, max_length=max_length)
-    return cache_teacher_topk(str(lm / "teacher"), str(lm / "teacher"), data_dir, store, pointer, spec)
+    return cache_teacher_lm(str(lm / "teacher"), str(lm / "teacher"), data_dir, store, pointer, spec)
 
 
 def test_cache_round_trip_matches_the_teacher(lm, tmp_path):
@@ -57,8 +59,9 @@ def test_cache_round_trip_matches_the_teacher(lm, tmp_path):
     assert (
         manifest["num_shards"] == 4 and manifest["examples"] == len(rows) == 120 and manifest["dropped_too_long"] == 0
     )
-    assert manifest["bytes_per_token"] == 8 * (2 + 4) + 4 + 4  # fp16 log-probs, int32 indices, fp32 tail and lse
-    ids, starts, topk, index = read_topk_cache(open_pointer(tmp_path / "ptr.json"))
+    bits = math.ceil(math.log2(manifest["teacher_vocab_size"]))  # each id packed in these bits
+    assert manifest["bytes_per_token"] == 8 * 2 + math.ceil(8 * bits / 8) + 4 + 4  # fp16 log-probs, ids, fp32 tail, lse
+    ids, starts, topk, index = read_cache(open_pointer(tmp_path / "ptr.json"))
     assert index == list(range(120))
     tok = load_lm_tokenizer(str(lm / "teacher"))
     prompt = make_prompt(tok, DEMO_PROMPT)
@@ -73,8 +76,8 @@ def test_cache_round_trip_matches_the_teacher(lm, tmp_path):
         captured.append(top.values.exp().sum(-1))
         if i not in (0, 57, 119):
             continue
-        logprobs, indices, tail = topk[i]
-        assert logprobs.dtype == torch.float16 and indices.dtype == torch.int32
+        logprobs, indices, tail = (topk[i][k] for k in ("topk_logprobs", "topk_indices", "topk_tail"))
+        assert logprobs.dtype == torch.float16
         torch.testing.assert_close(logprobs.float(), top.values, rtol=1e-3, atol=1e-3)
         assert (indices.long() == top.indices).float().mean() > 0.95  # ties at fp16 precision may swap
         outside = log_p.scatter(-1, top.indices, float("-inf")).logsumexp(-1)
@@ -90,7 +93,15 @@ def test_cache_round_trip_matches_the_teacher(lm, tmp_path):
     assert 0 < too_long < 120 and short["dropped_too_long"] == too_long and short["examples"] == 120 - too_long
 
 
-def test_killed_caching_resumes_at_the_first_missing_shard(lm, tmp_path, monkeypatch):
+SAMPLED = {"method": "sampled", "draws": 12, "temperature": 2.0, "seed": 5}
+
+
+@pytest.mark.parametrize("method", ["topk", "sampled"])
+def test_killed_caching_resumes_at_the_first_missing_shard(lm, tmp_path, monkeypatch, method):
+    """Killed while writing shard 3 of 4, the cache resumes there, keeping shards 1-2, and ends
+    the same bytes as an uninterrupted build in another store (a sampled cache too: its draws
+    are seeded per shard)."""
+    settings = SAMPLED if method == "sampled" else {}
     calls = []
     real_write = CacheEntry.write_shard
 
@@ -103,7 +114,7 @@ def test_killed_caching_resumes_at_the_first_missing_shard(lm, tmp_path, monkeyp
 
     monkeypatch.setattr(CacheEntry, "write_shard", killed_during_shard_2)
     with pytest.raises(KeyboardInterrupt):
-        run_cache(lm, lm / "data", tmp_path / "store", tmp_path / "ptr.json")
+        run_cache(lm, lm / "data", tmp_path / "store", tmp_path / "ptr.json", **settings)
     assert calls == [0, 1, 2] and not (tmp_path / "ptr.json").exists()
     entry_dir = next((tmp_path / "store").iterdir())
     assert sorted(p.name for p in entry_dir.glob("shard-*")) == ["shard-00000.safetensors", "shard-00001.safetensors"]
@@ -116,10 +127,10 @@ def test_killed_caching_resumes_at_the_first_missing_shard(lm, tmp_path, monkeyp
         "write_shard",
         lambda self, index, tensors: (computed.append(index), real_write(self, index, tensors)),
     )
-    resumed = run_cache(lm, lm / "data", tmp_path / "store", tmp_path / "ptr.json")
+    resumed = run_cache(lm, lm / "data", tmp_path / "store", tmp_path / "ptr.json", **settings)
     assert computed == [2, 3]  # shards 0 and 1 were not recomputed
     assert {n: (entry_dir / n).stat().st_mtime_ns for n in mtimes} == mtimes
-    fresh = run_cache(lm, lm / "data", tmp_path / "fresh", tmp_path / "fresh.json")
+    fresh = run_cache(lm, lm / "data", tmp_path / "fresh", tmp_path / "fresh.json", **settings)
     assert resumed["key"] == fresh["key"]
     for index in range(4):
         a = CacheEntry(tmp_path / "store", resumed["key_parts"]).read_shard(index)
@@ -140,8 +151,65 @@ def test_cache_is_reused_unchanged_and_rebuilt_on_changed_input(lm, tmp_path):
     rebuilt = run_cache(lm, changed, tmp_path / "store", tmp_path / "c.json")
     assert rebuilt["key"] != first["key"] and rebuilt["key_parts"]["data"] != first["key_parts"]["data"]
     other_k = run_cache(lm, lm / "data", tmp_path / "store", tmp_path / "d.json", top_k=4)
-    assert other_k["key"] not in (first["key"], rebuilt["key"]) and other_k["bytes_per_token"] == 4 * 6 + 8
+    bits = math.ceil(math.log2(first["teacher_vocab_size"]))
+    assert other_k["key"] not in (first["key"], rebuilt["key"])
+    assert other_k["bytes_per_token"] == 4 * 2 + math.ceil(4 * bits / 8) + 8
     assert len(list((tmp_path / "store").iterdir())) == 3
+
+
+def test_a_sampled_cache_draws_from_the_teacher_at_its_temperature_and_seed(lm, tmp_path):
+    """The cached draws are the teacher's distribution at the cache's temperature: over every
+    response token, the mean log-probability of the drawn ids under p_T equals -H(p_T) (its
+    expectation under p_T) within 5 standard errors, and not under p_1 (the control: drawn at the
+    wrong temperature); the cached entropy is p_T's. Another seed draws other tokens; bytes per
+    token are the packed ids and counts and two fp32 values."""
+    tok = load_lm_tokenizer(str(lm / "teacher"))
+    teacher = causal_lm_from_config(tiny_llama(2, initializer_range=0.3), tok, seed=1).eval()  # far from uniform
+    teacher.save_pretrained(tmp_path / "wide")
+    tok.save_pretrained(tmp_path / "wide")
+    wide, spec = str(tmp_path / "wide"), CacheTeacherLMSpec(DEMO_PROMPT, {**CACHE, **SAMPLED}, MAX_LENGTH)
+
+    def run(seed: int, pointer: str) -> dict:
+        spec.cache["seed"] = seed
+        return cache_teacher_lm(wide, wide, lm / "data", tmp_path / "store", tmp_path / pointer, spec)
+
+    manifest = run(5, "ptr.json")
+    ids, starts, cached, _ = read_cache(open_pointer(tmp_path / "ptr.json"))
+    bits = math.ceil(math.log2(manifest["teacher_vocab_size"]))
+    assert manifest["bytes_per_token"] == math.ceil(12 * bits / 8) + math.ceil(12 * 4 / 8) + 4 + 4
+    with torch.no_grad():
+        logits = torch.cat(
+            [teacher(torch.tensor([s])).logits[0, r - 1 : -1].float() for s, r in zip(ids, starts, strict=True)]
+        )
+    sample_ids = torch.cat([c["sample_ids"] for c in cached])
+    counts = torch.cat([c["sample_counts"] for c in cached]).float()
+    assert (counts.sum(-1) == 12).all() and len(logits) == manifest["response_tokens"]
+    stats = {}
+    for t in (2.0, 1.0):
+        log_p = (logits / t).log_softmax(-1)
+        entropy = -(log_p.exp() * log_p).sum(-1)
+        drawn = (counts * log_p.gather(-1, sample_ids)).sum(-1) / 12  # mean log p_T of a row's draws
+        var = (log_p.exp() * log_p**2).sum(-1) - entropy**2  # Var_v~p_T[log p_T(v)]
+        gap = (drawn + entropy).sum().item()
+        stats[t] = (gap, 5 * (var / 12).sum().sqrt().item(), entropy)
+    assert abs(stats[2.0][0]) < stats[2.0][1], stats
+    assert abs(stats[1.0][0]) > 3 * stats[1.0][1], stats  # drawn at T = 2, they are not p_1's draws
+    cached_entropy = torch.cat([c["teacher_entropy"] for c in cached])
+    torch.testing.assert_close(cached_entropy, stats[2.0][2], rtol=1e-4, atol=1e-4)
+    from kdsweep.translation.report import cache_line
+
+    distinct = (counts > 0).sum(-1).double().mean()
+    ess = (counts.sum(-1) ** 2 / (counts**2).sum(-1)).double().mean()
+    assert 1 < ess <= distinct < 12  # repeated draws of likely tokens
+    assert cache_line(manifest) == (
+        f"Teacher cache: 12 tokens drawn per response token from the teacher at temperature 2 (method sampled, seed 5), "
+        f"{len(logits)} response tokens, {manifest['bytes_per_token']} bytes/token, {distinct:.2f} distinct ids and "
+        f"an effective sample size of {ess:.2f} per token, targets: reference."
+    )
+    other = run(6, "other.json")
+    assert other["key"] != manifest["key"]
+    other_ids = torch.cat([c["sample_ids"] for c in read_cache(open_pointer(tmp_path / "other.json"))[2]])
+    assert (other_ids != sample_ids).any(-1).float().mean() > 0.5
 
 
 def biased_teacher(lm, token: str):
@@ -307,7 +375,7 @@ def test_distillation_refuses_a_student_with_another_vocabulary(lm, tmp_path):
 def test_sequence_level_kd_caches_the_teacher_translations(lm, tmp_path):
     manifest = run_cache(lm, lm / "data", tmp_path / "store", tmp_path / "p.json", targets="teacher")
     assert manifest["key_parts"]["targets"] == "teacher" and manifest["key_parts"]["max_new_tokens"] == 12
-    ids, starts, _, _ = read_topk_cache(open_pointer(tmp_path / "p.json"))
+    ids, starts, _, _ = read_cache(open_pointer(tmp_path / "p.json"))
     tok = load_lm_tokenizer(str(lm / "teacher"))
     prompt = make_prompt(tok, DEMO_PROMPT)
     rows = read_jsonl(lm / "data" / "train.jsonl")
@@ -340,29 +408,38 @@ def test_init_student_builds_from_layers_or_config_and_checks_the_vocabulary(lm,
     assert not (tmp_path / "bad").exists()
 
 
-def test_self_distillation_through_the_cache_is_aligned(lm, tmp_path):
-    """Student = teacher, k = V, T = 1: the per-token forward KL through the real cache and the
-    trainer's response rows is ~0; the same cache rows shifted by one position give a large KL.
-    (A teacher with a wide initialization, so each position's distribution is its own.)"""
+@pytest.mark.parametrize(
+    "method, temperature",
+    [("topk", 1.0), ("sampled", 1.0), ("sampled", 2.0)],
+    ids=["topk-V", "sampled-T1", "sampled-T2"],
+)
+def test_self_distillation_through_the_cache_is_aligned(lm, tmp_path, method, temperature):
+    """Student = teacher. Top-k with k = V at T = 1: the per-token forward KL through the real
+    cache and the trainer's response rows is ~0. Sampled (12 draws at T): the KL estimate's mean
+    is 0 within 4 standard errors, its variance from the teacher's own distributions (written out
+    here: Var_v~p_T[log p_T(v)] / 12 per token). Either cache's rows shifted by one position give a
+    large KL. (A teacher with a wide initialization, so each position's distribution is its own.)"""
     from kdsweep.core.trainer import DistillTrainer, training_arguments
     from kdsweep.translation.batching import TranslationCollator, TranslationExamples
     from kdsweep.translation.loss import TokenKD
-    from kdsweep.translation.teacher import read_topk_cache
+    from kdsweep.translation.teacher import read_cache
 
     tok = load_lm_tokenizer(str(lm / "teacher"))
     teacher = causal_lm_from_config(tiny_llama(2, initializer_range=0.3), tok, seed=1)
     teacher.save_pretrained(tmp_path / "wide")
     tok.save_pretrained(tmp_path / "wide")
     vocab = teacher.config.vocab_size
-    spec = CacheTeacherLMSpec(prompt=DEMO_PROMPT, cache={**CACHE, "top_k": vocab}, max_length=MAX_LENGTH)
+    own = {"top_k": vocab} if method == "topk" else {"method": "sampled", "draws": 12, "temperature": temperature}
+    spec = CacheTeacherLMSpec(prompt=DEMO_PROMPT, cache={**CACHE, **own}, max_length=MAX_LENGTH)
     wide = str(tmp_path / "wide")
-    cache_teacher_topk(wide, wide, lm / "data", tmp_path / "store", tmp_path / "ptr.json", spec)
-    ids, starts, topk, _ = read_topk_cache(open_pointer(tmp_path / "ptr.json"))
-    assert topk[0][0].shape[-1] == vocab
-    shifted = [tuple(torch.cat([t[1:], t[:1]]) for t in rows) for rows in topk]
+    cache_teacher_lm(wide, wide, lm / "data", tmp_path / "store", tmp_path / "ptr.json", spec)
+    ids, starts, cached, _ = read_cache(open_pointer(tmp_path / "ptr.json"))
+    if method == "topk":
+        assert cached[0]["topk_logprobs"].shape[-1] == vocab
+    shifted = [{k: torch.cat([t[1:], t[:1]]) for k, t in rows.items()} for rows in cached]
     cfg = lm_training()
     kl = {}
-    for name, rows in (("aligned", topk), ("shifted", shifted)):
+    for name, rows in (("aligned", cached), ("shifted", shifted)):
         data = TranslationExamples(ids, starts, rows)
         trainer = DistillTrainer(
             model=load_causal_lm(str(tmp_path / "wide")),
@@ -370,28 +447,26 @@ def test_self_distillation_through_the_cache_is_aligned(lm, tmp_path):
             train_dataset=data,
             eval_dataset=data,
             data_collator=TranslationCollator(tok.pad_token_id, MAX_LENGTH),
-            loss=TokenKD(
-                alpha=1.0,
-                temperature=1.0,
-            ),
+            loss=TokenKD(alpha=1.0, temperature=temperature),
         )
         batch = trainer.data_collator([data[i] for i in range(16)])
         with torch.no_grad():
             _, parts, count, _ = trainer.loss_terms(trainer.model, batch)
             # The student's CE, computed here example by example (no packing): the logits at
             # positions start-1 .. L-2 predict the response tokens start .. L-1.
-            ce = sum(
-                F.cross_entropy(
-                    trainer.model(torch.tensor([ids[i]])).logits[0, starts[i] - 1 : -1],
-                    torch.tensor(ids[i][starts[i] :]),
-                    reduction="sum",
-                )
-                for i in range(16)
-            )
+            logits = [trainer.model(torch.tensor([ids[i]])).logits[0, starts[i] - 1 : -1] for i in range(16)]
+            ce = sum(F.cross_entropy(logits[i], torch.tensor(ids[i][starts[i] :]), reduction="sum") for i in range(16))
         assert count == sum(len(ids[i]) - starts[i] for i in range(16))
         assert parts["ce"].item() == pytest.approx(ce.item(), rel=1e-5)
         kl[name] = parts["kd"].item() / count
-    assert abs(kl["aligned"]) < 1e-3, kl  # fp16 log-probabilities: ~1e-5
+    if method == "topk":
+        assert abs(kl["aligned"]) < 1e-3, kl  # fp16 log-probabilities: ~1e-5
+    else:
+        log_p = torch.cat(logits).float().div(temperature).log_softmax(-1)
+        var = (log_p.exp() * log_p**2).sum(-1) - (log_p.exp() * log_p).sum(-1) ** 2  # of log p_T(v), v ~ p_T
+        standard_error = temperature**2 * (var / 12).sum().sqrt().item() / count
+        assert abs(kl["aligned"]) < 4 * standard_error, (kl, standard_error)
+        assert 4 * standard_error < kl["shifted"] / 4, (kl, standard_error)  # the bound tells a shift apart
     assert kl["shifted"] > 0.5, kl
 
 
@@ -413,17 +488,20 @@ def test_the_student_tokenization_is_checked_against_the_cache(lm, tmp_path):
     check_cache_alignment(entry, edited, tok, make_prompt(tok, DEMO_PROMPT), check_responses=False)  # targets: teacher
 
 
-def test_a_teacher_giving_non_finite_values_is_not_cached(lm, tmp_path):
+@pytest.mark.parametrize("method", ["topk", "sampled"])
+def test_a_teacher_giving_non_finite_values_is_not_cached(lm, tmp_path, method):
     model = load_causal_lm(str(lm / "teacher"))
     with torch.no_grad():
         model.model.layers[1].mlp.down_proj.weight[0, 0] = float("nan")
     model.save_pretrained(tmp_path / "broken")
     load_lm_tokenizer(str(lm / "teacher")).save_pretrained(tmp_path / "broken")
     with pytest.raises(
-        RuntimeError, match=r"cache shard 1/4: the teacher gave non-finite topk_logprobs on training examples 0..29"
+        RuntimeError,
+        match=r"cache shard 1/4: the teacher gave non-finite values \(non-finite logits\) on training examples 0..29",
     ):
-        broken, spec = str(tmp_path / "broken"), CacheTeacherLMSpec(DEMO_PROMPT, CACHE, MAX_LENGTH)
-        cache_teacher_topk(broken, broken, lm / "data", tmp_path / "store", tmp_path / "ptr.json", spec)
+        cache = {**CACHE, "method": method, "draws": 12, "temperature": 1.0}
+        broken, spec = str(tmp_path / "broken"), CacheTeacherLMSpec(DEMO_PROMPT, cache, MAX_LENGTH)
+        cache_teacher_lm(broken, broken, lm / "data", tmp_path / "store", tmp_path / "ptr.json", spec)
     assert not list((tmp_path / "store").glob("*/shard-*")) and not (tmp_path / "ptr.json").exists()
 
 
@@ -456,7 +534,10 @@ def _nan_logprob(path, entry, index):  # a writer's bug: the checksums match the
 
 def _index_outside_the_vocabulary(path, entry, index):
     shard = entry.read_shard(index)
-    shard["topk_indices"][3, 2] = entry.manifest()["teacher_vocab_size"] + 5
+    fmt = entry_format(entry)
+    ids = bitpack.unpack_rows(shard["topk_ids"].numpy(), fmt.index_bits, fmt.top_k)
+    ids[3, 2] = entry.manifest()["teacher_vocab_size"] + 5  # fits the bits: 10 bits hold up to 1023
+    shard["topk_ids"] = torch.from_numpy(bitpack.pack_rows(ids, fmt.index_bits))
     entry.write_shard(index, shard)
 
 
@@ -464,7 +545,10 @@ DAMAGE = {
     "truncated": (_truncate, "unreadable"),
     "flipped byte": (_flip_a_byte, r"tensor '\w+' fails its checksum"),
     "NaN": (_nan_logprob, r"non-finite top-k log-probabilities in 1 of \d+ token rows \(the first: row 5\)"),
-    "index out of range": (_index_outside_the_vocabulary, r"topk_indices holds \d+, outside the teacher's vocabulary"),
+    "index out of range": (
+        _index_outside_the_vocabulary,
+        r"top-k ids outside the teacher's vocabulary in 1 of \d+ token rows \(the first: row 3\)",
+    ),
 }
 
 
@@ -545,3 +629,32 @@ def test_distillation_fails_when_max_length_leaves_no_dev_pair(lm, tmp_path):
             tmp_path / "out", tmp_path / "log.jsonl", tmp_path / "ckpt", DistillLMSpec(**spec),
         )  # fmt: skip
     assert not (tmp_path / "out").exists() and not (tmp_path / "ckpt").exists()
+
+
+def test_distillation_refuses_a_temperature_other_than_the_sampled_caches(lm, tmp_path):
+    """A sampled cache passed by hand (the config check bypassed): the distill job refuses a sweep
+    point at another temperature, or another divergence, before any training."""
+    from kdsweep.translation.distill import DistillLMSpec, distill_student_lm
+
+    run_cache(lm, lm / "data", tmp_path / "store", tmp_path / "ptr.json", **SAMPLED)  # drawn at T = 2
+    for point, distill, message in [
+        (
+            {"temperature": 1.0},
+            {},
+            r"sweep.temperature: 1, but the sampled teacher cache drew its tokens at temperature 2",
+        ),
+        (
+            {"temperature": 2.0},
+            {"loss": "reverse_kl"},
+            r"translation.distill.loss: reverse_kl; a sampled teacher cache",
+        ),
+    ]:
+        spec = distill_spec(MAX_LENGTH)
+        spec["point"] |= point
+        spec["distill"] |= distill
+        with pytest.raises(ValueError, match=message):
+            distill_student_lm(
+                str(lm / "teacher"), str(lm / "teacher"), lm / "data", tmp_path / "ptr.json",
+                tmp_path / "out", tmp_path / "log.jsonl", tmp_path / "ckpt", DistillLMSpec(**spec),
+            )  # fmt: skip
+        assert not (tmp_path / "out").exists() and not (tmp_path / "ckpt").exists()

@@ -23,7 +23,7 @@ from kdsweep.core.cache import open_pointer
 from kdsweep.core.io import read_jsonl
 from kdsweep.core.paths import RunPaths
 from kdsweep.translation.synthetic import SynthesizeEuroparlSpec, write_synthetic_europarl
-from kdsweep.translation.teacher import read_topk_cache
+from kdsweep.translation.teacher import read_cache
 
 pytestmark = pytest.mark.integration
 TASK = "europarl_en_fr"
@@ -93,7 +93,7 @@ def test_translation_dag_runs_every_stage(tr_run, monkeypatch):
     assert max(h["step"] for h in read_jsonl(paths.distill_log(TASK, "lr0.003_a0.5_T1"))) == 10
 
     # The cache holds the trained teacher's distributions: recomputed here with plain forward passes.
-    ids, starts, topk, _ = read_topk_cache(open_pointer(paths.cache_pointer(TASK)))
+    ids, starts, topk, _ = read_cache(open_pointer(paths.cache_pointer(TASK)))
     teacher = AutoModelForCausalLM.from_pretrained(paths.teacher_model(TASK)).eval()
     for i in (0, len(ids) // 2, len(ids) - 1):
         with torch.no_grad():

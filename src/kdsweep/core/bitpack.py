@@ -7,7 +7,9 @@ value i occupies bits [i * bits, (i + 1) * bits) of the stream, the last byte pa
     packed = pack(indices, bits)              # uint8, ceil(indices.size * 17 / 8) bytes
     unpack(packed, bits, indices.size)        # the indices again (int64, flat)
 
-Part of issue 17 (sampled teacher caches); the caches do not use it yet.
+The teacher caches store rows of ids (a top-k row, a sampled row) with pack_rows: each row packed
+on its own and padded to whole bytes (under 1 byte per row), so a row range of the file is a byte
+range (memory-mapped slicing, chunked checks) and unpack_rows reads any rows alone.
 """
 
 from __future__ import annotations
@@ -65,14 +67,65 @@ def unpack(packed, bits: int, n: int) -> np.ndarray:
     data = np.asarray(packed, dtype=np.uint8).reshape(-1)
     if data.size != packed_size(n, bits):
         raise ValueError(f"unpack: {n} values of {bits} bits take {packed_size(n, bits)} bytes, got {data.size}")
-    weights = np.left_shift(1, np.arange(bits, dtype=np.int64))
-    out = np.empty(n, dtype=np.int64)
-    for start in range(0, n, CHUNK):
-        count = min(CHUNK, n - start)
-        first = start * bits // 8
-        chunk = data[first : first + packed_size(count, bits)]
-        bit_matrix = np.unpackbits(chunk, count=count * bits, bitorder="little").reshape(count, bits)
-        out[start : start + count] = bit_matrix.astype(np.int64) @ weights
+    return unpack_rows(data.reshape(1, -1), bits, n)[0]  # pack()'s stream is one row's layout
+
+
+def pack_rows(values, bits: int) -> np.ndarray:
+    """Rows of `values` [R, m] packed row by row: uint8 [R, packed_size(m, bits)], each row laid
+    out as pack() lays out m values (its last byte zero-padded). ValueError as pack()."""
+    rows = np.asarray(values)
+    if rows.ndim != 2:
+        raise ValueError(f"pack_rows: a 2-d array of rows needed, got shape {rows.shape}")
+    r, m = rows.shape
+    width = packed_size(m, bits)
+    pad = width * 8 - m * bits  # whole bytes per row: zero bits appended to each row's stream
+    if r == 0 or m == 0:
+        return np.zeros((r, width), dtype=np.uint8)
+    step = max(1, CHUNK // max(m, 1))
+    out = np.empty((r, width), dtype=np.uint8)
+    shifts = np.arange(bits, dtype=np.int64)
+    for start in range(0, r, step):
+        chunk = rows[start : start + step].astype(np.int64, copy=False)
+        if chunk.size and not np.issubdtype(rows.dtype, np.integer):
+            raise ValueError(f"pack_rows: integer values needed, got dtype {rows.dtype}")
+        bad = np.argwhere((chunk < 0) | (chunk >= (1 << bits)))
+        if bad.size:
+            i, j = (int(x) for x in bad[0])
+            raise ValueError(
+                f"pack_rows: value {int(chunk[i, j])} at row {start + i}, column {j} does not fit in {bits} bits "
+                f"(0..{(1 << bits) - 1})"
+            )
+        bit_matrix = ((chunk[:, :, None] >> shifts) & 1).astype(np.uint8).reshape(len(chunk), m * bits)
+        if pad:
+            bit_matrix = np.concatenate([bit_matrix, np.zeros((len(chunk), pad), dtype=np.uint8)], axis=1)
+        out[start : start + len(chunk)] = np.packbits(bit_matrix, axis=1, bitorder="little")
+    return out
+
+
+def unpack_rows(packed, bits: int, m: int) -> np.ndarray:
+    """The rows [R, m] (int64) that pack_rows wrote into `packed` [R, packed_size(m, bits)];
+    ValueError for another row width. Values 8q + r of a row start at byte q * bits + (r * bits
+    >> 3) of it: for each r, one strided view of 8-byte little-endian words, shifted and masked,
+    so the memory taken is the output's and a padded copy of the input (bits <= 57)."""
+    data = np.asarray(packed, dtype=np.uint8)
+    _check_bits(bits)
+    if data.ndim != 2 or data.shape[1] != packed_size(m, bits):
+        raise ValueError(
+            f"unpack_rows: rows of {m} values of {bits} bits take {packed_size(m, bits)} bytes, got shape {data.shape}"
+        )
+    rows, width = data.shape
+    if bits > 57:  # a word would not hold the value and its shift: the bit matrix
+        bit_matrix = np.unpackbits(data, axis=1, count=m * bits, bitorder="little").reshape(rows, m, bits)
+        return bit_matrix.astype(np.int64) @ np.left_shift(1, np.arange(bits, dtype=np.int64))
+    padded = np.zeros(rows * width + 8, dtype=np.uint8)  # 8 bytes past the end: the last word's
+    padded[: rows * width] = data.reshape(-1)
+    out = np.empty((rows, m), dtype=np.int64)
+    mask = np.uint64((1 << bits) - 1)
+    for r in range(min(8, m)):
+        words = np.ndarray(
+            shape=(rows, len(range(r, m, 8))), dtype="<u8", buffer=padded, offset=(r * bits) >> 3, strides=(width, bits)
+        )
+        out[:, r::8] = (words >> np.uint64((r * bits) & 7)) & mask
     return out
 
 

@@ -53,7 +53,7 @@ def teacher_key_parts(kind: str, model, tokenizer, data_file: str | Path, **sett
 
 
 # The rule that writes an entry of each kind: what a damaged entry's message tells the user to force.
-REBUILD_RULE = {"class_logits": "cache_teacher", "lm_topk": "cache_teacher_lm"}
+REBUILD_RULE = {"class_logits": "cache_teacher", "lm_topk": "cache_teacher_lm", "lm_sampled": "cache_teacher_lm"}
 # The shard's metadata key holding {tensor name: SHA-256 of its bytes}, as one sorted JSON
 # string: safetensors writes metadata keys in no fixed order, and a rebuilt shard must be the
 # same file byte for byte.

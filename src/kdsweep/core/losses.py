@@ -12,6 +12,8 @@ gradient-accumulation steps.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -156,72 +158,86 @@ def topk_kd(
     return loss * temperature**2
 
 
-def _chunk_losses(hidden, lm_head, targets, topk_logprobs, topk_indices, teacher_tail, temperature, kind, tail):
+@dataclass
+class TopkKD:
+    """The KD term from a top-k cache's rows (topk_kd): rows topk_logprobs, topk_indices, topk_tail."""
+
+    temperature: float = 1.0
+    kind: str = "forward_kl"
+    tail: str = "ignore"
+
+    def __call__(self, student_logits: torch.Tensor, rows: dict[str, torch.Tensor]) -> torch.Tensor:
+        return topk_kd(
+            student_logits,
+            rows["topk_logprobs"],
+            rows["topk_indices"],
+            self.temperature,
+            self.kind,
+            self.tail,
+            rows.get("topk_tail"),
+        )
+
+
+def _chunk_losses(hidden, lm_head, targets, rows, kd):
     logits = lm_head(hidden).float()  # [chunk, V]: the only full-vocabulary tensor, one chunk at a time
     ce = F.cross_entropy(logits, targets, reduction="none")
-    if topk_logprobs is None:
+    if rows is None:
         return ce, ce.new_zeros(ce.shape)
-    return ce, topk_kd(logits, topk_logprobs, topk_indices, temperature, kind, tail, teacher_tail)
+    return ce, kd(logits, rows)
 
 
 def chunked_token_losses(
     hidden: torch.Tensor,
     lm_head: torch.nn.Module,
     targets: torch.Tensor,
-    topk_logprobs: torch.Tensor | None = None,
-    topk_indices: torch.Tensor | None = None,
-    temperature: float = 1.0,
-    kind: str = "forward_kl",
-    tail: str = "ignore",
+    teacher_rows: dict[str, torch.Tensor] | None = None,
+    kd: Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor] | None = None,
     chunk_size: int = 1024,
-    teacher_tail: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-token CE (on `targets`) and top-k KD (None without teacher rows), each [N], for N
-    response tokens from their final hidden states [N, d]. The caller weights and sums them (the
-    trainer divides by the global batch's response tokens). Logits are computed `chunk_size` rows
-    at a time and recomputed in the backward pass (activation checkpointing), so a 128k vocabulary
-    never has fp32 logits for all N rows alive at once: peak is chunk_size x V x 4 bytes."""
+    """Per-token CE (on `targets`) and KD (None without teacher rows), each [N], for N response
+    tokens from their final hidden states [N, d]; kd(student_logits [n, V], rows) is the KD term
+    of the cache's method (TopkKD, SampledKD) on the teacher's rows for those tokens (each
+    tensor of teacher_rows has N rows). The caller weights and sums them (the trainer divides by
+    the global batch's response tokens). Logits are computed `chunk_size` rows at a time and
+    recomputed in the backward pass (activation checkpointing), so a 128k vocabulary never has
+    fp32 logits for all N rows alive at once: peak is chunk_size x V x 4 bytes."""
+    if teacher_rows is not None and kd is None:
+        raise ValueError("teacher rows need a KD term (kd)")
     n = hidden.shape[0]
     if n == 0:
         zero = hidden.sum() * 0.0
-        return zero.reshape(1)[:0], None if topk_logprobs is None else zero.reshape(1)[:0]
+        return zero.reshape(1)[:0], None if teacher_rows is None else zero.reshape(1)[:0]
     ce_parts, kd_parts = [], []
     for start in range(0, n, chunk_size):
         sl = slice(start, start + chunk_size)
-        args = (
-            hidden[sl],
-            lm_head,
-            targets[sl],
-            None if topk_logprobs is None else topk_logprobs[sl],
-            None if topk_indices is None else topk_indices[sl],
-            None if teacher_tail is None else teacher_tail[sl],
-            temperature,
-            kind,
-            tail,
-        )
+        rows = None if teacher_rows is None else {name: t[sl] for name, t in teacher_rows.items()}
+        args = (hidden[sl], lm_head, targets[sl], rows, kd)
         if torch.is_grad_enabled() and hidden.requires_grad:
-            ce, kd = torch.utils.checkpoint.checkpoint(_chunk_losses, *args, use_reentrant=False)
+            ce, kd_part = torch.utils.checkpoint.checkpoint(_chunk_losses, *args, use_reentrant=False)
         else:
-            ce, kd = _chunk_losses(*args)
+            ce, kd_part = _chunk_losses(*args)
         ce_parts.append(ce)
-        kd_parts.append(kd)
-    return torch.cat(ce_parts), None if topk_logprobs is None else torch.cat(kd_parts)
+        kd_parts.append(kd_part)
+    return torch.cat(ce_parts), None if teacher_rows is None else torch.cat(kd_parts)
 
 
-# Sampled KD (issue 17, Anshumann et al., ACL 2025, "Sparse Logit Sampling"): instead of its top-k,
-# the teacher's distribution at temperature T is represented by `draws` tokens drawn from it,
-# kept as unique ids with their counts c (sum c = draws). For one response token,
+# Sampled KD (Anshumann et al., ACL 2025, "Sparse Logit Sampling"; a cache of method "sampled"):
+# instead of its top-k, the teacher's distribution at temperature T is represented by `draws`
+# tokens drawn from it, kept as unique ids with their counts c (sum c = draws). For one response
+# token,
 #
-#   sampled_kd = T^2 * (1/draws) * sum_v c_v * (-log q_T(v))
+#   sampled_kd = T^2 * ((1/draws) * sum_v c_v * (-log q_T(v)) - H(p_T))
 #
-# is an unbiased estimate of T^2 * CE(p_T, q_T) = T^2 * (KL(p_T || q_T) + H(p_T)): its expectation
-# over the draws is the cross-entropy, whose gradient in the student's logits is the dense forward
-# KL's (H(p_T) does not depend on the student): T * (q_T - c / draws), expected T * (q_T - p_T).
-# So the gradient is unbiased for forward KL at the draws' temperature; the loss value is the
-# KL plus the teacher's entropy (not a KL estimate by itself). Draws made at another temperature
-# estimate another target: the caller must refuse a distillation temperature that is not the
-# sampling temperature (a reweighted estimator would need the teacher's log-probabilities of the
-# drawn tokens). Not wired into the caches and the trainer yet.
+# is an unbiased estimate of the forward KL, T^2 * KL(p_T || q_T) = T^2 * (CE(p_T, q_T) - H(p_T)):
+# the draws' average of -log q_T is an unbiased estimate of the cross-entropy, and H(p_T), the
+# teacher's entropy at T, is computed exactly from the full row when the cache is built (without
+# it, the value estimates the cross-entropy; the gradient is the same). The gradient in the
+# student's logits is T * (q_T - c / draws), whose expectation is T * (q_T - p_T), the dense
+# forward KL's gradient: unbiased. Only forward KL: reverse KL and JSD need the teacher's
+# probability of every token the student puts mass on, which draws do not give.
+# Draws made at another temperature estimate another target: the distillation temperature must be
+# the sampling temperature (the config refuses any other; a reweighted estimator would need the
+# teacher's log-probabilities of the drawn tokens, which the cache does not store).
 
 
 def sample_teacher_tokens(
@@ -243,12 +259,37 @@ def sample_teacher_tokens(
     return ids, counts
 
 
+def teacher_entropy(teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """H(softmax(logits / T)) per row [N], in nats, in fp32."""
+    log_p = F.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)
+    return -(log_p.exp() * log_p).sum(-1)
+
+
 def sampled_kd(
-    student_logits: torch.Tensor, sample_ids: torch.Tensor, sample_counts: torch.Tensor, temperature: float = 1.0
+    student_logits: torch.Tensor,
+    sample_ids: torch.Tensor,
+    sample_counts: torch.Tensor,
+    temperature: float = 1.0,
+    entropy: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-token sampled KD [N] of student logits [N, V] against drawn teacher tokens (ids and
-    counts [N, m], padding has count 0), drawn at `temperature`: see the definition above."""
+    counts [N, m], padding has count 0), drawn at `temperature`, with the teacher's entropy at
+    that temperature [N] (None: the cross-entropy estimate, same gradient): see above."""
     s = student_logits.float() / temperature
     log_q = s.gather(-1, sample_ids.long()) - torch.logsumexp(s, dim=-1, keepdim=True)
     counts = sample_counts.float()
-    return -(counts * log_q).sum(-1) / counts.sum(-1) * temperature**2
+    ce = -torch.where(counts > 0, counts * log_q, 0.0).sum(-1) / counts.sum(-1)  # padding: 0, even at log q = -inf
+    return (ce if entropy is None else ce - entropy.float()) * temperature**2
+
+
+@dataclass
+class SampledKD:
+    """The KD term from a sampled cache's rows (sampled_kd): sample_ids, sample_counts and
+    teacher_entropy, drawn at `temperature`."""
+
+    temperature: float = 1.0
+
+    def __call__(self, student_logits: torch.Tensor, rows: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sampled_kd(
+            student_logits, rows["sample_ids"], rows["sample_counts"], self.temperature, rows.get("teacher_entropy")
+        )

@@ -3,8 +3,8 @@
 the response tokens (the loss object is in loss.py).
 
 Positions: in a sequence of L tokens whose response starts at r, the response tokens r..L-1
-are predicted from the hidden states at r-1..L-2. The teacher cache stores its top-k for
-exactly those rows, in the same order, so the student's selected rows line up with them.
+are predicted from the hidden states at r-1..L-2. The teacher cache stores one row for each of
+those tokens, in the same order, so the student's selected rows line up with them.
 
 Packing (the default; `translation.packing`): instead of padding every sequence to the longest
 of its batch, the collator places the batch's examples into rows of at most `max_length` tokens
@@ -23,23 +23,27 @@ from torch.utils.data import Dataset
 
 from kdsweep.translation.prompt import IGNORE_INDEX
 
+# The teacher rows an item may carry, one row per response token (cache_format.py decodes them):
+# a top-k cache's, or a sampled cache's.
+TEACHER_KEYS = ("topk_logprobs", "topk_indices", "topk_tail", "sample_ids", "sample_counts", "teacher_entropy")
+
 
 class TranslationExamples(Dataset):
-    """Encoded examples: input_ids and the response start; with the teacher's top-k rows
-    (log-probabilities, indices, tail log-mass) for every response token when distilling."""
+    """Encoded examples: input_ids and the response start; when distilling, each example's
+    teacher rows (a dict of TEACHER_KEYS tensors, one row per response token)."""
 
-    def __init__(self, input_ids: list[list[int]], response_starts: list[int], topk: list[tuple] | None = None):
-        if topk is not None and len(topk) != len(input_ids):
-            raise ValueError(f"teacher cache has {len(topk)} examples, the data {len(input_ids)}")
-        self.input_ids, self.response_starts, self.topk = input_ids, response_starts, topk
+    def __init__(self, input_ids: list[list[int]], response_starts: list[int], teacher: list[dict] | None = None):
+        if teacher is not None and len(teacher) != len(input_ids):
+            raise ValueError(f"teacher cache has {len(teacher)} examples, the data {len(input_ids)}")
+        self.input_ids, self.response_starts, self.teacher = input_ids, response_starts, teacher
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
     def __getitem__(self, i: int) -> dict:
         item = {"input_ids": self.input_ids[i], "response_start": self.response_starts[i]}
-        if self.topk is not None:
-            item["topk_logprobs"], item["topk_indices"], item["topk_tail"] = self.topk[i]
+        if self.teacher is not None:
+            item.update(self.teacher[i])
         return item
 
 
@@ -94,7 +98,7 @@ class TranslationCollator:
         else:
             batch["attention_mask"] = (torch.arange(width) < torch.tensor(lengths)[:, None]).long()
         order = [i for row in rows for i in row]
-        for key in ("topk_logprobs", "topk_indices", "topk_tail"):
+        for key in TEACHER_KEYS:
             if key in items[0]:
                 batch[key] = torch.cat([torch.as_tensor(items[i][key]) for i in order])
         return batch

@@ -30,7 +30,11 @@ def check_config(config: dict) -> None:
         except PromptError as e:
             raise ConfigError(f"translation.{e}") from None
     teacher, top_k = tr["teacher"]["model"], tr["teacher"]["cache"]["top_k"]
-    if isinstance(teacher, str) and (Path(teacher) / "config.json").is_file():
+    if (
+        tr["teacher"]["cache"]["method"] == "topk"
+        and isinstance(teacher, str)
+        and (Path(teacher) / "config.json").is_file()
+    ):
         vocab = json.loads((Path(teacher) / "config.json").read_text()).get("vocab_size")
         if vocab and top_k > vocab:
             raise ConfigError(
@@ -43,11 +47,39 @@ def check_config(config: dict) -> None:
         raise ConfigError(
             f"translation.evaluate.comet.model: {name!r} is neither an existing local checkpoint nor a hub name"
         )
-    tempered = [t for t in tr["distill"]["sweep"]["temperature"] if t != 1]
-    if tempered and not tr["distill"]["allow_tempered_topk"]:
+    check_distill_temperatures(tr)
+
+
+def check_distill_temperatures(tr: dict) -> None:
+    """A sampled cache serves forward KL at its sampling temperature only; a top-k cache holds the
+    teacher at temperature 1 only (another needs allow_tempered_topk)."""
+    cache, distill = tr["teacher"]["cache"], tr["distill"]
+    temperatures = distill["sweep"]["temperature"]
+    if cache["method"] == "sampled":
+        other = [t for t in temperatures if float(t) != float(cache["temperature"])]
+        if other:
+            raise ConfigError(
+                f"translation.distill.sweep.temperature: {other[0]:g} with a sampled teacher cache drawn at "
+                f"temperature {cache['temperature']:g} (translation.teacher.cache.temperature): the draws estimate "
+                "the KD target at their own temperature only. Sweep the cache's temperature, or set "
+                "translation.teacher.cache.temperature to the one you distill at"
+            )
+        if distill["loss"] != "forward_kl":
+            raise ConfigError(
+                f"translation.distill.loss: {distill['loss']} with a sampled teacher cache, which estimates "
+                "forward_kl only (the others need the teacher's probability of every token)"
+            )
+        if distill["tail"] != "ignore":
+            raise ConfigError(
+                f"translation.distill.tail: {distill['tail']} applies to a top-k cache; a sampled cache has no tail"
+            )
+        return
+    tempered = [t for t in temperatures if t != 1]
+    if tempered and not distill["allow_tempered_topk"]:
         raise ConfigError(
             f"translation.distill.sweep.temperature: {tempered[0]:g} with a top-k teacher cache, which holds "
             "the teacher at temperature 1 only: its tail cannot be tempered exactly and the KD loss is far "
-            "from the dense one at T != 1 (benchmarks/README.md). Use temperature 1, or set "
-            "translation.distill.allow_tempered_topk: true to accept the bias"
+            "from the dense one at T != 1 (benchmarks/README.md). Use temperature 1, set "
+            "translation.distill.allow_tempered_topk: true to accept the bias, or use a sampled cache "
+            "(translation.teacher.cache.method: sampled) drawn at that temperature"
         )

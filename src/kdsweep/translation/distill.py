@@ -1,7 +1,8 @@
 """Stage `distill` for translation: train one student LM per sweep point (learning rate,
-alpha, temperature) with token-level KD from the teacher's cached top-k (losses.topk_kd, with
-the config's loss kind and tail option) mixed with CE on the cached targets (the references, or
-the teacher's translations); `ce_only_tokens` take CE only. The student trains on the token ids
+alpha, temperature) with token-level KD from the teacher's cache (a top-k cache: losses.topk_kd,
+with the config's loss kind and tail option; a sampled cache: losses.sampled_kd, forward KL at the
+sampling temperature only) mixed with CE on the cached targets (the references, or the teacher's
+translations); `ce_only_tokens` take CE only. The student trains on the token ids
 stored in the cache, so teacher and student must share a vocabulary (checked before training,
 naming both sizes) and the student's own tokenization of the data must give the cached ids
 (checked example by example against the cache's digests). The teacher model is never loaded,
@@ -23,7 +24,7 @@ from kdsweep.core.spec import setting
 from kdsweep.translation.batching import TranslationCollator
 from kdsweep.translation.generation import load_lm_tokenizer
 from kdsweep.translation.loss import TokenKD
-from kdsweep.translation.mapped_cache import open_topk_examples
+from kdsweep.translation.mapped_cache import open_cache_examples
 from kdsweep.translation.models import causal_lm_from_config, load_causal_lm
 from kdsweep.translation.prompt import ce_only_token_ids, check_same_vocabulary, make_prompt
 from kdsweep.translation.teacher import check_cache_alignment, translation_examples
@@ -86,6 +87,22 @@ def init_student_lm(teacher_path: str, tokenizer_path: str, out: str | Path, spe
         tokenizer.save_pretrained(tmp)
 
 
+def check_sampled_temperature(key_parts: dict, temperature: float, loss: str) -> None:
+    """A sampled cache's draws estimate forward KL at their own temperature only (losses.py):
+    another distillation temperature or divergence is refused (the config refuses it before any
+    job; this guards a cache passed by hand)."""
+    if key_parts.get("method") != "sampled":
+        return
+    if float(temperature) != float(key_parts["temperature"]):
+        raise ValueError(
+            f"translation.distill.sweep.temperature: {temperature:g}, but the sampled teacher cache drew its tokens "
+            f"at temperature {key_parts['temperature']:g} (translation.teacher.cache.temperature): its draws "
+            "estimate the KD target at that temperature only"
+        )
+    if loss != "forward_kl":
+        raise ValueError(f"translation.distill.loss: {loss}; a sampled teacher cache estimates forward_kl only")
+
+
 def distill_student_lm(
     student_path: str,
     teacher_tokenizer: str,
@@ -105,6 +122,7 @@ def distill_student_lm(
     distill_cfg, train_cfg = spec.distill, spec.distill["training"]
     data_dir = Path(data_dir)
     entry = open_pointer(cache_pointer, data_dir / "train.jsonl")
+    check_sampled_temperature(entry.key_parts, point["temperature"], distill_cfg["loss"])
     tokenizer = load_lm_tokenizer(student_path)
     teacher_tok = load_lm_tokenizer(teacher_tokenizer)
     if tokenizer_fingerprint(teacher_tok) != entry.key_parts["tokenizer"]:
@@ -119,7 +137,7 @@ def distill_student_lm(
     args = training_arguments(train_cfg, point["learning_rate"], checkpoint_dir, spec.eval_batch_size, deepspeed_config)
     # Memory-mapped (mapped_cache.py): each process verifies its share of the shards, all refuse a
     # damaged cache together, and each reads only its own batches' examples from the page cache.
-    train = open_topk_examples(entry, *process_rank(args))
+    train = open_cache_examples(entry, *process_rank(args))
     trainer = DistillTrainer(
         model=student,
         args=args,

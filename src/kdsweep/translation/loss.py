@@ -1,9 +1,12 @@
 """The translation family's loss object for the DistillTrainer: per response token
-alpha * T^2 * topk_kd + (1 - alpha) * CE, computed in chunks over the vocabulary
-(kdsweep.core.losses.chunked_token_losses: `kd_loss` and `tail`). Tokens in `ce_only_ids`
-(targets the teacher was never trained on, e.g. the end marker for an Instruct teacher) get their
-CE alone, with full weight. Without teacher rows (evaluation, teacher training) the loss is the
-response CE. Summed; the DistillTrainer divides by the global batch's response tokens."""
+alpha * KD + (1 - alpha) * CE, computed in chunks over the vocabulary
+(kdsweep.core.losses.chunked_token_losses). The KD term follows the teacher cache's method, told
+by the rows the batch carries: a top-k cache's (losses.TopkKD: `kd_loss`, `tail`, times T^2) or a
+sampled cache's (losses.SampledKD: the unbiased forward-KL estimate at the sampling temperature,
+times T^2). Tokens in `ce_only_ids` (targets the teacher was never trained on, e.g. the end marker
+for an Instruct teacher) get their CE alone, with full weight. Without teacher rows (evaluation,
+teacher training) the loss is the response CE. Summed; the DistillTrainer divides by the global
+batch's response tokens."""
 
 from __future__ import annotations
 
@@ -11,8 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kdsweep.core.losses import chunked_token_losses
-from kdsweep.translation.batching import response_hidden_states
+from kdsweep.core.losses import SampledKD, TopkKD, chunked_token_losses
+from kdsweep.translation.batching import TEACHER_KEYS, response_hidden_states
 
 
 @dataclass
@@ -31,25 +34,29 @@ class TokenKD:
     def prepare(self, device: torch.device) -> None:
         pass
 
+    def kd_term(self, rows: dict[str, torch.Tensor]):
+        """The KD term for the cache's rows: sampled rows (sample_ids) or top-k rows."""
+        if "sample_ids" in rows:
+            if self.kd_loss != "forward_kl":
+                raise ValueError(f"a sampled teacher cache estimates forward KL only, not {self.kd_loss}")
+            return SampledKD(self.temperature)
+        return TopkKD(self.temperature, self.kd_loss, self.tail)
+
     def __call__(self, trainer, model, inputs: dict):
-        topk_logprobs, topk_indices = inputs.pop("topk_logprobs", None), inputs.pop("topk_indices", None)
-        topk_tail = inputs.pop("topk_tail", None)
+        rows = {key: inputs.pop(key) for key in TEACHER_KEYS if key in inputs}
         unwrapped = trainer.accelerator.unwrap_model(model)
         hidden, targets = response_hidden_states(model, unwrapped, inputs)
-        use_kd = topk_logprobs is not None and self.alpha > 0
-        if topk_logprobs is not None and len(topk_logprobs) != len(targets):
-            raise RuntimeError(f"teacher cache rows ({len(topk_logprobs)}) != response tokens ({len(targets)})")
+        use_kd = bool(rows) and self.alpha > 0
+        for name, t in rows.items():
+            if len(t) != len(targets):
+                raise RuntimeError(f"teacher cache rows {name} ({len(t)}) != response tokens ({len(targets)})")
         ce, kd = chunked_token_losses(
             hidden,
             unwrapped.get_output_embeddings(),
             targets,
-            topk_logprobs if use_kd else None,
-            topk_indices if use_kd else None,
-            self.temperature,
-            self.kd_loss,
-            self.tail,
+            rows if use_kd else None,
+            self.kd_term(rows) if use_kd else None,
             self.chunk_size,
-            topk_tail if use_kd else None,
         )
         if not use_kd:
             return ce.sum(), {"ce": ce.sum()}, len(targets), {}

@@ -1,18 +1,18 @@
-"""The top-k teacher cache read memory-mapped, for distillation at scale.
+"""The teacher cache (either method) read memory-mapped, for distillation at scale.
 
-read_topk_cache (translation/teacher.py) copies every shard into memory, in every process: at
+read_cache (translation/teacher.py) copies every shard into memory, in every process: at
 full Europarl (~400 B per response token at k = 64) that is tens of GB per rank. Here instead:
 
 - Verification streams each shard once per job from its file (CacheEntry.scan_shard: SHA-256 of
-  every tensor and the top-k value check, TopkScan, in chunks through one reused buffer: the
+  every tensor and the value check, CacheScan, in chunks through one reused buffer: the
   bytes pass through the page cache, not the process's memory). With several processes, rank r
   verifies shards r, r + W, r + 2W, ... and the ranks gather their verdicts, so every rank
   refuses a damaged cache together, naming the first damaged shard and the command that
   rebuilds it, before any training.
 - Training maps every shard file read-only (mmap) and keeps only a small index per example in
-  memory: shard, offset of its token ids and of its first top-k row within the shard, length,
+  memory: shard, offset of its token ids and of its first token row within the shard, length,
   response start (5 x int32 = 20 bytes per pair). `__getitem__` copies just that example's token
-  ids and top-k rows out of the mapping, so a rank touches only the pages of the examples of its
+  ids and teacher rows out of the mapping (unpacking bit-packed ids: cache_format.py), so a rank touches only the pages of the examples of its
   own batches (the Trainer's distributed sampler gives each rank its own), and the pages are the
   kernel's page cache, shared by every rank of the node that maps the same file: no rank holds an
   anonymous copy of the cache.
@@ -34,11 +34,9 @@ import torch
 from torch.utils.data import Dataset
 
 from kdsweep.core.cache import CacheDamaged, CacheEntry, TensorSpan, shard_layout
-from kdsweep.translation.teacher import topk_shard_problem
+from kdsweep.translation.teacher import cache_shard_check, entry_format
 
 log = logging.getLogger(__name__)
-# The tensors an example's item is sliced from (the index is built from lengths and response_start).
-MAPPED = ("input_ids", "topk_logprobs", "topk_indices", "tail_logmass")
 
 
 def gather_objects(obj, processes: int) -> list:
@@ -52,14 +50,14 @@ def gather_objects(obj, processes: int) -> list:
     return out
 
 
-def verify_topk_cache(
+def verify_cache(
     entry: CacheEntry, rank: int = 0, processes: int = 1, gather: Callable[[object, int], list] = gather_objects
 ) -> None:
     """Every shard's checksums and values, each shard streamed once by one process (rank r: shards
     r, r + W, ...); every process raises the same CacheDamaged (the first damaged shard) when any
     shard is damaged. Every process must call it (a collective when processes > 1)."""
     manifest = entry.manifest()
-    check = topk_shard_problem(manifest["teacher_vocab_size"])
+    check = cache_shard_check(entry_format(entry))
     mine = []
     for index in range(rank, manifest["num_shards"], processes):
         try:
@@ -86,13 +84,15 @@ def _view(mapped: mmap.mmap, span: TensorSpan) -> torch.Tensor:
     return flat.reshape(span.shape)
 
 
-class MappedTopkExamples(Dataset):
+class MappedCacheExamples(Dataset):
     """The cache's examples as TranslationExamples gives them (input_ids, response_start and the
-    teacher's top-k rows), sliced on demand from memory-mapped shards. Holds 20 bytes per example
-    (the index) plus the mappings; reads nothing it is not asked for. Verify the cache first
-    (verify_topk_cache, or open_topk_examples)."""
+    teacher's rows, decoded), sliced on demand from memory-mapped shards. Holds 20 bytes per
+    example (the index) plus the mappings; reads nothing it is not asked for. Verify the cache
+    first (verify_cache, or open_cache_examples)."""
 
     def __init__(self, entry: CacheEntry):
+        self.fmt = entry_format(entry)
+        self.mapped = ("input_ids", *self.fmt.dtypes())  # what an item is sliced from
         self.paths = [entry.shard_path(i) for i in range(entry.manifest()["num_shards"])]
         self._maps: list[mmap.mmap] | None = None
         self._tensors: list[dict[str, torch.Tensor]] | None = None
@@ -121,7 +121,9 @@ class MappedTopkExamples(Dataset):
                     spans, _ = shard_layout(f)
                     mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
                 maps.append(mapped)
-                tensors.append({name: _view(mapped, spans[name]) for name in (*MAPPED, "lengths", "response_start")})
+                tensors.append(
+                    {name: _view(mapped, spans[name]) for name in (*self.mapped, "lengths", "response_start")}
+                )
             self._maps, self._tensors = maps, tensors
         return self._tensors
 
@@ -140,17 +142,16 @@ class MappedTopkExamples(Dataset):
             int(self.row_offset[i]),
         )
         end = row + length - start
+        rows = {name: t[name][row:end] for name in self.fmt.dtypes()}
         return {
             "input_ids": t["input_ids"][at : at + length].tolist(),
             "response_start": start,
-            "topk_logprobs": t["topk_logprobs"][row:end].clone(),
-            "topk_indices": t["topk_indices"][row:end].clone(),
-            "topk_tail": t["tail_logmass"][row:end].clone(),
+            **self.fmt.decode(rows),
         }
 
 
-def open_topk_examples(entry: CacheEntry, rank: int = 0, processes: int = 1) -> MappedTopkExamples:
-    """The verified cache (verify_topk_cache: split over the processes, CacheDamaged on every
+def open_cache_examples(entry: CacheEntry, rank: int = 0, processes: int = 1) -> MappedCacheExamples:
+    """The verified cache (verify_cache: split over the processes, CacheDamaged on every
     process when a shard is damaged), memory-mapped."""
-    verify_topk_cache(entry, rank, processes)
-    return MappedTopkExamples(entry)
+    verify_cache(entry, rank, processes)
+    return MappedCacheExamples(entry)

@@ -136,6 +136,27 @@ def translation_vs_study(
     return pd.DataFrame(rows)
 
 
+def cache_line(manifest: dict) -> str:
+    """The report's line on the teacher cache: its method, k or the draws, bytes per token and
+    what the method keeps of the teacher (top-k: the probability mass it captures; sampled: the
+    distinct ids and the effective sample size of the draws' counts)."""
+    key = manifest["key_parts"]
+    tokens, size = manifest["response_tokens"], manifest["bytes_per_token"]
+    if key.get("method") == "sampled":
+        what = (
+            f"{key['draws']} tokens drawn per response token from the teacher at temperature {key['temperature']:g} "
+            f"(method sampled, seed {key['seed']}), {tokens} response tokens, {size:.0f} bytes/token, "
+            f"{manifest['mean_distinct_ids']:.2f} distinct ids and an effective sample size of "
+            f"{manifest['mean_effective_sample_size']:.2f} per token"
+        )
+    else:
+        what = (
+            f"top-{key['top_k']} log-probabilities (method topk) of {tokens} response tokens, {size:.0f} bytes/token, "
+            f"mean captured probability mass {100 * manifest['mean_captured_mass']:.2f} %"
+        )
+    return f"Teacher cache: {what}, targets: {key['targets']}."
+
+
 def translation_section(
     paths: RunPaths,
     task: str,
@@ -153,12 +174,7 @@ def translation_section(
     base = model_result(paths, task, "base", comet_cfg)
     cache = open_pointer(paths.cache_pointer(task)).manifest()
     md = [f"## Translation ({task})", "", manifest_summary(paths, task), ""]
-    md += [
-        f"Teacher cache: top-{cache['key_parts']['top_k']} log-probabilities of {cache['response_tokens']} response tokens, "
-        f"{cache['bytes_per_token']:.0f} bytes/token, mean captured probability mass "
-        f"{100 * cache['mean_captured_mass']:.2f} %, targets: {cache['key_parts']['targets']}.",
-        "",
-    ]
+    md += [cache_line(cache), ""]
     md += [table.to_markdown(index=False, floatfmt="g"), "", table_links(paths, stem), ""]
     if reference:
         note = "The study's numbers (reference file): SacreBLEU and COMET (x 1)."

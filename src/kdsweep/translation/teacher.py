@@ -5,14 +5,16 @@ The cache (an entry of the shared content-addressed store, kdsweep/core/cache.py
 of `shard_size` training examples: the token ids of every example (prompt + response, so the
 student trains on exactly the tokens the teacher saw), a digest of each example's prompt and
 response ids (the distill stage checks its own tokenization against them), and, for every
-response token, the teacher's top-k log-probabilities (`topk_logprobs`: logits minus the full
-row's log-sum-exp, in fp16/bf16, where values near 0 keep the most precision; int32 indices),
-the log of the mass outside the top-k (`tail_logmass`, fp32, computed from the full row so a
-tiny tail stays exact; the loss's tail "bucket") and the log-sum-exp itself. The teacher's LM
-head runs in fp32 here, whatever the model's dtype, so the cached values are exact up to their
-storage type. A shard is written atomically once it is complete; a killed job restarts at the
-first missing shard. The key covers the teacher's weights, the tokenizer, the data, the prompt,
-k, max_length and the target kind.
+response token, the rows of the cache's method (cache_format.py): the teacher's top-k
+log-probabilities, bit-packed ids, tail log-mass and log-sum-exp (`method: topk`), or `draws`
+tokens drawn from the teacher at the sampling temperature as distinct bit-packed ids with their
+counts, the teacher's entropy and the log-sum-exp (`method: sampled`). Rows are computed from the
+full-vocabulary logits, one chunk of rows at a time, with the LM head in fp32 whatever the model's
+dtype. A shard is written atomically once it is complete; a killed job restarts at the first
+missing shard, and a sampled shard's draws come from a generator seeded by the cache's seed and
+the shard, so a resumed or rebuilt cache is the same bytes. The key covers the teacher's weights,
+the tokenizer, the data, the prompt, the method and its settings (k and value dtype; draws,
+sampling temperature and seed), max_length and the target kind.
 
 With targets "teacher" (sequence-level KD, the "pseudo-labels") the teacher first translates
 each training source, and its own translation replaces the reference as the response.
@@ -38,14 +40,15 @@ from kdsweep.translation.batching import (
     response_hidden_states,
     restore_item_order,
 )
+from kdsweep.translation.cache_format import CacheFormat, bytes_per_token, cache_format, format_from_settings
 from kdsweep.translation.generation import device, generate_translations, load_lm_tokenizer
 from kdsweep.translation.loss import TokenKD
 from kdsweep.translation.models import causal_lm_from_config, load_causal_lm
 from kdsweep.translation.prompt import Prompt, encode_pair, make_prompt
 
 log = logging.getLogger(__name__)
-VALUE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-TOKEN_ROWS = ("topk_logprobs", "topk_indices", "tail_logmass", "lse")  # one row per response token
+# The kind of a store entry, by method (cache.py's REBUILD_RULE names the rule that builds it).
+CACHE_KINDS = {"topk": "lm_topk", "sampled": "lm_sampled"}
 
 
 def encode_rows(rows: list[dict], tokenizer, prompt: Prompt, max_length: int) -> tuple[list, list, list, int]:
@@ -123,7 +126,8 @@ class CacheTeacherLMSpec:
 
     prompt: dict = setting("translation.prompt")
     cache: dict = setting(
-        "translation.teacher.cache: top_k, batch_size, shard_size, value_dtype, targets, max_new_tokens, chunk_size"
+        "translation.teacher.cache: method, top_k, value_dtype, draws, temperature, seed, batch_size, shard_size, "
+        "targets, max_new_tokens, chunk_size"
     )
     max_length: int = setting("translation.max_length: tokens, prompt + response")
     packing: bool = setting("translation.packing: the batches' layout, not part of the cache key", default=True)
@@ -183,58 +187,71 @@ def fp32_head(model) -> tuple[torch.Tensor, torch.Tensor | None]:
     return head.weight.detach().float(), None if bias is None else bias.detach().float()
 
 
+class NonFiniteTeacher(RuntimeError):
+    """The teacher's logits hold NaN or infinity (damaged weights, fp16 overflow)."""
+
+
 @torch.no_grad()
-def teacher_topk(
-    model, batch: dict, k: int, chunk_size: int = 1024, head: tuple | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top-k log-probabilities, their token ids, the log of the mass outside the top-k and the
-    full-row log-sum-exp for every response token of the collated batch, in its row order. The
-    full-vocabulary logits exist one chunk at a time, computed in fp32 (`head`: fp32_head(model),
-    made once by the caller)."""
+def teacher_rows(
+    model,
+    batch: dict,
+    fmt: CacheFormat,
+    chunk_size: int = 1024,
+    head: tuple | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """The cache rows of `fmt` (cache_format.py) for every response token of the collated batch,
+    in its row order. The full-vocabulary logits exist one chunk at a time, computed in fp32
+    (`head`: fp32_head(model), made once by the caller); NonFiniteTeacher when any is not finite."""
     dev = next(model.parameters()).device
     batch = {key: v.to(dev) for key, v in batch.items()}
     hidden, _ = response_hidden_states(model, model, batch)
     weight, bias = head if head is not None else fp32_head(model)
-    logprobs, indices, tail, lse = [], [], [], []
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in fmt.dtypes()}
     for start in range(0, hidden.shape[0], chunk_size):
         logits = F.linear(hidden[start : start + chunk_size].float(), weight, bias)
-        row_lse = torch.logsumexp(logits, dim=-1)
-        top = logits.topk(k, dim=-1)
-        logprobs.append(top.values - row_lse[:, None])
-        indices.append(top.indices)
-        tail.append(torch.logsumexp(logits.scatter_(-1, top.indices, float("-inf")), dim=-1) - row_lse)
-        lse.append(row_lse)
-    return torch.cat(logprobs), torch.cat(indices), torch.cat(tail), torch.cat(lse)
+        if not torch.isfinite(logits).all():
+            raise NonFiniteTeacher("non-finite logits")
+        for name, t in fmt.encode(logits, generator).items():
+            parts[name].append(t.cpu())
+    if not parts or not next(iter(parts.values())):
+        return fmt.empty()
+    return {name: torch.cat(chunks) for name, chunks in parts.items()}
 
 
-def topk_rows(
-    model, ids: list[list[int]], starts: list[int], settings: dict, pad_token_id: int, desc: str = "cache"
+def shard_generator(seed: int, first_index: int) -> torch.Generator:
+    """The generator of a shard's draws: from the cache's seed and the shard's first example, so
+    a shard recomputed alone (resume, repair) draws what it drew in the first build."""
+    digest = hashlib.sha256(f"{seed}:{first_index}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+def cache_rows(
+    model,
+    ids: list[list[int]],
+    starts: list[int],
+    settings: dict,
+    fmt: CacheFormat,
+    pad_token_id: int,
+    generator: torch.Generator | None = None,
+    desc: str = "cache",
 ) -> dict[str, torch.Tensor]:
-    """The teacher's top-k log-probabilities (value_dtype), indices (int32), tail log-mass and
-    row log-sum-exp (fp32) for every response token of the examples, in their order, on the CPU:
+    """The rows of `fmt` for every response token of the examples, in their order, on the CPU:
     `batch_size` examples at a time, padded or packed (`packing`) into rows of `max_length` tokens."""
     collate = TranslationCollator(pad_token_id, settings["max_length"] if settings["packing"] else None)
     head = fp32_head(model)
-    size, k = settings["batch_size"], settings["top_k"]
-    dtypes = {
-        "topk_logprobs": VALUE_DTYPES[settings["value_dtype"]],
-        "topk_indices": torch.int32,
-        "tail_logmass": torch.float32,
-        "lse": torch.float32,
-    }
-    out: dict[str, list[torch.Tensor]] = {name: [] for name in dtypes}
-    for b in progress(range(0, len(ids), size), desc=f"{desc} top-k", unit="batches"):
+    size = settings["batch_size"]
+    out: dict[str, list[torch.Tensor]] = {name: [] for name in fmt.dtypes()}
+    for b in progress(range(0, len(ids), size), desc=f"{desc} {fmt.method}", unit="batches"):
         items = [
             {"input_ids": s, "response_start": r} for s, r in zip(ids[b : b + size], starts[b : b + size], strict=True)
         ]
         batch = collate(items)
-        rows = restore_item_order(batch, items, *teacher_topk(model, batch, k, settings["chunk_size"], head))
-        for (name, dtype), tensor in zip(dtypes.items(), rows, strict=True):
-            out[name].append(tensor.to(dtype).cpu())
-    empty = {"topk_logprobs": (0, k), "topk_indices": (0, k), "tail_logmass": (0,), "lse": (0,)}
-    return {
-        name: torch.cat(parts) if parts else torch.zeros(empty[name], dtype=dtypes[name]) for name, parts in out.items()
-    }
+        rows = teacher_rows(model, batch, fmt, settings["chunk_size"], head, generator)
+        for name, tensor in zip(rows, restore_item_order(batch, items, *rows.values()), strict=True):
+            out[name].append(tensor.to(fmt.dtypes()[name]))
+    empty = fmt.empty()
+    return {name: torch.cat(parts) if parts else empty[name] for name, parts in out.items()}
 
 
 def token_digest(ids: list[int]) -> torch.Tensor:
@@ -252,7 +269,7 @@ def pair_digests(ids: list[list[int]], starts: list[int]) -> tuple[torch.Tensor,
     return prompts, responses
 
 
-def _cache_shard(model, tokenizer, prompt, rows, first_index, settings, desc: str = "cache") -> dict[str, torch.Tensor]:
+def _cache_shard(model, tokenizer, prompt, rows, first_index, settings, fmt, desc: str = "cache") -> dict:
     if settings["targets"] == "teacher":
         outputs = generate_translations(
             model,
@@ -266,13 +283,18 @@ def _cache_shard(model, tokenizer, prompt, rows, first_index, settings, desc: st
         rows = [{**r, "target": o["hypothesis"]} for r, o in zip(rows, outputs, strict=True)]
     ids, starts, kept, dropped = encode_rows(rows, tokenizer, prompt, settings["max_length"])
     prompt_digest, response_digest = pair_digests(ids, starts)
-    topk = topk_rows(model, ids, starts, settings, tokenizer.pad_token_id, desc)
-    for name in ("topk_logprobs", "lse"):  # the tail log-mass may be -inf (k = V)
-        if not torch.isfinite(topk[name]).all():
-            raise RuntimeError(
-                f"{desc}: the teacher gave non-finite {name} on training examples {first_index}.."
-                f"{first_index + len(rows) - 1} (NaN weights, or fp16 overflow): nothing of this shard is cached"
-            )
+    generator = shard_generator(settings.get("seed", 0), first_index)
+    try:
+        token_rows = cache_rows(model, ids, starts, settings, fmt, tokenizer.pad_token_id, generator, desc)
+        if not all(
+            torch.isfinite(t).all() for n, t in token_rows.items() if t.is_floating_point() and n != "tail_logmass"
+        ):
+            raise NonFiniteTeacher("non-finite cached values")  # e.g. fp16 overflow of the stored values
+    except NonFiniteTeacher as e:
+        raise RuntimeError(
+            f"{desc}: the teacher gave non-finite values ({e}) on training examples {first_index}.."
+            f"{first_index + len(rows) - 1} (NaN weights, or fp16 overflow): nothing of this shard is cached"
+        ) from None
     return {
         "example_index": torch.tensor([first_index + i for i in kept], dtype=torch.int64),
         "lengths": torch.tensor([len(s) for s in ids], dtype=torch.int64),
@@ -280,12 +302,35 @@ def _cache_shard(model, tokenizer, prompt, rows, first_index, settings, desc: st
         "input_ids": torch.tensor([t for s in ids for t in s], dtype=torch.int32),
         "prompt_digest": prompt_digest,
         "response_digest": response_digest,
-        **topk,
+        **token_rows,
         "dropped_too_long": torch.tensor([dropped], dtype=torch.int64),
     }
 
 
-def cache_teacher_topk(
+def cache_key_parts(settings: dict, prompt: Prompt, model, tokenizer, train_file: Path) -> dict:
+    """What the entry depends on: the shared parts (cache.teacher_key_parts) and the method's settings."""
+    method = settings["method"]
+    if method == "topk":
+        # top-k log-probabilities (teacher logits minus the row's log-sum-exp) in value_dtype
+        own = {"top_k": settings["top_k"], "value_dtype": settings["value_dtype"], "values": "logprob"}
+    else:
+        own = {"draws": settings["draws"], "temperature": float(settings["temperature"]), "seed": settings["seed"]}
+    return teacher_key_parts(
+        CACHE_KINDS[method],
+        model,
+        tokenizer,
+        train_file,
+        method=method,
+        ids="packed",  # bit-packed token ids (kdsweep.core.bitpack)
+        prompt=prompt.template,
+        marker=prompt.marker,
+        **own,
+        **{k: settings[k] for k in ("max_length", "targets", "shard_size")},
+        **({"max_new_tokens": settings["max_new_tokens"]} if settings["targets"] == "teacher" else {}),
+    )
+
+
+def cache_teacher_lm(
     teacher_path: str,
     tokenizer_path: str,
     data_dir: str | Path,
@@ -293,109 +338,87 @@ def cache_teacher_topk(
     pointer_out: str | Path,
     spec: CacheTeacherLMSpec,
 ) -> dict:
-    """Cache the teacher's top-k on the train split, shard by shard (resuming a killed job at
-    its first missing shard; an unchanged entry is reused). cache_cfg: top_k, batch_size,
-    shard_size, value_dtype, targets (reference | teacher), max_new_tokens, chunk_size. Packing
-    changes the batches' layout, not the values (up to float rounding): not part of the key."""
+    """Cache the teacher's rows of the configured method on the train split, shard by shard
+    (resuming a killed job at its first missing shard; an unchanged entry is reused). Packing
+    changes the batches' layout, not the values (up to float rounding, which may change a draw
+    of a sampled cache): not part of the key."""
     max_length = spec.max_length
     train_file = Path(data_dir) / "train.jsonl"
     tokenizer = load_lm_tokenizer(tokenizer_path)
     prompt = make_prompt(tokenizer, spec.prompt)
-    settings = {"max_length": max_length, "packing": spec.packing, **spec.cache}
+    settings = {"max_length": max_length, "packing": spec.packing, "method": "topk", "seed": 0, **spec.cache}
     rows = read_jsonl(train_file)
     # Before the teacher is loaded: a max_length that leaves no pair would cache nothing.
     check_a_pair_fits(rows, tokenizer, prompt, max_length, train_file, responses=settings["targets"] == "reference")
     model = load_causal_lm(teacher_path).to(device()).eval()
-    if settings["top_k"] > model.config.vocab_size:  # a hub or kdsweep-trained teacher (local ones: config.py)
+    vocab = model.config.vocab_size
+    if settings["method"] == "topk" and settings["top_k"] > vocab:  # a hub or trained teacher (local ones: config)
         raise ValueError(
             f"translation.teacher.cache.top_k: {settings['top_k']} is larger than the vocabulary of the teacher "
-            f"{teacher_path} ({model.config.vocab_size} tokens); top_k = {model.config.vocab_size} caches every token"
+            f"{teacher_path} ({vocab} tokens); top_k = {vocab} caches every token"
         )
-    key_parts = teacher_key_parts(
-        "lm_topk",
-        model,
-        tokenizer,
-        train_file,
-        values="logprob",  # top-k log-probabilities (teacher logits minus the row's log-sum-exp)
-        prompt=prompt.template,
-        marker=prompt.marker,
-        **{k: settings[k] for k in ("max_length", "top_k", "value_dtype", "targets", "shard_size")},
-        **({"max_new_tokens": settings["max_new_tokens"]} if settings["targets"] == "teacher" else {}),
-    )
-    entry = CacheEntry(store, key_parts)
-    check = topk_shard_problem(model.config.vocab_size)
+    fmt = format_from_settings(settings, vocab)
+    entry = CacheEntry(store, cache_key_parts(settings, prompt, model, tokenizer, train_file))
+    check = cache_shard_check(fmt)
     reused = entry.reuse(check)  # a complete entry is verified first: damaged shards are rebuilt
     if reused:
         log.info("teacher cache %s is up to date, not recomputed", entry.dir)
     else:
 
         def shard(start: int, stop: int, label: str) -> dict[str, torch.Tensor]:
-            return _cache_shard(model, tokenizer, prompt, rows[start:stop], start, settings, f"cache {label}")
+            return _cache_shard(model, tokenizer, prompt, rows[start:stop], start, settings, fmt, f"cache {label}")
 
         num_shards = entry.fill(len(rows), settings["shard_size"], shard, check)
-        info = {"rows": len(rows), "teacher_path": str(teacher_path), "teacher_vocab_size": model.config.vocab_size}
-        entry.finish(num_shards, {**info, **topk_summary(entry, num_shards)})
+        info = {"rows": len(rows), "teacher_path": str(teacher_path), "teacher_vocab_size": vocab}
+        entry.finish(num_shards, {**info, **cache_summary(entry, num_shards, fmt)})
     write_pointer(pointer_out, entry, reused)
     return entry.manifest()
 
 
-def topk_summary(entry: CacheEntry, num_shards: int) -> dict:
-    """Examples, tokens, dropped pairs, mean captured probability mass and bytes per token."""
+def cache_summary(entry: CacheEntry, num_shards: int, fmt: CacheFormat) -> dict:
+    """Examples, tokens, dropped pairs, bytes per token and the method's own means per token
+    (top-k: the captured probability mass; sampled: distinct ids and effective sample size)."""
     examples = tokens = dropped = 0
-    mass = 0.0
-    topk_bytes = 0
+    sums: dict[str, float] = {}
     for index in range(num_shards):
         shard = entry.read_shard(index)
         examples += len(shard["lengths"])
         tokens += len(shard["lse"])
         dropped += int(shard["dropped_too_long"][0])
-        mass += shard["topk_logprobs"].float().exp().sum(-1).sum().item()
-        topk_bytes += sum(shard[k].numel() * shard[k].element_size() for k in TOKEN_ROWS)
+        for name, value in fmt.summary(shard).items():
+            sums[name] = sums.get(name, 0.0) + value
     return {
         "examples": examples,
         "response_tokens": tokens,
         "dropped_too_long": dropped,
-        "mean_captured_mass": mass / max(tokens, 1),
-        "bytes_per_token": topk_bytes / max(tokens, 1),
+        "method": fmt.method,
+        "bytes_per_token": bytes_per_token(fmt),
+        **{f"mean_{name}": value / max(tokens, 1) for name, value in sums.items()},
     }
 
 
-# The value rules of a top-k shard's token rows, in the order their problems are named: (tensor,
-# whether a chunk passes, from its extremes: NaN fails every comparison; its bad rows). The
-# row-wise pass (slower) runs only on a chunk that fails, to count and name the rows.
-TOKEN_ROW_RULES = {
-    "non-finite top-k log-probabilities": (
-        "topk_logprobs",
-        lambda t: bool(torch.isfinite(t.min()) and torch.isfinite(t.max())),
-        lambda t: ~torch.isfinite(t).all(-1),
-    ),
-    "positive top-k log-probabilities": ("topk_logprobs", lambda t: bool(t.max() <= 0), lambda t: (t > 0).any(-1)),
-    "a NaN or positive tail log-mass": ("tail_logmass", lambda t: bool(t.max() <= 0), lambda t: t.isnan() | (t > 0)),
-    "a non-finite log-sum-exp": (
-        "lse",
-        lambda t: bool(torch.isfinite(t.min()) and torch.isfinite(t.max())),
-        lambda t: ~torch.isfinite(t),
-    ),
-}
-IN_VOCABULARY = ("topk_indices", "input_ids")
+# What else a shard must hold: token ids within the vocabulary (checked from their extremes).
+IN_VOCABULARY = ("input_ids",)
 
 
-class TopkScan:
-    """The value check of a top-k cache shard, fed whole tensors or chunks of rows (a ShardScan:
-    CacheEntry.scan_shard streams a shard through it in bounded memory): the examples' lengths
-    account for every token id and top-k row, log-probabilities are finite and <= 0, the tail's
-    log-mass is <= 0 or -inf (top-k covers the vocabulary), the log-sum-exp is finite, and every
-    token id and top-k index lies in the teacher's vocabulary."""
+class CacheScan:
+    """The value check of a cache shard of format `fmt`, fed whole tensors or chunks of rows (a
+    ShardScan: CacheEntry.scan_shard streams a shard through it in bounded memory): the examples'
+    lengths account for every token id and token row, the format's row rules hold (finite
+    values, log-masses <= 0, draw counts summing to the draws, packed ids in the teacher's
+    vocabulary: cache_format.py), and every token id lies in the vocabulary. A rule's fast look
+    (extremes) runs on every chunk; the row-wise pass only on a chunk that fails it, to count and
+    name the rows."""
 
-    def __init__(self, vocab_size: int):
-        self.vocab_size = vocab_size
+    def __init__(self, fmt: CacheFormat):
+        self.fmt, self.vocab_size = fmt, fmt.vocab_size
+        self.rules = fmt.rules()
 
     def begin(self, shapes: dict[str, tuple[int, ...]]) -> None:
         self.shapes = shapes
         self.small: dict[str, list[torch.Tensor]] = {"lengths": [], "response_start": []}
-        self.failed = {what: False for what in TOKEN_ROW_RULES}
-        self.bad = dict.fromkeys(TOKEN_ROW_RULES, 0)
-        self.first: dict[str, int | None] = dict.fromkeys(TOKEN_ROW_RULES)
+        self.bad = {what: 0 for what, *_ in self.rules}
+        self.first: dict[str, int | None] = {what: None for what, *_ in self.rules}
         self.extremes: dict[str, tuple[int, int]] = {}
 
     def feed(self, name: str, chunk: torch.Tensor, first_row: int) -> None:
@@ -403,9 +426,8 @@ class TopkScan:
             self.small[name].append(chunk.clone())
         if not len(chunk):
             return
-        for what, (tensor, passes, bad_rows) in TOKEN_ROW_RULES.items():
-            if tensor == name and not passes(chunk):
-                self.failed[what] = True
+        for what, tensor, passes, bad_rows in self.rules:
+            if tensor == name and (passes is None or not passes(chunk)):
                 bad = bad_rows(chunk)
                 self.bad[what] += int(bad.sum())
                 if self.first[what] is None and bad.any():
@@ -419,13 +441,15 @@ class TopkScan:
     def problem(self) -> str | None:
         lengths, starts = (torch.cat(self.small[n]) for n in ("lengths", "response_start"))
         rows, ids = int((lengths - starts).sum()), self.shapes["input_ids"][0]
-        if int(lengths.sum()) != ids or any(self.shapes[n][0] != rows for n in TOKEN_ROWS):
+        token_rows = {name: self.shapes[name][0] if name in self.shapes else None for name in self.fmt.dtypes()}
+        if int(lengths.sum()) != ids or any(n != rows for n in token_rows.values()):
+            have = ", ".join(f"{n} {'missing' if r is None else r}" for n, r in token_rows.items())
             return (
-                f"{ids} token ids and {self.shapes['topk_logprobs'][0]} top-k rows do not match "
-                f"the examples' lengths ({int(lengths.sum())} ids, {rows} response tokens)"
+                f"{ids} token ids and token rows ({have}) do not match the examples' lengths "
+                f"({int(lengths.sum())} ids, {rows} response tokens)"
             )
-        for what, failed in self.failed.items():
-            if rows and failed:
+        for what, *_ in self.rules:
+            if rows and self.bad[what]:
                 first = self.first[what]
                 where = f" (the first: row {first})" if first is not None else ""
                 return f"{what} in {self.bad[what]} of {rows} token rows{where}"
@@ -437,15 +461,15 @@ class TopkScan:
         return None
 
 
-class TopkCheck:
-    """topk_shard_problem's check: called on a shard's tensors (in memory), or `scan()` for
+class CacheCheck:
+    """cache_shard_check's check: called on a shard's tensors (in memory), or `scan()` for
     CacheEntry.scan_shard, which streams a shard through the same rules."""
 
-    def __init__(self, vocab_size: int):
-        self.vocab_size = vocab_size
+    def __init__(self, fmt: CacheFormat):
+        self.fmt = fmt
 
-    def scan(self) -> TopkScan:
-        return TopkScan(self.vocab_size)
+    def scan(self) -> CacheScan:
+        return CacheScan(self.fmt)
 
     def __call__(self, shard: dict[str, torch.Tensor]) -> str | None:
         scan = self.scan()
@@ -455,16 +479,23 @@ class TopkCheck:
         return scan.problem()
 
 
-def topk_shard_problem(vocab_size: int) -> TopkCheck:
-    """The value check of a top-k cache shard (TopkScan), run before a shard is reused or trained on."""
-    return TopkCheck(vocab_size)
+def cache_shard_check(fmt: CacheFormat) -> CacheCheck:
+    """The value check of a cache shard (CacheScan), run before a shard is reused or trained on."""
+    return CacheCheck(fmt)
 
 
-def read_topk_cache(entry: CacheEntry) -> tuple[list[list[int]], list[int], list[tuple], list[int]]:
-    """Every cached example: (input_ids, response_starts, [(topk_logprobs, topk_indices, tail_logmass)],
-    example_index). Each shard's checksums and values are checked first (CacheDamaged)."""
-    ids, starts, topk, index = [], [], [], []
-    check = topk_shard_problem(entry.manifest()["teacher_vocab_size"])
+def entry_format(entry: CacheEntry) -> CacheFormat:
+    """The format of a complete entry (its key and the teacher's vocabulary in its manifest)."""
+    return cache_format(entry.key_parts, entry.manifest()["teacher_vocab_size"])
+
+
+def read_cache(entry: CacheEntry) -> tuple[list[list[int]], list[int], list[dict], list[int]]:
+    """Every cached example: (input_ids, response_starts, teacher rows as training items hold
+    them (cache_format decode), example_index). Each shard's checksums and values are checked
+    first (CacheDamaged)."""
+    fmt = entry_format(entry)
+    ids, starts, teacher, index = [], [], [], []
+    check = cache_shard_check(fmt)
     for shard_index in range(entry.manifest()["num_shards"]):
         shard = entry.read_checked(shard_index, check)
         flat, row = shard["input_ids"].tolist(), 0
@@ -473,10 +504,10 @@ def read_topk_cache(entry: CacheEntry) -> tuple[list[list[int]], list[int], list
             ids.append(flat[offset : offset + length])
             starts.append(start)
             n = length - start
-            topk.append(tuple(shard[name][row : row + n] for name in TOKEN_ROWS[:3]))
+            teacher.append(fmt.decode({name: shard[name][row : row + n] for name in fmt.dtypes()}))
             offset, row = offset + length, row + n
         index += shard["example_index"].tolist()
-    return ids, starts, topk, index
+    return ids, starts, teacher, index
 
 
 def check_cache_alignment(
