@@ -212,6 +212,28 @@ def test_a_sampled_cache_draws_from_the_teacher_at_its_temperature_and_seed(lm, 
     assert (other_ids != sample_ids).any(-1).float().mean() > 0.5
 
 
+def test_sampled_draws_do_not_depend_on_the_batching(lm, tmp_path):
+    """The same sampled cache built with other batch sizes, chunk sizes and without packing (not
+    part of the key: they change the layout, not the values) draws the same tokens for every
+    token row but the rare one whose float rounding moves a draw across a token boundary."""
+    runs = [{}, {"batch_size": 7, "chunk_size": 5}, {"batch_size": 32, "packing": False}]
+    cached = []
+    for i, layout in enumerate(runs):
+        spec = CacheTeacherLMSpec(
+            DEMO_PROMPT, {**CACHE, **SAMPLED, **{k: v for k, v in layout.items() if k != "packing"}}, MAX_LENGTH,
+            packing=layout.get("packing", True),
+        )  # fmt: skip
+        teacher = str(lm / "teacher")
+        manifest = cache_teacher_lm(teacher, teacher, lm / "data", tmp_path / f"s{i}", tmp_path / f"p{i}.json", spec)
+        assert i == 0 or manifest["key"] == cached[0][0]
+        rows = read_cache(open_pointer(tmp_path / f"p{i}.json"))[2]
+        cached.append((manifest["key"], *(torch.cat([r[k] for r in rows]) for k in ("sample_ids", "sample_counts"))))
+    _, ids, counts = cached[0]
+    for _, other_ids, other_counts in cached[1:]:
+        same = ((other_ids == ids) & (other_counts == counts)).all(-1).float().mean().item()
+        assert same > 0.995, same
+
+
 def biased_teacher(lm, token: str):
     """The tiny teacher made to always predict `token` (a large bias on the output layer)."""
     tok = load_lm_tokenizer(str(lm / "teacher"))

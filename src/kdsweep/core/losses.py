@@ -241,16 +241,29 @@ def chunked_token_losses(
 
 
 def sample_teacher_tokens(
-    teacher_logits: torch.Tensor, draws: int, temperature: float, generator: torch.Generator | None = None
+    teacher_logits: torch.Tensor,
+    draws: int,
+    temperature: float,
+    generator: torch.Generator | None = None,
+    uniforms: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`draws` tokens per row of teacher_logits [N, V] from softmax(logits / temperature), with
     replacement, as (ids [N, draws], counts [N, draws]): each row's distinct ids in increasing
-    order with how often each was drawn, then padding (id 0, count 0). Same generator state, same
-    result (a cache rebuilt with its seed is the same bytes)."""
+    order with how often each was drawn, then padding (id 0, count 0). Each draw inverts the row's
+    cumulative distribution at a uniform in [0, 1): `uniforms` [N, draws], or drawn from
+    `generator`. Same uniforms, same draws: a cache that gives each row its own uniforms draws the
+    same tokens whatever the batch a row is computed in."""
     if draws < 1:
         raise ValueError(f"draws must be at least 1, got {draws}")
-    probs = F.softmax(teacher_logits.detach().float() / temperature, dim=-1)
-    drawn, _ = torch.multinomial(probs, draws, replacement=True, generator=generator).sort(dim=-1)
+    if uniforms is None:
+        uniforms = torch.rand(teacher_logits.shape[0], draws, generator=generator)
+    if uniforms.shape != (teacher_logits.shape[0], draws):
+        raise ValueError(
+            f"uniforms of shape {tuple(uniforms.shape)} for {teacher_logits.shape[0]} rows of {draws} draws"
+        )
+    cdf = F.softmax(teacher_logits.detach().float() / temperature, dim=-1).cumsum_(-1)
+    u = uniforms.to(cdf.device, torch.float32) * cdf[:, -1:]  # the total: 1 up to rounding
+    drawn, _ = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[-1] - 1).sort(dim=-1)
     new = torch.ones_like(drawn, dtype=torch.bool)
     new[:, 1:] = drawn[:, 1:] != drawn[:, :-1]
     slot = new.long().cumsum(-1) - 1  # each draw's place among its row's distinct ids

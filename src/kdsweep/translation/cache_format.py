@@ -15,8 +15,11 @@ decoding them for training, and checking them:
 
 Ids are packed row by row in bits_for(vocab_size) bits (kdsweep.core.bitpack: 17 for Llama-3's
 128,256 tokens), so rows stay byte ranges of the shard (memory-mapped slicing, chunked checks).
-Draws come from a torch.Generator that the cache seeds per shard from its seed: a shard rebuilt
-(after a kill, or a damaged shard) is the same bytes, and so is a whole cache rebuilt with its seed.
+Each sampled row's draws invert the teacher's cumulative distribution at uniforms of its own:
+`uniforms(rows, generator)` draws them for a shard's rows in the examples' order from a generator
+the cache seeds per shard, so the draws do not depend on the batches a row is computed in (batch
+size, packing, chunk size), and a shard rebuilt (after a kill, or a damaged shard) or a whole
+cache rebuilt with its seed is the same bytes.
 """
 
 from __future__ import annotations
@@ -71,7 +74,10 @@ class TopkFormat:
         widths = {"topk_logprobs": self.top_k, "topk_ids": packed_size(self.top_k, self.index_bits)}
         return {n: torch.zeros((0, *([widths[n]] if n in widths else [])), dtype=d) for n, d in self.dtypes().items()}
 
-    def encode(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def uniforms(self, rows: int, generator: torch.Generator) -> None:
+        return None  # nothing is drawn
+
+    def encode(self, logits: torch.Tensor, uniforms: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The rows of fp32 logits [n, V] (overwritten: the tail's sum masks the top-k in place)."""
         lse = torch.logsumexp(logits, dim=-1)
         top = logits.topk(self.top_k, dim=-1)
@@ -133,8 +139,13 @@ class SampledFormat:
         }
         return {n: torch.zeros((0, *([widths[n]] if n in widths else [])), dtype=d) for n, d in self.dtypes().items()}
 
-    def encode(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        ids, counts = sample_teacher_tokens(logits, self.draws, self.temperature, generator)
+    def uniforms(self, rows: int, generator: torch.Generator) -> torch.Tensor:
+        """The uniforms [rows, draws] of `rows` token rows, in their order (see the module doc)."""
+        return torch.rand(rows, self.draws, generator=generator)
+
+    def encode(self, logits: torch.Tensor, uniforms: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The rows of fp32 logits [n, V], drawing at `uniforms` [n, draws] (None: fresh ones)."""
+        ids, counts = sample_teacher_tokens(logits, self.draws, self.temperature, uniforms=uniforms)
         return {
             "sample_ids": _pack(ids, self.index_bits),
             "sample_counts": _pack(counts, self.count_bits),

@@ -23,6 +23,7 @@ each training source, and its own translation replaces the reference as the resp
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,11 +199,12 @@ def teacher_rows(
     fmt: CacheFormat,
     chunk_size: int = 1024,
     head: tuple | None = None,
-    generator: torch.Generator | None = None,
+    uniforms: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The cache rows of `fmt` (cache_format.py) for every response token of the collated batch,
-    in its row order. The full-vocabulary logits exist one chunk at a time, computed in fp32
-    (`head`: fp32_head(model), made once by the caller); NonFiniteTeacher when any is not finite."""
+    in its row order (`uniforms`: a sampled format's, one row per response token in that order).
+    The full-vocabulary logits exist one chunk at a time, computed in fp32 (`head`:
+    fp32_head(model), made once by the caller); NonFiniteTeacher when any is not finite."""
     dev = next(model.parameters()).device
     batch = {key: v.to(dev) for key, v in batch.items()}
     hidden, _ = response_hidden_states(model, model, batch)
@@ -212,7 +214,8 @@ def teacher_rows(
         logits = F.linear(hidden[start : start + chunk_size].float(), weight, bias)
         if not torch.isfinite(logits).all():
             raise NonFiniteTeacher("non-finite logits")
-        for name, t in fmt.encode(logits, generator).items():
+        chunk_uniforms = None if uniforms is None else uniforms[start : start + chunk_size]
+        for name, t in fmt.encode(logits, chunk_uniforms).items():
             parts[name].append(t.cpu())
     if not parts or not next(iter(parts.values())):
         return fmt.empty()
@@ -220,8 +223,8 @@ def teacher_rows(
 
 
 def shard_generator(seed: int, first_index: int) -> torch.Generator:
-    """The generator of a shard's draws: from the cache's seed and the shard's first example, so
-    a shard recomputed alone (resume, repair) draws what it drew in the first build."""
+    """The generator of a shard's uniforms: from the cache's seed and the shard's first example,
+    so a shard recomputed alone (resume, repair) draws what it drew in the first build."""
     digest = hashlib.sha256(f"{seed}:{first_index}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
@@ -237,17 +240,27 @@ def cache_rows(
     desc: str = "cache",
 ) -> dict[str, torch.Tensor]:
     """The rows of `fmt` for every response token of the examples, in their order, on the CPU:
-    `batch_size` examples at a time, padded or packed (`packing`) into rows of `max_length` tokens."""
+    `batch_size` examples at a time, padded or packed (`packing`) into rows of `max_length` tokens.
+    A sampled format's uniforms are drawn from `generator` for every row in the examples' order,
+    before any batch, and handed to each batch in its row order: the draws do not depend on the
+    batching."""
     collate = TranslationCollator(pad_token_id, settings["max_length"] if settings["packing"] else None)
     head = fp32_head(model)
     size = settings["batch_size"]
+    tokens = [len(s) - r for s, r in zip(ids, starts, strict=True)]
+    first_row = [0, *itertools.accumulate(tokens)][:-1]  # each example's first row
+    uniforms = fmt.uniforms(sum(tokens), generator) if generator is not None else None
     out: dict[str, list[torch.Tensor]] = {name: [] for name in fmt.dtypes()}
     for b in progress(range(0, len(ids), size), desc=f"{desc} {fmt.method}", unit="batches"):
         items = [
             {"input_ids": s, "response_start": r} for s, r in zip(ids[b : b + size], starts[b : b + size], strict=True)
         ]
         batch = collate(items)
-        rows = teacher_rows(model, batch, fmt, settings["chunk_size"], head, generator)
+        batch_uniforms = None
+        if uniforms is not None:  # the items' uniforms in the batch's row order (packed: batch["order"])
+            order = batch["order"].tolist() if "order" in batch else range(len(items))
+            batch_uniforms = torch.cat([uniforms[first_row[b + i] : first_row[b + i] + tokens[b + i]] for i in order])
+        rows = teacher_rows(model, batch, fmt, settings["chunk_size"], head, batch_uniforms)
         for name, tensor in zip(rows, restore_item_order(batch, items, *rows.values()), strict=True):
             out[name].append(tensor.to(fmt.dtypes()[name]))
     empty = fmt.empty()
