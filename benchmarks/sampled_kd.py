@@ -123,7 +123,8 @@ def table(name: str, student: torch.Tensor, teacher: torch.Tensor, temperature: 
     fmt = SampledFormat(DRAWS, temperature, vocab)
     losses, grad_sum, singles, distinct, masses = [], torch.zeros_like(dense_grad), [], [], []
     for seed in range(SETS):
-        rows = fmt.decode(fmt.encode(teacher.float().clone(), torch.Generator().manual_seed(seed)))
+        uniforms = fmt.uniforms(len(teacher), torch.Generator().manual_seed(seed))  # as a cache shard draws them
+        rows = fmt.decode(fmt.encode(teacher.float().clone(), uniforms))
         present = rows["sample_counts"] > 0
         distinct.append(present.sum(-1).float().mean().item())
         masses.append((log_p.gather(-1, rows["sample_ids"]).exp() * present).sum(-1).mean().item())

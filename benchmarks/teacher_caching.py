@@ -1,9 +1,10 @@
-"""Teacher caching throughput and peak memory: kdsweep's top-k pass (kdsweep.translation.teacher.cache_rows
-with a TopkFormat, the loop of the cache_teacher_lm stage: the rows as a shard stores them, ids
-bit-packed) over the same examples, batches padded to their longest pair vs packed into rows of
-max_length tokens, timed alternately in one run.
+"""Teacher caching throughput and peak memory: kdsweep's cache pass (kdsweep.translation.teacher.cache_rows,
+the loop of the cache_teacher_lm stage: the rows as a shard stores them, ids bit-packed) over the
+same examples, batches padded to their longest pair vs packed into rows of max_length tokens, and
+top-k vs sampled rows (--formats topk64,sampled12), every combination timed alternately in one run.
 
     python benchmarks/teacher_caching.py                                     # CPU, tiny teacher, demo lengths
+    python benchmarks/teacher_caching.py --modes packed --formats topk64,sampled12   # top-64 vs sampled-12
     python benchmarks/teacher_caching.py --shape real --device cuda --lengths fixed:384/192   # Llama-3.2-3B shape
 
 tokens/s counts the pairs' tokens (prompt + response, no padding) the teacher reads; the cache
@@ -29,8 +30,17 @@ from common import (
     sync,
 )
 
-from kdsweep.translation.cache_format import TopkFormat
+from kdsweep.translation.cache_format import SampledFormat, TopkFormat, bytes_per_token
 from kdsweep.translation.teacher import cache_rows
+
+
+def cache_format(name: str, vocab_size: int, value_dtype: str):
+    """topk<k> or sampled<draws> (at T = 1)."""
+    if name.startswith("topk"):
+        return TopkFormat(int(name[4:]), vocab_size, value_dtype)
+    if name.startswith("sampled"):
+        return SampledFormat(int(name[7:]), 1.0, vocab_size)
+    raise ValueError(f"--formats: {name!r} is neither topk<k> nor sampled<draws>")
 
 
 def main() -> None:
@@ -41,7 +51,7 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=512, help="examples per timed round")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-length", type=int, default=96, help="row capacity when packing")
-    parser.add_argument("--top-k", type=int, default=64)
+    parser.add_argument("--formats", default="topk64", help="comma-separated topk<k> and sampled<draws>")
     parser.add_argument("--chunk-size", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--modes", default="padded,packed")
@@ -59,20 +69,26 @@ def main() -> None:
     )
     print(
         f"{len(items)} examples ({args.lengths}): mean length {tokens / len(items):.1f} tokens, "
-        f"{sum(n - r for n, r in lengths) / len(items):.1f} response; batch {args.batch_size}, top-{args.top_k}"
+        f"{sum(n - r for n, r in lengths) / len(items):.1f} response; batch {args.batch_size}"
     )
     settings = {"max_length": args.max_length, "batch_size": args.batch_size, "chunk_size": args.chunk_size}
-    fmt = TopkFormat(args.top_k, teacher.config.vocab_size, "bfloat16" if dtype == torch.bfloat16 else "float16")
-    modes = args.modes.split(",")
+    value_dtype = "bfloat16" if dtype == torch.bfloat16 else "float16"
+    formats = {f: cache_format(f, teacher.config.vocab_size, value_dtype) for f in args.formats.split(",")}
+    for name, fmt in formats.items():
+        print(f"{name}: {bytes_per_token(fmt)} B/token of cache rows")
+    modes = [f"{layout}/{f}" if len(formats) > 1 else layout for layout in args.modes.split(",") for f in formats]
     padded, packed = (computed_per_real_token(lengths, args.batch_size, m) for m in (None, args.max_length))
     print(
         f"token positions computed per real token: padded {padded:.2f}, packed into rows of {args.max_length}: {packed:.2f}"
     )
 
     def run(mode: str) -> float:
+        layout, _, name = mode.partition("/")
+        fmt = formats[name or next(iter(formats))]
+        generator = torch.Generator().manual_seed(0)  # the stage's: a sampled format's uniforms
         sync(args.device)
         start = time.perf_counter()
-        cache_rows(teacher, ids, starts, {**settings, "packing": mode == "packed"}, fmt, pad_token_id=0, desc=mode)
+        cache_rows(teacher, ids, starts, {**settings, "packing": layout == "packed"}, fmt, 0, generator, desc=mode)
         sync(args.device)
         return tokens / (time.perf_counter() - start)
 
@@ -89,9 +105,9 @@ def main() -> None:
         print(
             f"{mode:7s} tokens/s per round: {rounds}; median {statistics.median(rates[mode]):,.0f}; peak {peaks[mode]}"
         )
-    if len(modes) == 2:
-        a, b = (statistics.median(rates[m]) for m in modes)
-        print(f"{modes[1]}/{modes[0]} = {b / a:.2f}x")
+    first = statistics.median(rates[modes[0]])
+    for mode in modes[1:]:
+        print(f"{mode}/{modes[0]} = {statistics.median(rates[mode]) / first:.2f}x")
 
 
 if __name__ == "__main__":

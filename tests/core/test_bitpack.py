@@ -99,3 +99,8 @@ def test_rows_that_do_not_fit_or_have_another_width_are_refused():
         bitpack.pack_rows(np.array([[0, 1, 2], [3, 4, 1024]]), 10)
     with pytest.raises(ValueError, match="rows of 3 values of 10 bits take 4 bytes"):
         bitpack.unpack_rows(np.zeros((2, 5), dtype=np.uint8), 10, 3)
+
+
+def test_no_rows_unpack_to_no_rows():  # a shard whose pairs were all too long
+    assert bitpack.unpack_rows(np.zeros((0, 26), dtype=np.uint8), 17, 12).shape == (0, 12)
+    assert bitpack.pack_rows(np.zeros((0, 12), dtype=np.int64), 17).shape == (0, 26)

@@ -82,3 +82,24 @@ def test_one_certain_token_gives_the_cross_entropy_of_that_token():
     ids, counts = sample_teacher_tokens(teacher, DRAWS, 2.0, torch.Generator().manual_seed(0))
     expected = torch.nn.functional.cross_entropy(student / 2.0, torch.tensor([3, 7, 7, 49]), reduction="none") * 4
     assert torch.allclose(sampled_kd(student, ids, counts, 2.0), expected)
+
+
+def test_draws_invert_the_float64_cumulative_distribution_at_llama3_size():
+    """inverse_cdf at V = 128,256 on peaked rows picks, for 20,000 uniforms per row, the token a
+    float64 cumulative sum picks (written out here) every time; a plain fp32 cumulative sum (the
+    control) picks another for a share of them: its tail tokens are never drawn."""
+    from kdsweep.core.losses import inverse_cdf
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 128_256, generator=g) * 3
+    probs = torch.softmax(logits, -1)
+    u = torch.rand(4, 20_000, generator=g, dtype=torch.float64).float()
+    cdf64 = probs.double().cumsum(-1)
+    expected = torch.searchsorted(cdf64, u.double() * cdf64[:, -1:], right=True)
+    assert torch.equal(inverse_cdf(probs, u), expected)
+    cdf32 = probs.cumsum(-1)
+    control = torch.searchsorted(cdf32, u * cdf32[:, -1:], right=True).clamp(max=128_255)
+    assert (control != expected).float().mean() > 1e-4  # the test can tell fp32 from float64
+    odd = probs[:, :1000] / probs[:, :1000].sum(-1, keepdim=True)  # a vocabulary that is no multiple of 256
+    cdf_odd = odd.double().cumsum(-1)
+    assert torch.equal(inverse_cdf(odd, u), torch.searchsorted(cdf_odd, u.double() * cdf_odd[:, -1:], right=True))

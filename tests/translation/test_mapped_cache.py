@@ -106,6 +106,12 @@ def _nan_entropy(path, entry, index):
     entry.write_shard(index, shard)
 
 
+def _infinite_entropy(path, entry, index):  # above log V: no distribution over V tokens has it
+    shard = entry.read_shard(index)
+    shard["entropy"][7] = float("inf")
+    entry.write_shard(index, shard)
+
+
 SAMPLED_DAMAGE = {
     "count lost": (
         _count_lost,
@@ -115,7 +121,14 @@ SAMPLED_DAMAGE = {
         _sampled_id_outside,
         r"sampled ids outside the teacher's vocabulary in 1 of \d+ token rows \(the first: row 6\)",
     ),
-    "NaN entropy": (_nan_entropy, r"a NaN or negative teacher entropy in 1 of \d+ token rows \(the first: row 2\)"),
+    "NaN entropy": (
+        _nan_entropy,
+        r"a teacher entropy outside \[0, log V\] in 1 of \d+ token rows \(the first: row 2\)",
+    ),
+    "inf entropy": (
+        _infinite_entropy,
+        r"a teacher entropy outside \[0, log V\] in 1 of \d+ token rows \(the first: row 7\)",
+    ),
 }
 
 

@@ -176,7 +176,7 @@ def test_a_sampled_cache_draws_from_the_teacher_at_its_temperature_and_seed(lm, 
     manifest = run(5, "ptr.json")
     ids, starts, cached, _ = read_cache(open_pointer(tmp_path / "ptr.json"))
     bits = math.ceil(math.log2(manifest["teacher_vocab_size"]))
-    assert manifest["bytes_per_token"] == math.ceil(12 * bits / 8) + math.ceil(12 * 4 / 8) + 4 + 4
+    assert manifest["bytes_per_token"] == math.ceil(12 * bits / 8) + math.ceil(12 * 4 / 8) + 4  # ids, counts, entropy
     with torch.no_grad():
         logits = torch.cat(
             [teacher(torch.tensor([s])).logits[0, r - 1 : -1].float() for s, r in zip(ids, starts, strict=True)]
@@ -374,7 +374,7 @@ def test_distillation_refuses_a_student_with_another_vocabulary(lm, tmp_path):
     tok.save_pretrained(tmp_path / "student")
     spec = {
         "point": {"learning_rate": 1e-3, "alpha": 0.5, "temperature": 1.0},
-        "distill": {"loss": "forward_kl", "chunk_size": 64, "training": {}},
+        "distill": {"loss": "forward_kl", "tail": "ignore", "chunk_size": 64, "training": {}},
         "prompt": DEMO_PROMPT,
         "max_length": MAX_LENGTH,
         "packing": True,
@@ -670,6 +670,7 @@ def test_distillation_refuses_a_temperature_other_than_the_sampled_caches(lm, tm
             {"loss": "reverse_kl"},
             r"translation.distill.loss: reverse_kl; a sampled teacher cache",
         ),
+        ({"temperature": 2.0}, {"tail": "bucket"}, r"translation.distill.tail: bucket applies to a top-k cache"),
     ]:
         spec = distill_spec(MAX_LENGTH)
         spec["point"] |= point
@@ -680,3 +681,12 @@ def test_distillation_refuses_a_temperature_other_than_the_sampled_caches(lm, tm
                 tmp_path / "out", tmp_path / "log.jsonl", tmp_path / "ckpt", DistillLMSpec(**spec),
             )  # fmt: skip
         assert not (tmp_path / "out").exists() and not (tmp_path / "ckpt").exists()
+
+
+def test_a_cache_from_before_the_methods_names_its_rebuild():
+    """An entry written before issue 17 (no method in its key, int32 ids) is not read as a top-k
+    cache: the error names the command that rebuilds it."""
+    from kdsweep.translation.cache_format import cache_format
+
+    with pytest.raises(ValueError, match=r"without a known method \(None.*snakemake --forcerun cache_teacher_lm"):
+        cache_format({"kind": "lm_topk", "top_k": 64, "value_dtype": "float16"}, 128_256)

@@ -114,6 +114,8 @@ def unpack_rows(packed, bits: int, m: int) -> np.ndarray:
             f"unpack_rows: rows of {m} values of {bits} bits take {packed_size(m, bits)} bytes, got shape {data.shape}"
         )
     rows, width = data.shape
+    if rows == 0 or m == 0:
+        return np.zeros((rows, m), dtype=np.int64)
     if bits > 57:  # a word would not hold the value and its shift: the bit matrix
         bit_matrix = np.unpackbits(data, axis=1, count=m * bits, bitorder="little").reshape(rows, m, bits)
         return bit_matrix.astype(np.int64) @ np.left_shift(1, np.arange(bits, dtype=np.int64))

@@ -9,9 +9,10 @@ decoding them for training, and checking them:
 - SampledFormat ("sampled"): `draws` tokens drawn from the teacher at the sampling temperature T,
   kept as the row's distinct ids in increasing order (`sample_ids`, bit-packed) with how often each
   was drawn (`sample_counts`, bit-packed in the bits that hold `draws`), padded to `draws` slots
-  with count 0; the teacher's entropy at T (`entropy`, fp32, from the full row) and the log-sum-exp
-  (`lse`). The KD term: kdsweep.core.losses.sampled_kd, an unbiased estimate of the forward KL at
-  T (and of its gradient); distillation at another temperature is refused.
+  with count 0, and the teacher's entropy at T (`entropy`, fp32, from the full row), which makes
+  the loss value a KL estimate. The KD term: kdsweep.core.losses.sampled_kd, an unbiased estimate
+  of the forward KL at T (and of its gradient); distillation at another temperature is refused.
+  No log-sum-exp: without the drawn tokens' logits it determines nothing the loss could use.
 
 Ids are packed row by row in bits_for(vocab_size) bits (kdsweep.core.bitpack: 17 for Llama-3's
 128,256 tokens), so rows stay byte ranges of the shard (memory-mapped slicing, chunked checks).
@@ -24,6 +25,7 @@ cache rebuilt with its seed is the same bytes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -130,7 +132,7 @@ class SampledFormat:
         return bits_for(self.draws + 1)  # 0 (a padding slot) .. draws
 
     def dtypes(self) -> dict[str, torch.dtype]:
-        return {"sample_ids": torch.uint8, "sample_counts": torch.uint8, "entropy": torch.float32, "lse": torch.float32}
+        return {"sample_ids": torch.uint8, "sample_counts": torch.uint8, "entropy": torch.float32}
 
     def empty(self) -> dict[str, torch.Tensor]:
         widths = {
@@ -150,7 +152,6 @@ class SampledFormat:
             "sample_ids": _pack(ids, self.index_bits),
             "sample_counts": _pack(counts, self.count_bits),
             "entropy": teacher_entropy(logits, self.temperature),
-            "lse": torch.logsumexp(logits, dim=-1),
         }
 
     def decode(self, rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -164,9 +165,14 @@ class SampledFormat:
         return [
             ("draw counts that do not sum to the draws", "sample_counts", None, self._bad_counts),
             ("sampled ids outside the teacher's vocabulary", "sample_ids", None, self._outside),
-            ("a NaN or negative teacher entropy", "entropy", lambda t: bool(t.min() >= 0), lambda t: ~(t >= 0)),
-            ("a non-finite log-sum-exp", "lse", _finite, lambda t: ~torch.isfinite(t)),
+            ("a teacher entropy outside [0, log V]", "entropy", self._entropy_passes, self._bad_entropy),
         ]
+
+    def _bad_entropy(self, t: torch.Tensor) -> torch.Tensor:
+        return ~((t >= 0) & (t <= math.log(self.vocab_size) + 1e-3))  # NaN and inf fail
+
+    def _entropy_passes(self, t: torch.Tensor) -> bool:
+        return not bool(self._bad_entropy(torch.stack([t.min(), t.max()])).any())
 
     def _bad_counts(self, packed: torch.Tensor) -> torch.Tensor:
         return _unpack(packed, self.count_bits, self.draws).sum(-1) != self.draws
@@ -195,7 +201,10 @@ def cache_format(key_parts: dict, vocab_size: int) -> CacheFormat:
         return TopkFormat(key_parts["top_k"], vocab_size, key_parts["value_dtype"])
     if method == "sampled":
         return SampledFormat(key_parts["draws"], key_parts["temperature"], vocab_size)
-    raise ValueError(f"teacher cache of unknown method {method!r} (one of {METHODS}); rebuild it")
+    raise ValueError(
+        f"a teacher cache without a known method ({method!r}; one of {METHODS}): written by a kdsweep from before "
+        "sampled caches, with int32 ids; rebuild it with: snakemake --forcerun cache_teacher_lm <your usual options>"
+    )
 
 
 def format_from_settings(cache: dict, vocab_size: int) -> CacheFormat:

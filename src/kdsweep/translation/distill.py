@@ -87,10 +87,10 @@ def init_student_lm(teacher_path: str, tokenizer_path: str, out: str | Path, spe
         tokenizer.save_pretrained(tmp)
 
 
-def check_sampled_temperature(key_parts: dict, temperature: float, loss: str) -> None:
+def check_sampled_temperature(key_parts: dict, temperature: float, loss: str, tail: str = "ignore") -> None:
     """A sampled cache's draws estimate forward KL at their own temperature only (losses.py):
-    another distillation temperature or divergence is refused (the config refuses it before any
-    job; this guards a cache passed by hand)."""
+    another distillation temperature or divergence, or a tail option, is refused (the config
+    refuses them before any job; this guards a cache passed by hand)."""
     if key_parts.get("method") != "sampled":
         return
     if float(temperature) != float(key_parts["temperature"]):
@@ -101,6 +101,8 @@ def check_sampled_temperature(key_parts: dict, temperature: float, loss: str) ->
         )
     if loss != "forward_kl":
         raise ValueError(f"translation.distill.loss: {loss}; a sampled teacher cache estimates forward_kl only")
+    if tail != "ignore":
+        raise ValueError(f"translation.distill.tail: {tail} applies to a top-k cache; a sampled cache has no tail")
 
 
 def distill_student_lm(
@@ -122,7 +124,7 @@ def distill_student_lm(
     distill_cfg, train_cfg = spec.distill, spec.distill["training"]
     data_dir = Path(data_dir)
     entry = open_pointer(cache_pointer, data_dir / "train.jsonl")
-    check_sampled_temperature(entry.key_parts, point["temperature"], distill_cfg["loss"])
+    check_sampled_temperature(entry.key_parts, point["temperature"], distill_cfg["loss"], distill_cfg["tail"])
     tokenizer = load_lm_tokenizer(student_path)
     teacher_tok = load_lm_tokenizer(teacher_tokenizer)
     if tokenizer_fingerprint(teacher_tok) != entry.key_parts["tokenizer"]:

@@ -396,7 +396,7 @@ def cache_summary(entry: CacheEntry, num_shards: int, fmt: CacheFormat) -> dict:
     for index in range(num_shards):
         shard = entry.read_shard(index)
         examples += len(shard["lengths"])
-        tokens += len(shard["lse"])
+        tokens += len(shard[next(iter(fmt.dtypes()))])  # one row per response token
         dropped += int(shard["dropped_too_long"][0])
         for name, value in fmt.summary(shard).items():
             sums[name] = sums.get(name, 0.0) + value
