@@ -99,8 +99,8 @@ def test_translation_dag_runs_every_stage(tr_run, monkeypatch):
         with torch.no_grad():
             log_p = teacher(torch.tensor([ids[i]])).logits[0, starts[i] - 1 : -1].log_softmax(-1)
         top = log_p.topk(8, dim=-1)
-        torch.testing.assert_close(topk[i][0].float(), top.values, rtol=1e-3, atol=2e-3)
-        assert (topk[i][1].long() == top.indices).float().mean() > 0.9  # fp16 near-ties may swap
+        torch.testing.assert_close(topk[i]["topk_logprobs"].float(), top.values, rtol=1e-3, atol=2e-3)
+        assert (topk[i]["topk_indices"] == top.indices).float().mean() > 0.9  # fp16 near-ties may swap
 
     # Distillation moved the student toward the teacher: the KD term, written out here (forward KL of
     # the renormalized top-8 against the student's full softmax) on 32 training pairs, fell.
@@ -110,8 +110,8 @@ def test_translation_dag_runs_every_stage(tr_run, monkeypatch):
         for i in range(32):
             with torch.no_grad():
                 log_q = model(torch.tensor([ids[i]])).logits[0, starts[i] - 1 : -1].log_softmax(-1)
-            log_p = topk[i][0].float().log_softmax(-1)
-            total += (log_p.exp() * (log_p - log_q.gather(-1, topk[i][1].long()))).sum().item()
+            log_p = topk[i]["topk_logprobs"].float().log_softmax(-1)
+            total += (log_p.exp() * (log_p - log_q.gather(-1, topk[i]["topk_indices"]))).sum().item()
             tokens += len(log_p)
         return total / tokens
 
@@ -216,3 +216,46 @@ def test_a_missing_comet_interpreter_fails_before_any_job(tmp_path):
     out = comet_dry_run(tmp_path, {"enabled": False, "reason": "off here", "python": missing})
     assert out.returncode == 0, out.stderr[-3000:]
     assert "rule evaluate_translation:" in out.stdout + out.stderr and "score_comet" not in out.stdout + out.stderr
+
+
+def test_a_sampled_cache_runs_through_the_workflow(tmp_path, monkeypatch):
+    """.test/translation.yaml with `teacher.cache.method: sampled` (12 draws at T = 1), a random
+    student distilled with KD alone at one learning rate, COMET off: the cache, distillation on 2 processes and the report run, the
+    report's cache line says what the cache holds, and distillation moved the student toward the
+    teacher's full distribution (the dense forward KL, written out here from the teacher's logits,
+    on 32 training pairs, fell)."""
+    config = dot_test_config("translation")
+    config["translation"]["teacher"]["cache"] = {"method": "sampled", "draws": 12, "temperature": 1.0, "shard_size": 64}
+    config["translation"]["distill"]["sweep"] |= {"learning_rate": [3.0e-3], "alpha": [1.0]}  # KD alone
+    config["translation"]["student"]["model"] = {  # a random student, far from the teacher
+        "family": "llama",
+        "config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                   "num_key_value_heads": 1, "max_position_embeddings": 128, "tie_word_embeddings": True},
+    }  # fmt: skip
+    configfile = tmp_path / "tr.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    output = snakemake(tmp_path, configfile)
+    assert planned(output)["distill_lm"] == 1 and planned(output)["cache_teacher_lm"] == 1
+    paths = RunPaths(str(tmp_path / "results" / "tr"))
+    monkeypatch.chdir(tmp_path)  # the pointer names its store entry relative to the workflow's directory
+    entry = open_pointer(paths.cache_pointer(TASK))
+    assert entry.key_parts["method"] == "sampled" and entry.key_parts["kind"] == "lm_sampled"
+    report = Path(paths.report_md()).read_text()
+    assert "12 tokens drawn per response token from the teacher at temperature 1 (method sampled, seed 0)" in report
+    ids, starts, _, _ = read_cache(entry)
+    teacher = AutoModelForCausalLM.from_pretrained(paths.teacher_model(TASK)).eval()
+
+    def dense_kl(model_dir: str) -> float:
+        model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+        total, tokens = 0.0, 0
+        for i in range(32):
+            with torch.no_grad():
+                rows = slice(starts[i] - 1, -1)
+                log_p = teacher(torch.tensor([ids[i]])).logits[0, rows].log_softmax(-1)
+                log_q = model(torch.tensor([ids[i]])).logits[0, rows].log_softmax(-1)
+            total += (log_p.exp() * (log_p - log_q)).sum().item()
+            tokens += len(log_p)
+        return total / tokens
+
+    base, distilled = dense_kl(paths.student_init(TASK)), dense_kl(paths.distill_model(TASK, "lr0.003_a1_T1"))
+    assert distilled < 0.8 * base, (base, distilled)
