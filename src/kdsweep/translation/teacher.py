@@ -50,6 +50,9 @@ from kdsweep.translation.prompt import Prompt, encode_pair, make_prompt
 log = logging.getLogger(__name__)
 # The kind of a store entry, by method (cache.py's REBUILD_RULE names the rule that builds it).
 CACHE_KINDS = {"topk": "lm_topk", "sampled": "lm_sampled"}
+# The sampled cache's draw procedure (cache_format.py, losses.inverse_cdf), part of its key: change
+# it whenever the same seed would draw other tokens.
+SAMPLER = "inverse-cdf-float64, uniforms per row in example order, per-shard generator"
 
 
 def encode_rows(rows: list[dict], tokenizer, prompt: Prompt, max_length: int) -> tuple[list, list, list, int]:
@@ -328,6 +331,7 @@ def cache_key_parts(settings: dict, prompt: Prompt, model, tokenizer, train_file
         own = {"top_k": settings["top_k"], "value_dtype": settings["value_dtype"], "values": "logprob"}
     else:
         own = {"draws": settings["draws"], "temperature": float(settings["temperature"]), "seed": settings["seed"]}
+        own["sampler"] = SAMPLER  # how the draws are made: a change of it is a new entry, never a reused one
     return teacher_key_parts(
         CACHE_KINDS[method],
         model,
