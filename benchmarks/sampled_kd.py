@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from topk_cache import demo_logits, synthetic_peaked
+from topk_cache import demo_teacher_and_students, synthetic_peaked
 
 from kdsweep.core.losses import sampled_kd, topk_kd
 from kdsweep.translation.cache_format import SampledFormat, TopkFormat, bytes_per_token
@@ -175,18 +175,10 @@ def main() -> None:
     for temperature in (1.0, 2.0):
         table("Synthetic peaked rows (student = teacher + noise)", student, teacher, temperature)
     del student, teacher
-    task = "europarl_en_fr"
-    if not (args.demo / "teacher" / task / "model").is_dir():
-        print(f"(no finished demo run under {args.demo}: run `make demo` for the trained-teacher tables)")
+    demo = demo_teacher_and_students(args.demo, args.point)
+    if demo is None:
         return
-    teacher, base, distilled = demo_logits(
-        args.demo,
-        [
-            args.demo / "teacher" / task / "model",
-            args.demo / "student_init" / task,
-            args.demo / "distill" / task / args.point / "model",
-        ],
-    )
+    teacher, base, distilled = demo
     for temperature in (1.0, 2.0):
         table("Demo teacher vs the base student (distillation starts)", base, teacher, temperature)
         table(f"Demo teacher vs distilled student {args.point}", distilled, teacher, temperature)

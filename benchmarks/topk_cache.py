@@ -132,6 +132,21 @@ def demo_logits(run: Path, model_dirs: list[Path], max_examples: int = 100) -> l
     return out
 
 
+def demo_teacher_and_students(demo: Path, point: str) -> list[torch.Tensor] | None:
+    """The logits of the demo's teacher, base student and distilled student `point` on its dev
+    split (demo_logits), or None (said) without a finished demo run."""
+    task = "europarl_en_fr"
+    if not (demo / "teacher" / task / "model").is_dir():
+        print(f"(no finished demo run under {demo}: run `make demo` for the trained-teacher tables)")
+        return None
+    models = [
+        demo / "teacher" / task / "model",
+        demo / "student_init" / task,
+        demo / "distill" / task / point / "model",
+    ]
+    return demo_logits(demo, models)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo", type=Path, default=Path("results/demo"), help="a finished demo run")
@@ -142,18 +157,10 @@ def main() -> None:
     print()
     fidelity_table("Synthetic peaked distributions", *synthetic_peaked())
     print()
-    task = "europarl_en_fr"
-    if not (args.demo / "teacher" / task / "model").is_dir():
-        print(f"(no finished demo run under {args.demo}: run `make demo` for the trained-teacher tables)")
+    demo = demo_teacher_and_students(args.demo, args.point)
+    if demo is None:
         return
-    teacher, base, distilled = demo_logits(
-        args.demo,
-        [
-            args.demo / "teacher" / task / "model",
-            args.demo / "student_init" / task,
-            args.demo / "distill" / task / args.point / "model",
-        ],
-    )
+    teacher, base, distilled = demo
     for temperature in (1.0, 2.0):
         fidelity_table(
             f"Demo teacher vs the base student (distillation starts), T={temperature:g}", base, teacher, temperature
