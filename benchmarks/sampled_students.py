@@ -4,14 +4,14 @@ translation task: the same distillation and evaluation from four caches, side by
     make demo                                   # the teacher, data and base student of results/demo
     HF_HUB_OFFLINE=1 python benchmarks/sampled_students.py [--out /tmp/sampled_students]
         [--seeds 0 1 2] [--methods dense top16 top64 sampled12] [--timing-builds 3]
-        [--config config/demo.yaml]
+        [--config config/demo.yaml] [--temperature 1]
 
 Caches (translation.teacher.cache, on the train split of the demo's prepared data): dense KD
 (method topk with top_k = the teacher's vocabulary, 1000: every token), top-16 (the demo's own),
-top-64, and sampled-12 (method sampled, 12 draws at temperature 1, the cache's seed = the run's
-seed). Each method's config (config/demo.yaml with its cache block and the one sweep point) goes
-through kdsweep.families.validate_config, and each stage gets the settings its Snakemake rule
-(workflow/rules/translation.smk) builds from that config:
+top-64, and sampled-12 (method sampled, 12 draws at the distillation temperature, the cache's
+seed = the run's seed). Each method's config (config/demo.yaml with its cache block and the one
+sweep point) goes through kdsweep.families.validate_config, and each stage gets the settings its
+Snakemake rule (workflow/rules/translation.smk) builds from that config:
 
 - cache: kdsweep.translation.teacher.cache_teacher_lm with the rule's spec, called in this process
   (what `kdsweep cache-teacher-lm` runs, on 2 threads as the rule's KDSWEEP_THREADS) and timed:
@@ -26,11 +26,19 @@ through kdsweep.families.validate_config, and each stage gets the settings its S
 - evaluate: `kdsweep evaluate-translation` on the test split with the demo's evaluate settings
   (greedy, max_new_tokens 48); COMET off.
 
+--temperature T (default 1) distills at T instead: the point's temperature is T, a sampled cache
+is drawn at T (translation.teacher.cache.temperature: the config refuses any other), and a top-k
+or dense cache, which holds the teacher at T = 1 whatever T, is tempered by the loss, which the
+config allows only with translation.distill.allow_tempered_topk: true (set for them at T != 1;
+dense, k = V, is exact at any T, top-k is not). At T != 1 the caches and students are named with
+the temperature (top64_T2_seed0) and --out defaults to /tmp/sampled_students_T<T>, so a T = 1
+run's outputs are neither overwritten nor reused.
+
 The table: bytes/token, mean cache build time, and BLEU and chrF as mean +- sample sd over the
 seeds (each seed's BLEU in brackets); under it the teacher's, the base student's and the demo's
-own top-16 student's (training seed 42) BLEU and chrF, read from results/demo/eval. Everything is
-written under --out; a rerun skips every cache, student and evaluation already there (a killed
-distillation resumes from its checkpoints).
+own top-16 student's (training seed 42, T 1) BLEU and chrF, read from results/demo/eval.
+Everything is written under --out; a rerun skips every cache, student and evaluation already
+there (a killed distillation resumes from its checkpoints).
 """
 
 from __future__ import annotations
@@ -50,18 +58,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 THREADS = 2  # the rules' `threads: 2` (KDSWEEP_THREADS)
 POINT = {"learning_rate": 3e-3, "alpha": 0.5, "temperature": 1.0}  # the demo's best point
-# method name -> translation.teacher.cache settings; top_k None: the teacher's vocabulary (dense)
+# method name -> translation.teacher.cache settings; top_k None: the teacher's vocabulary (dense).
+# A sampled cache draws at the distillation temperature (--temperature), set in method_config.
 METHODS = {
     "dense": {"method": "topk", "top_k": None},
     "top16": {"method": "topk", "top_k": 16},
     "top64": {"method": "topk", "top_k": 64},
-    "sampled12": {"method": "sampled", "draws": 12, "temperature": 1.0},
+    "sampled12": {"method": "sampled", "draws": 12},
 }
 
 
-def method_config(raw: dict, method: str, seed: int, vocab: int) -> dict:
-    """config/demo.yaml with the method's cache block, the one point and the training seed,
-    validated (defaults filled in, the translation family's checks) as a run of it would be."""
+def point_at(temperature: float) -> dict:
+    """The demo's best point at the distillation temperature."""
+    return {**POINT, "temperature": float(temperature)}
+
+
+def method_config(raw: dict, method: str, seed: int, vocab: int, temperature: float = 1.0) -> dict:
+    """config/demo.yaml with the method's cache block, the one point at `temperature` and the
+    training seed, validated (defaults filled in, the translation family's checks) as a run of it
+    would be. A sampled cache draws at `temperature`; a top-k one holds the teacher at 1 and is
+    tempered by the loss, allowed at T != 1 by allow_tempered_topk."""
     from kdsweep.families import validate_config
 
     config = copy.deepcopy(raw)
@@ -72,16 +88,25 @@ def method_config(raw: dict, method: str, seed: int, vocab: int) -> dict:
         cache["top_k"] = vocab
     if cache["method"] == "sampled":
         cache["seed"] = seed
+        cache["temperature"] = float(temperature)
+    elif temperature != 1:
+        tr["distill"]["allow_tempered_topk"] = True
     tr["teacher"]["cache"] = {**tr["teacher"]["cache"], **cache}
-    tr["distill"]["sweep"] = {axis: [value] for axis, value in POINT.items()}
+    tr["distill"]["sweep"] = {axis: [value] for axis, value in point_at(temperature).items()}
     tr["distill"]["training"] = {**tr["distill"]["training"], "seed": seed}
     tr["evaluate"]["comet"] = {**tr["evaluate"].get("comet", {}), "enabled": False}
     return validate_config(config)
 
 
-def cache_name(method: str, seed: int) -> str:
+def run_name(method: str, temperature: float) -> str:
+    """The method's name in file names: with the temperature at T != 1 (top64_T2)."""
+    return method if temperature == 1 else f"{method}_T{temperature:g}"
+
+
+def cache_name(method: str, seed: int, temperature: float = 1.0) -> str:
     """A top-k cache is one for all seeds; a sampled cache is drawn per seed."""
-    return f"{method}_seed{seed}" if METHODS[method]["method"] == "sampled" else method
+    name = run_name(method, temperature)
+    return f"{name}_seed{seed}" if METHODS[method]["method"] == "sampled" else name
 
 
 class Demo:
@@ -266,16 +291,21 @@ def mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f}{sd}"
 
 
-def method_label(method: str, vocab: int) -> str:
+def method_label(method: str, vocab: int, temperature: float = 1.0) -> str:
     cache = METHODS[method]
     if cache["method"] == "sampled":
-        return f"sampled-{cache['draws']} (T {cache['temperature']:g})"
+        return f"sampled-{cache['draws']} (T {temperature:g})"
     return f"dense (top-{vocab})" if cache["top_k"] is None else f"top-{cache['top_k']}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("/tmp/sampled_students"))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default /tmp/sampled_students at T 1, /tmp/sampled_students_T<T> otherwise)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     parser.add_argument("--config", default="config/demo.yaml")
@@ -285,7 +315,20 @@ def main() -> None:
         default=3,
         help="timed builds of each cache, the first included; the table shows the fastest (default 3)",
     )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="distillation temperature; a sampled cache is drawn at it, top-k/dense caches are tempered by "
+        "the loss (allow_tempered_topk at T != 1) (default 1)",
+    )
     args = parser.parse_args()
+    temperature = args.temperature
+    if temperature <= 0:
+        parser.error(f"--temperature {temperature:g}: must be positive")
+    if args.out is None:
+        args.out = Path("/tmp/sampled_students" if temperature == 1 else f"/tmp/sampled_students_T{temperature:g}")
+    point = point_at(temperature)
     os.chdir(ROOT)  # the config's results_dir and the demo's paths are relative to the repository
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kdsweep").setLevel(logging.INFO)
@@ -307,12 +350,12 @@ def main() -> None:
     for method in args.methods:
         res = results[method] = {"caches": {}, "bleu": [], "chrf": [], "runaway": []}
         for seed in args.seeds:
-            tr = method_config(raw, method, seed, vocab)["translation"]
-            name = cache_name(method, seed)
+            tr = method_config(raw, method, seed, vocab, temperature)["translation"]
+            name = cache_name(method, seed, temperature)
             if name not in res["caches"]:
                 res["caches"][name] = build_cache(demo, tr, out, name)
             cache = res["caches"][name]
-            student = f"{method}_seed{seed}"
+            student = f"{run_name(method, temperature)}_seed{seed}"
             metrics = evaluate(demo, tr, distill(demo, tr, cache["pointer"], out, student), out, student)
             res["bleu"].append(metrics["bleu"])
             res["chrf"].append(metrics["chrf"])
@@ -327,12 +370,17 @@ def main() -> None:
     print(f"kdsweep {source_commit()}; caches built at {commits}.")
     seeds = ", ".join(map(str, args.seeds))
     print(
-        f"Students distilled at lr {POINT['learning_rate']:g}, alpha {POINT['alpha']:g}, T {POINT['temperature']:g} "
+        f"Students distilled at lr {point['learning_rate']:g}, alpha {point['alpha']:g}, T {point['temperature']:g} "
         f"(the demo's training block), seeds {seeds}; test split, greedy, max_new_tokens 48. BLEU and chrF: "
         "mean ± sample sd over the seeds, [each seed's BLEU]. Cache build s: each cache's fastest of "
         f"{args.timing_builds} build(s) (2 threads; teacher load, shards, manifest), a sampled cache's averaged over "
         "the seeds (one cache each); a top-k cache is one for all seeds."
     )
+    if temperature != 1:
+        print(
+            f"At T {temperature:g} the sampled caches are drawn at T {temperature:g}; the top-k and dense caches hold "
+            "the teacher at T 1 and are tempered by the loss (allow_tempered_topk; exact for dense, k = V)."
+        )
     print()
     print("| method | bytes/token | cache build s (mean) | BLEU mean ± sd [per seed] | chrF mean ± sd |")
     print("|---|--:|--:|--:|--:|")
@@ -343,13 +391,14 @@ def main() -> None:
         build = f"{statistics.mean(fastest):.1f}"
         per_seed = ", ".join(f"{b:.2f}" for b in res["bleu"])
         print(
-            f"| {method_label(method, vocab)} | {'/'.join(map(str, sorted(bpt)))} | {build} | "
+            f"| {method_label(method, vocab, temperature)} | {'/'.join(map(str, sorted(bpt)))} | {build} | "
             f"{mean_sd(res['bleu'])} [{per_seed}] | {mean_sd(res['chrf'])} |"
         )
     print()
     from kdsweep.core.config import point_id
 
-    references = (("teacher", "teacher"), ("base student", "base"), ("demo top-16 student, seed 42", point_id(POINT)))
+    demo_student = "demo top-16 student, seed 42" + ("" if temperature == 1 else f", T {POINT['temperature']:g}")
+    references = (("teacher", "teacher"), ("base student", "base"), (demo_student, point_id(POINT)))
     for label, name in references:
         metrics = demo.eval_json(name)
         if metrics:
