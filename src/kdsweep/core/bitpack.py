@@ -81,13 +81,13 @@ def pack_rows(values, bits: int) -> np.ndarray:
     pad = width * 8 - m * bits  # whole bytes per row: zero bits appended to each row's stream
     if r == 0 or m == 0:
         return np.zeros((r, width), dtype=np.uint8)
+    if not np.issubdtype(rows.dtype, np.integer):
+        raise ValueError(f"pack_rows: integer values needed, got dtype {rows.dtype}")
     step = max(1, CHUNK // max(m, 1))
     out = np.empty((r, width), dtype=np.uint8)
     shifts = np.arange(bits, dtype=np.int64)
     for start in range(0, r, step):
         chunk = rows[start : start + step].astype(np.int64, copy=False)
-        if chunk.size and not np.issubdtype(rows.dtype, np.integer):
-            raise ValueError(f"pack_rows: integer values needed, got dtype {rows.dtype}")
         bad = np.argwhere((chunk < 0) | (chunk >= (1 << bits)))
         if bad.size:
             i, j = (int(x) for x in bad[0])

@@ -72,9 +72,9 @@ class TopkFormat:
             "lse": torch.float32,
         }
 
-    def empty(self) -> dict[str, torch.Tensor]:
-        widths = {"topk_logprobs": self.top_k, "topk_ids": packed_size(self.top_k, self.index_bits)}
-        return {n: torch.zeros((0, *([widths[n]] if n in widths else [])), dtype=d) for n, d in self.dtypes().items()}
+    def widths(self) -> dict[str, int]:
+        """Elements per token row of the 2-d tensors (the others hold one value per row)."""
+        return {"topk_logprobs": self.top_k, "topk_ids": packed_size(self.top_k, self.index_bits)}
 
     def uniforms(self, rows: int, generator: torch.Generator) -> None:
         return None  # nothing is drawn
@@ -134,12 +134,12 @@ class SampledFormat:
     def dtypes(self) -> dict[str, torch.dtype]:
         return {"sample_ids": torch.uint8, "sample_counts": torch.uint8, "entropy": torch.float32}
 
-    def empty(self) -> dict[str, torch.Tensor]:
-        widths = {
+    def widths(self) -> dict[str, int]:
+        """Elements per token row of the 2-d tensors (the others hold one value per row)."""
+        return {
             "sample_ids": packed_size(self.draws, self.index_bits),
             "sample_counts": packed_size(self.draws, self.count_bits),
         }
-        return {n: torch.zeros((0, *([widths[n]] if n in widths else [])), dtype=d) for n, d in self.dtypes().items()}
 
     def uniforms(self, rows: int, generator: torch.Generator) -> torch.Tensor:
         """The uniforms [rows, draws] of `rows` token rows, in their order (see the module doc)."""
@@ -216,10 +216,11 @@ def format_from_settings(cache: dict, vocab_size: int) -> CacheFormat:
 
 def bytes_per_token(fmt: CacheFormat) -> int:
     """The bytes of one response token's rows in a shard."""
-    widths = {
-        "topk_logprobs": getattr(fmt, "top_k", 0),
-        "topk_ids": packed_size(getattr(fmt, "top_k", 0), fmt.index_bits),
-        "sample_ids": packed_size(getattr(fmt, "draws", 0), fmt.index_bits),
-        "sample_counts": packed_size(getattr(fmt, "draws", 0), getattr(fmt, "count_bits", 1)),
-    }
+    widths = fmt.widths()
     return sum(widths.get(n, 1) * d.itemsize for n, d in fmt.dtypes().items())
+
+
+def empty_rows(fmt: CacheFormat) -> dict[str, torch.Tensor]:
+    """The format's tensors for no token rows (a batch or shard whose pairs were all dropped)."""
+    widths = fmt.widths()
+    return {n: torch.zeros((0, *([widths[n]] if n in widths else [])), dtype=d) for n, d in fmt.dtypes().items()}

@@ -41,7 +41,13 @@ from kdsweep.translation.batching import (
     response_hidden_states,
     restore_item_order,
 )
-from kdsweep.translation.cache_format import CacheFormat, bytes_per_token, cache_format, format_from_settings
+from kdsweep.translation.cache_format import (
+    CacheFormat,
+    bytes_per_token,
+    cache_format,
+    empty_rows,
+    format_from_settings,
+)
 from kdsweep.translation.generation import device, generate_translations, load_lm_tokenizer
 from kdsweep.translation.loss import TokenKD
 from kdsweep.translation.models import causal_lm_from_config, load_causal_lm
@@ -221,7 +227,7 @@ def teacher_rows(
         for name, t in fmt.encode(logits, chunk_uniforms).items():
             parts[name].append(t.cpu())
     if not parts or not next(iter(parts.values())):
-        return fmt.empty()
+        return empty_rows(fmt)
     return {name: torch.cat(chunks) for name, chunks in parts.items()}
 
 
@@ -266,7 +272,7 @@ def cache_rows(
         rows = teacher_rows(model, batch, fmt, settings["chunk_size"], head, batch_uniforms)
         for name, tensor in zip(rows, restore_item_order(batch, items, *rows.values()), strict=True):
             out[name].append(tensor.to(fmt.dtypes()[name]))
-    empty = fmt.empty()
+    empty = empty_rows(fmt)
     return {name: torch.cat(parts) if parts else empty[name] for name, parts in out.items()}
 
 
