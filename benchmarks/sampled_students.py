@@ -398,7 +398,7 @@ def main() -> None:
     from kdsweep.core.config import point_id
 
     demo_student = "demo top-16 student, seed 42" + ("" if temperature == 1 else f", T {POINT['temperature']:g}")
-    references = (("teacher", "teacher"), ("base student", "base"), (demo_student, point_id(POINT)))
+    references = (("teacher", "teacher"), ("base student", "base"), (demo_student, point_id({**POINT, "seed": 42})))
     for label, name in references:
         metrics = demo.eval_json(name)
         if metrics:

@@ -25,3 +25,13 @@ REFERENCES = [
     "Il fait beau temps aujourd'hui.",
     "Pouvez-vous fermer la fenêtre, s'il vous plaît ?",
 ]
+
+
+def noisy(references: list[str], keep: float, rng) -> list[str]:
+    """A system that gets each reference word right with probability `keep` (else a wrong word)."""
+    return [" ".join(w if rng.random() < keep else "xyz" for w in r.split()) for r in references]
+
+
+def corpus_references(n: int, rng) -> list[str]:
+    words = "le la les un une chat chien maison rouge bleu petit grand mange dort court ici".split()
+    return [" ".join(rng.choice(words) for _ in range(12)) for _ in range(n)]

@@ -50,7 +50,7 @@ EXPECTED = {
     "evaluate_student": ("gpu", 1),
     "report": ("short", 0),
 }
-KILLED = "lr0.001_a0.5_T2"
+KILLED = "lr0.001_a0.5_T2_s42"
 
 
 def why_not_here() -> str | None:

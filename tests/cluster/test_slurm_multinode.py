@@ -35,7 +35,7 @@ SCRIPT = str(REPO / "scripts" / "local-slurm.sh")
 pytestmark = pytest.mark.cluster
 
 RUN = "multinode"
-POINT = "lr0.001_a0.5_T2"
+POINT = "lr0.001_a0.5_T2_s42"
 MAX_STEPS = 200
 CONFIG = small_glue_config(
     RUN,

@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdsweep.core.config import ConfigError, distill_points, experiment_tables, point_id, sweep_points, swept_axes
+from kdsweep.core.config import (
+    ConfigError,
+    distill_points,
+    experiment_tables,
+    point_id,
+    sweep_points,
+    swept_axes,
+    training_seed,
+)
 from kdsweep.families import load_config, validate_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -197,16 +205,32 @@ def test_a_missing_comet_checkpoint_fails_validation(demo, tmp_path):
 def test_sweep_points_and_ids(demo):
     demo["glue"]["distill"]["sweep"] = {"learning_rate": [2e-5, 2e-7], "alpha": [0.5, 1.0], "temperature": [2.0]}
     validate_config(demo)
-    points = sweep_points(demo["glue"]["distill"])
-    assert list(points) == ["lr2e-05_a0.5_T2", "lr2e-05_a1_T2", "lr2e-07_a0.5_T2", "lr2e-07_a1_T2"]
-    assert points["lr2e-07_a1_T2"] == {"learning_rate": 2e-7, "alpha": 1.0, "temperature": 2.0}
-    assert swept_axes(demo["glue"]["distill"]) == ["learning_rate", "alpha"]
+    points = sweep_points(demo["glue"]["distill"])  # one seed by default: training.seed
+    assert list(points) == ["lr2e-05_a0.5_T2_s42", "lr2e-05_a1_T2_s42", "lr2e-07_a0.5_T2_s42", "lr2e-07_a1_T2_s42"]
+    assert points["lr2e-07_a1_T2_s42"] == {"learning_rate": 2e-7, "alpha": 1.0, "temperature": 2.0, "seed": 42}
+    assert swept_axes(demo["glue"]["distill"]) == ["learning_rate", "alpha"]  # seeds repeat a point: not an axis
     assert list(sweep_points(demo["translation"]["distill"])) == [
-        "lr0.003_a0.5_T1",
-        "lr0.001_a0.5_T1",
-        "lr0.0003_a0.5_T1",
+        f"lr{lr}_a0.5_T1_s{seed}" for lr in ("0.003", "0.001", "0.0003") for seed in (42, 43)
     ]
     assert point_id({"learning_rate": 1e-3, "alpha": 0.25, "temperature": 4}) == "lr0.001_a0.25_T4"
+    # sweep.seed: every point once per seed, seeds innermost; training.seed no longer decides
+    demo["glue"]["distill"]["sweep"]["seed"] = [7, 3]
+    demo["glue"]["distill"]["training"]["seed"] = 1
+    points = sweep_points(demo["glue"]["distill"])
+    assert list(points)[:2] == ["lr2e-05_a0.5_T2_s7", "lr2e-05_a0.5_T2_s3"] and len(points) == 8
+    assert {p["seed"] for p in points.values()} == {7, 3}
+
+
+def test_a_run_trains_with_its_own_seed_and_seeds_are_validated(demo):
+    train = {"seed": 42, "epochs": 1}
+    assert training_seed(train, {"learning_rate": 1e-3, "seed": 7}) == {"seed": 7, "epochs": 1}
+    assert training_seed(train, {"learning_rate": 1e-3}) == train  # a point written by hand without one
+    demo["glue"]["distill"]["sweep"]["seed"] = [1, 1]
+    with pytest.raises(ConfigError, match=r"glue\.distill\.sweep\.seed: \[1, 1\] has non-unique elements"):
+        validate_config(demo)
+    demo["glue"]["distill"]["sweep"]["seed"] = []
+    with pytest.raises(ConfigError, match=r"glue\.distill\.sweep\.seed: \[\] should be non-empty"):
+        validate_config(demo)
 
 
 def test_experiments_add_runs_around_one_point_and_share_equal_runs(demo):
@@ -230,13 +254,15 @@ def test_experiments_add_runs_around_one_point_and_share_equal_runs(demo):
         "KD + hidden cosine + CE, random init": "lr0.001_a0.5_T2_cos0.5_rand",
     }
     points = distill_points(demo["glue"]["distill"])
-    assert len(points) == 3 + 2 + 1 + 3  # sweep, alpha 0 and 1, temperature 1, three ablation runs
-    assert points["lr0.001_a0.5_T2_cos0.5_rand"] == {
+    # sweep, alpha 0 and 1, temperature 1, three ablation runs, each once per seed (the demo's 42, 43)
+    assert len(points) == 2 * (3 + 2 + 1 + 3)
+    assert points["lr0.001_a0.5_T2_cos0.5_rand_s43"] == {
         "learning_rate": 1e-3,
         "alpha": 0.5,
         "temperature": 2.0,
         "cosine_weight": 0.5,
         "init": "random",
+        "seed": 43,
     }
     # With a block-wide cosine weight, "KD only" must turn it off: a run of its own.
     demo["glue"]["distill"]["cosine_weight"] = 0.5

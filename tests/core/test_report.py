@@ -264,3 +264,92 @@ def test_translation_rows_count_stop_reasons_from_the_outputs(tmp_path):
     assert (row["Ended with marker (%)"], row["Ended with eos (%)"], row["Runaway (%)"]) == (30.0, 60.0, 10.0)
     eot_only = {**result, "stop_rates": stop_rates([{"stop": "eos"}] * 4)}
     assert translation_row(eot_only)["Runaway (%)"] == 0.0
+
+
+def test_seeds_give_each_point_its_mean_sd_and_n_and_the_study_comparison_the_mean(tmp_path):
+    """Two seeds per point: the learning-rate table and the comparison with the study hold the mean
+    of the two runs' metrics (computed here from their evaluation JSONs), the table the sample
+    standard deviation and n = 2; the all-runs table keeps every run."""
+    import statistics
+
+    paths = RunPaths(str(tmp_path / "run"))
+    points = {
+        f"lr{lr:g}_a0.5_T2_s{seed}": {"learning_rate": lr, "alpha": 0.5, "temperature": 2.0, "seed": seed}
+        for lr in (1e-3, 1e-5)
+        for seed in (1, 2)
+    }
+    fake_run_outputs(paths, "qqp", ["dev"], points)  # accuracy 0.5, 0.6, 0.7, 0.8 in this order
+    reference = tmp_path / "reference.yaml"
+    reference.write_text(
+        "glue:\n  qqp:\n    split: dev\n    rows:\n      - {learning_rate: 1.0e-3, accuracy: 90.0, macro_f1: 89.0}\n"
+    )
+    spec = {
+        "title": "seeds",
+        "reference": str(reference),
+        "glue": {"tasks": ["qqp"], "points": points, "swept": ["learning_rate"]},
+    }
+    write_report(paths, spec)
+    by_lr = pd.read_csv(paths.report_table("qqp", "learning_rate", "csv")).set_index("Learning rate")
+    for lr, ids in (
+        (1e-3, ["lr0.001_a0.5_T2_s1", "lr0.001_a0.5_T2_s2"]),
+        (1e-5, ["lr1e-05_a0.5_T2_s1", "lr1e-05_a0.5_T2_s2"]),
+    ):
+        acc = [100 * pd.read_json(paths.eval_json("qqp", i), typ="series")["splits"]["dev"]["accuracy"] for i in ids]
+        row = by_lr.loc[lr]
+        assert row["Seeds"] == 2
+        assert row["Accuracy (%)"] == pytest.approx(round(statistics.fmean(acc), 2))
+        assert row["Accuracy (%) sd"] == pytest.approx(round(statistics.stdev(acc), 2))
+    assert by_lr.loc[1e-3, "Accuracy (%)"] == pytest.approx(55.0) and by_lr.loc[1e-3, "Accuracy (%) sd"] == 7.07
+    study = pd.read_csv(paths.report_file("qqp_vs_study", "csv"))
+    assert study.iloc[0][["Seeds", "Accuracy kdsweep (%)", "Accuracy diff"]].tolist() == [2, 55.0, -35.0]
+    assert len(pd.read_csv(paths.report_file("qqp_all_runs", "csv"))) == 4
+    assert written_files(paths) == declared_files(paths, spec)
+
+
+def test_translation_rows_average_seeds_and_test_each_run_against_base_and_teacher(tmp_path):
+    """A point with two seeds: its row is the mean and sd of the runs' BLEU (sacrebleu's corpus
+    BLEU of each run's translations, here), and says how many runs beat the base student
+    significantly; every run's p-values are those of sacrebleu's paired test run here."""
+    import random
+    import statistics
+
+    import sacrebleu
+    from sentences import corpus_references, noisy
+
+    from kdsweep.translation.metrics import paired_test, sacrebleu_scores
+    from kdsweep.translation.report import significance, translation_runs_table, translation_table
+
+    paths, task, rng = RunPaths(str(tmp_path / "run")), "europarl_en_fr", random.Random(0)
+    refs = corpus_references(80, rng)
+    points = {
+        f"lr0.001_a0.5_T1_s{s}": {"learning_rate": 1e-3, "alpha": 0.5, "temperature": 1.0, "seed": s} for s in (1, 2)
+    }
+    keep = {"base": 0.3, "teacher": 0.9, "lr0.001_a0.5_T1_s1": 0.7, "lr0.001_a0.5_T1_s2": 0.75}
+    hyps = {}
+    for name, k in keep.items():
+        hyps[name] = noisy(refs, k, rng)
+        rows = [
+            {"id": i, "source": "s", "reference": r, "hypothesis": h, "stop": "marker"}
+            for i, (r, h) in enumerate(zip(refs, hyps[name], strict=True))
+        ]
+        write_jsonl(paths.eval_translations(task, name), rows)
+        stop = {"marker": 1.0, "eos": 0.0, "max_new_tokens": 0.0}
+        write_json(
+            paths.eval_json(task, name), sacrebleu_scores(hyps[name], refs, bootstrap=100) | {"stop_rates": stop}
+        )
+    names = ["base", *points, "teacher"]
+    tests = significance(paths, task, names)
+    table = translation_table(paths, task, points, ["learning_rate"], {"enabled": False}, tests).set_index("Model")
+    bleus = [sacrebleu.corpus_bleu(hyps[p], [refs]).score for p in points]
+    student = table.loc["Distilled (learning rate 0.001)"]
+    assert student["Seeds"] == 2 and table.loc["Base model", "Seeds"] == 1
+    assert student["SacreBLEU"] == pytest.approx(round(statistics.fmean(bleus), 2))
+    assert student["SacreBLEU sd"] == pytest.approx(round(statistics.stdev(bleus), 2))
+    assert student["BLEU vs base model"] == "better 2/2" and student["BLEU vs teacher"] == "worse 2/2"
+    assert table.loc["Teacher", "BLEU vs teacher"] == "" and table.loc["Base model", "BLEU vs base model"] == ""
+    runs = translation_runs_table(paths, task, points, ["learning_rate"], tests).set_index("Run")
+    for name in names[1:]:
+        own = paired_test(hyps["base"], hyps[name], refs)
+        assert runs.loc[name, "BLEU p vs base model"] == f"{own['bleu']['p']:.3g}"
+        assert runs.loc[name, "chrF p vs base model"] == f"{own['chrf']['p']:.3g}"
+    assert runs.loc["lr0.001_a0.5_T1_s2", "Seed"] == 2

@@ -8,6 +8,7 @@ import os
 import re
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +16,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from sacrebleu.metrics import BLEU
 from tiny import HOSTILE_NAME, injected, small_glue_config
 
 from kdsweep.core.config import sweep_points
+from kdsweep.core.io import read_jsonl
 from kdsweep.core.paths import RunPaths
 from kdsweep.families import load_config
 
@@ -170,7 +173,7 @@ def test_rerun_redoes_only_what_is_missing(small_run):
     workdir, configfile, paths, _ = small_run
     assert "Nothing to be done" in snakemake(workdir, configfile, "-n")
     # As after a failed evaluation job: its output is gone and the report never ran.
-    Path(paths.eval_json("qqp", "lr1e-05_a0.5_T2")).unlink()
+    Path(paths.eval_json("qqp", "lr1e-05_a0.5_T2_s42")).unlink()
     Path(paths.report_md()).unlink()
     assert planned(snakemake(workdir, configfile, "-n")) == {"evaluate_student": 1, "report": 1, "all": 1}
 
@@ -228,12 +231,29 @@ def test_shipped_demo_shows_the_learning_rate_effect(tmp_path):
     base_bleu = table.iloc[0]["SacreBLEU"]
     students = table.iloc[1:4]
     assert (students["SacreBLEU"] > base_bleu).all(), table  # distillation beats the undistilled student
+    # Two seeds per point (sweep.seed: [42, 43]): each student row is the mean and sample sd of its
+    # two runs' evaluations; each run's interval is sacrebleu's own bootstrap of its translations.
+    task, runs = "europarl_en_fr", pd.read_csv(paths.report_file("europarl_en_fr_all_runs", "csv")).set_index("Run")
+    for i, lr in enumerate(("0.003", "0.001", "0.0003")):
+        names = [f"lr{lr}_a0.5_T1_s{seed}" for seed in (42, 43)]
+        bleus = [json.loads(Path(paths.eval_json(task, n)).read_text())["bleu"] for n in names]
+        row = students.iloc[i]
+        assert row["Seeds"] == 2 and row["SacreBLEU"] == pytest.approx(round(statistics.fmean(bleus), 2))
+        assert row["SacreBLEU sd"] == pytest.approx(round(statistics.stdev(bleus), 2))
+        assert row["BLEU vs base model"] == "better 2/2", row  # 20+ BLEU over the base student's ~4
+        outputs = read_jsonl(paths.eval_translations(task, names[1]))
+        own = BLEU().corpus_score(
+            [o["hypothesis"] for o in outputs], [[o["reference"] for o in outputs]], n_bootstrap=1000
+        )
+        assert runs.loc[names[1], "SacreBLEU 95% CI"] == f"[{own._mean - own._ci:.2f}, {own._mean + own._ci:.2f}]"
+    glue_runs = pd.read_csv(paths.report_file("mnli_all_runs", "csv"))
+    assert len(glue_runs) == 6 and set(glue_runs["seed"]) == {42, 43}
     assert table.iloc[4]["SacreBLEU"] > 20 and (table["COMET"] == "not computed").all()
     report = Path(paths.report_md()).read_text()
     assert "BLEU signature: `nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0`" in report
     assert "COMET not computed: evaluate.comet.enabled is false" in report and "Runaway (%)" in report
     runtime = pd.read_csv(paths.report_file("runtime", "csv")).set_index("Rule")
-    assert runtime.loc["distill", "Jobs"] == 6 and runtime.loc["distill_lm", "Jobs"] == 3
+    assert runtime.loc["distill", "Jobs"] == 12 and runtime.loc["distill_lm", "Jobs"] == 6
     assert runtime.loc["total", "GPU-hours"] == 0  # a local CPU run asks Slurm for no GPUs
 
     # The report regenerates from the run's outputs alone: delete it, only the report rule reruns,

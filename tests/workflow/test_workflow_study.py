@@ -128,24 +128,25 @@ def test_experiment_tables_and_study_comparison_are_the_runs_numbers(study_run):
         table = pd.read_csv(paths.report_file(f"mnli_{name}", "csv"))
         assert len(table) == len(rows)
         for (_, row), point in zip(table.iterrows(), rows.values(), strict=True):
-            result = json.loads(Path(paths.eval_json("mnli", point_id(point))).read_text())
+            run = {**point, "seed": 42}  # one seed: training.seed
+            result = json.loads(Path(paths.eval_json("mnli", point_id(run))).read_text())
             assert row["Accuracy m (%)"] == pytest.approx(round(100 * result["splits"]["dev_matched"]["accuracy"], 2))
-            assert result["params"] == point  # the job trained what the table says
+            assert result["params"] == run  # the job trained what the table says
     ablation = pd.read_csv(paths.report_file("mnli_ablation", "csv"))
     full = ablation.loc[ablation["Loss"] == "KD + hidden cosine + CE", "Accuracy m (%)"].iloc[0]
     assert (ablation["Accuracy m (%), diff to full"] == (ablation["Accuracy m (%)"] - full).round(2)).all()
     # The random-init run started from other weights than the teacher-layer one (same seed, same
     # data, same steps): its trained weights differ. (Their dev numbers may coincide: 10 steps can
     # leave both predicting one class.)
-    teacher_init = load_file(Path(paths.distill_model("mnli", "lr0.001_a0.5_T2_cos1")) / "model.safetensors")
-    random_init = load_file(Path(paths.distill_model("mnli", "lr0.001_a0.5_T2_cos1_rand")) / "model.safetensors")
+    teacher_init = load_file(Path(paths.distill_model("mnli", "lr0.001_a0.5_T2_cos1_s42")) / "model.safetensors")
+    random_init = load_file(Path(paths.distill_model("mnli", "lr0.001_a0.5_T2_cos1_rand_s42")) / "model.safetensors")
     assert teacher_init.keys() == random_init.keys()
     assert any(not torch.equal(teacher_init[k], random_init[k]) for k in teacher_init)
-    cos_log = Path(paths.distill_log("mnli", "lr0.001_a0.5_T2_cos1")).read_text()
+    cos_log = Path(paths.distill_log("mnli", "lr0.001_a0.5_T2_cos1_s42")).read_text()
     assert '"loss_cos"' in cos_log  # the hidden-state cosine term was trained
 
     study = pd.read_csv(paths.report_file("mnli_vs_study", "csv"))
-    ours = json.loads(Path(paths.eval_json("mnli", "lr0.001_a0.5_T2")).read_text())["splits"]["dev_matched"]
+    ours = json.loads(Path(paths.eval_json("mnli", "lr0.001_a0.5_T2_s42")).read_text())["splits"]["dev_matched"]
     first = study.iloc[0]
     assert float(first["Accuracy kdsweep (%)"]) == pytest.approx(round(100 * ours["accuracy"], 2))
     assert float(first["Accuracy diff"]) == pytest.approx(round(100 * ours["accuracy"], 2) - 81.77, abs=0.011)

@@ -88,9 +88,9 @@ def test_translation_dag_runs_every_stage(tr_run, monkeypatch):
     }
     pointer = json.loads(Path(paths.cache_pointer(TASK)).read_text())
     assert pointer["key_parts"]["top_k"] == 8 and pointer["key_parts"]["kind"] == "lm_topk"
-    distill_log = Path(paths.log("distill_lm", "lr0.003_a0.5_T1")).read_text()
+    distill_log = Path(paths.log("distill_lm", "lr0.003_a0.5_T1_s42")).read_text()
     assert "training on 2 process(es) (cpu), DeepSpeed ZeRO-2" in distill_log
-    assert max(h["step"] for h in read_jsonl(paths.distill_log(TASK, "lr0.003_a0.5_T1"))) == 10
+    assert max(h["step"] for h in read_jsonl(paths.distill_log(TASK, "lr0.003_a0.5_T1_s42"))) == 10
 
     # The cache holds the trained teacher's distributions: recomputed here with plain forward passes.
     ids, starts, topk, _ = read_cache(open_pointer(paths.cache_pointer(TASK)))
@@ -115,7 +115,7 @@ def test_translation_dag_runs_every_stage(tr_run, monkeypatch):
             tokens += len(log_p)
         return total / tokens
 
-    base, distilled = kd(paths.student_init(TASK)), kd(paths.distill_model(TASK, "lr0.003_a0.5_T1"))
+    base, distilled = kd(paths.student_init(TASK)), kd(paths.distill_model(TASK, "lr0.003_a0.5_T1_s42"))
     assert distilled < 0.8 * base, (base, distilled)
 
 
@@ -129,7 +129,9 @@ def test_metrics_are_sacrebleus_and_comets_and_reach_the_report(tr_run):
         "Distilled (learning rate 1e-05)",
         "Teacher",
     ]
-    for name, (_, row) in zip(["base", "lr0.003_a0.5_T1", "lr1e-05_a0.5_T1", "teacher"], table.iterrows(), strict=True):
+    for name, (_, row) in zip(
+        ["base", "lr0.003_a0.5_T1_s42", "lr1e-05_a0.5_T1_s42", "teacher"], table.iterrows(), strict=True
+    ):
         result = json.loads(Path(paths.eval_json(TASK, name)).read_text())
         outputs = read_jsonl(paths.eval_translations(TASK, name))
         hyps, refs = [o["hypothesis"] for o in outputs], [o["reference"] for o in outputs]
@@ -155,7 +157,7 @@ def test_metrics_are_sacrebleus_and_comets_and_reach_the_report(tr_run):
     assert "chrF signature: `nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:2.6.0`" in report
     assert f"- COMET: {comet_ckpt}" in report
     samples = Path(paths.report_samples(TASK)).read_text()
-    assert samples.count("- **Source**") == 3 and "- **Distilled lr1e-05_a0.5_T1**" in samples
+    assert samples.count("- **Source**") == 3 and "- **Distilled lr1e-05_a0.5_T1_s42**" in samples
 
 
 def test_changing_comet_settings_reruns_only_comet(tr_run):
@@ -257,5 +259,5 @@ def test_a_sampled_cache_runs_through_the_workflow(tmp_path, monkeypatch):
             tokens += len(log_p)
         return total / tokens
 
-    base, distilled = dense_kl(paths.student_init(TASK)), dense_kl(paths.distill_model(TASK, "lr0.003_a1_T1"))
+    base, distilled = dense_kl(paths.student_init(TASK)), dense_kl(paths.distill_model(TASK, "lr0.003_a1_T1_s42"))
     assert distilled < 0.8 * base, (base, distilled)

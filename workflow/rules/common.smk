@@ -20,9 +20,10 @@ from kdsweep.core.config import (
     distill_points,
     experiment_base,
     experiment_tables,
-    point_id,
     run_root,
+    seeded_runs,
     sweep_points,
+    sweep_seeds,
     swept_axes,
     translation_task,
 )
@@ -244,8 +245,11 @@ def report_spec():
             "experiments": {
                 name: {
                     "base": experiment_base(GLUE["distill"]),
-                    # [label, point id] pairs: the spec's JSON sorts object keys
-                    "rows": [[label, point_id(p)] for label, p in rows.items()],
+                    # [label, [run id per seed]] pairs: the spec's JSON sorts object keys
+                    "rows": [
+                        [label, list(seeded_runs(p, sweep_seeds(GLUE["distill"])))]
+                        for label, p in rows.items()
+                    ],
                 }
                 for name, rows in EXPERIMENTS.items()
             },

@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # jsonschema is imported where a config is validated, not by 
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
-SWEEP_AXES = ("learning_rate", "alpha", "temperature")
+SWEEP_AXES = ("learning_rate", "alpha", "temperature")  # the tables' axes; seeds are repeats of a point
 _AXIS_TAGS = {"learning_rate": "lr", "alpha": "a", "temperature": "T"}
 
 
@@ -300,21 +300,45 @@ def check_config_files(paths) -> None:
 
 
 def point_id(point: dict) -> str:
-    """Readable, path-safe id of a distillation run: lr2e-05_a0.5_T2; an experiment's run that
-    changes the loss or the student's initialization says so: lr2e-05_a1_T2_cos0, ..._rand."""
+    """Readable, path-safe id of a distillation run: lr2e-05_a0.5_T2_s42; an experiment's run that
+    changes the loss or the student's initialization says so: lr2e-05_a1_T2_cos0_s42, ..._rand_s42.
+    The training seed comes last (a point without one, e.g. an experiment's row, has no _s)."""
     out = "_".join(f"{_AXIS_TAGS[axis]}{point[axis]:g}" for axis in SWEEP_AXES)
     if "cosine_weight" in point:
         out += f"_cos{point['cosine_weight']:g}"
-    return out + ("_rand" if point.get("init") == "random" else "")
+    out += "_rand" if point.get("init") == "random" else ""
+    return out + (f"_s{point['seed']}" if "seed" in point else "")
 
 
-def sweep_points(distill: dict) -> dict[str, dict[str, float]]:
-    """All distillation jobs of a `distill` block: {point id: {learning_rate, alpha, temperature}}."""
-    sweep = distill["sweep"]
+def sweep_seeds(distill: dict) -> list[int]:
+    """The training seeds of a `distill` block: sweep.seed, or its training.seed alone."""
+    seeds = distill["sweep"].get("seed")
+    return [int(s) for s in seeds] if seeds else [int(distill["training"]["seed"])]
+
+
+def seeded_runs(point: dict, seeds: list[int]) -> dict[str, dict]:
+    """A point's runs, one per seed, by id."""
+    runs = [{**point, "seed": seed} for seed in seeds]
+    return {point_id(run): run for run in runs}
+
+
+def unseeded(point: dict) -> dict:
+    """The point a run repeats: the run without its seed (what the report's rows group by)."""
+    return {k: v for k, v in point.items() if k != "seed"}
+
+
+def training_seed(train_cfg: dict, point: dict) -> dict:
+    """A `training` block with the run's seed (sweep.seed) in place of its own."""
+    return {**train_cfg, "seed": int(point.get("seed", train_cfg["seed"]))}
+
+
+def sweep_points(distill: dict) -> dict[str, dict]:
+    """All distillation jobs of a `distill` block's sweep: {run id: {learning_rate, alpha,
+    temperature, seed}}, the seeds innermost."""
+    sweep, seeds = distill["sweep"], sweep_seeds(distill)
     points = {}
     for values in itertools.product(*(sweep[axis] for axis in SWEEP_AXES)):
-        point = dict(zip(SWEEP_AXES, map(float, values), strict=True))
-        points[point_id(point)] = point
+        points.update(seeded_runs(dict(zip(SWEEP_AXES, map(float, values), strict=True)), seeds))
     return points
 
 
@@ -341,7 +365,8 @@ def experiment_tables(distill: dict) -> dict[str, dict[str, dict]]:
     point}}: one-axis alpha and temperature sweeps around experiment_base, and DistilBERT's loss
     ablation (KD only, + hidden-state cosine, + CE on the labels, and the last with a randomly
     initialized student). A point keeps `cosine_weight` only where it differs from the block's
-    own, so a row equal to a sweep point is the same run (and the same job)."""
+    own, so a row equal to a sweep point is the same run (and the same job). The points have no
+    seed: each row runs once per sweep seed (distill_points, seeded_runs)."""
     exp, base = distill["experiments"], experiment_base(distill)
     tables: dict[str, dict[str, dict]] = {}
     for axis in ("alpha", "temperature"):
@@ -363,10 +388,12 @@ def experiment_tables(distill: dict) -> dict[str, dict[str, dict]]:
 
 
 def distill_points(distill: dict) -> dict[str, dict]:
-    """Every distillation job of a `distill` block: the sweep and the experiments' runs, by id."""
-    points = dict(sweep_points(distill))
+    """Every distillation job of a `distill` block: the sweep and the experiments' runs (each row
+    once per seed), by id."""
+    points, seeds = dict(sweep_points(distill)), sweep_seeds(distill)
     for rows in experiment_tables(distill).values() if "experiments" in distill else ():
-        points.update({point_id(p): p for p in rows.values()})
+        for p in rows.values():
+            points.update(seeded_runs(p, seeds))
     return points
 
 

@@ -10,6 +10,7 @@ import ast
 import html
 import math
 import re
+import statistics
 from pathlib import Path
 
 import matplotlib
@@ -25,8 +26,60 @@ from kdsweep.core.paths import RunPaths  # noqa: E402
 AXIS_LABELS = {"learning_rate": "Learning rate", "alpha": "Alpha", "temperature": "Temperature"}
 
 
+SEEDS = "Seeds"  # the column of a point's number of runs (sweep.seed)
+
+
+def seed_summary(runs: list[dict], keys: list[str], decimals: dict[str, int], sd: tuple[str, ...] = ()) -> pd.DataFrame:
+    """One row per point (the runs' values of `keys`, in first-seen order) over its seeds: each
+    metric of `decimals` as the mean of its runs' raw values, rounded there; for the metrics in
+    `sd` the sample standard deviation (n - 1) in a column "<metric> sd" next to it; and the
+    number of runs, column Seeds. With one run per point the table is the runs' own numbers: no
+    sd or Seeds columns. A metric that is not a number (COMET "not computed") must be the same
+    in every run of a point and is kept as it is."""
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        groups.setdefault(tuple(run[k] for k in keys), []).append(run)
+    repeated = any(len(g) > 1 for g in groups.values())
+    rows = []
+    for key, group in groups.items():
+        row = dict(zip(keys, key, strict=True))
+        if repeated:
+            row[SEEDS] = len(group)
+        for metric, places in decimals.items():
+            values = [r[metric] for r in group]
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                if len({str(v) for v in values}) > 1:
+                    raise ValueError(f"{metric}: runs of {row} disagree on a value that is not a number: {values}")
+                row[metric] = values[0]
+                if repeated and metric in sd:
+                    row[f"{metric} sd"] = ""
+                continue
+            mean = values[0] if len(values) == 1 else statistics.fmean(values)  # one run: its int stays an int
+            row[metric] = round(mean, places)
+            if repeated and metric in sd:
+                row[f"{metric} sd"] = round(statistics.stdev(values), places) if len(values) > 1 else ""
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def seeds_note(table: pd.DataFrame, what: str) -> str:
+    """The sentence under a section that says what a table's numbers are over seeds."""
+    if SEEDS not in table.columns:
+        return f"One {what} per point (sweep.seed: one seed); 95 % bootstrap intervals of every {what} in the all-runs table."
+    return (
+        f"Each point: the mean over its {what}s (column {SEEDS}, one per sweep.seed) and, in the sd columns, their "
+        f"sample standard deviation; each {what} with its 95 % bootstrap interval in the all-runs table."
+    )
+
+
+def interval(ci: list[float], places: int = 2, scale: float = 1.0) -> str:
+    """A 95 % interval as the tables print it: [lo, hi]."""
+    return f"[{ci[0] * scale:.{places}f}, {ci[1] * scale:.{places}f}]"
+
+
 def axis_table(results: pd.DataFrame, axis: str, swept: list[str]) -> pd.DataFrame:
-    """Rows over one axis (e.g. the study's learning-rate table); other swept axes stay columns."""
+    """Rows over one axis (e.g. the study's learning-rate table); other swept axes stay columns.
+    `results`: one row per point (seed_summary); its other columns are kept, in their order."""
     others = [a for a in swept if a != axis]
     metric_cols = [c for c in results.columns if c not in ("run", "learning_rate", "alpha", "temperature")]
     table = results[[axis, *others, *metric_cols]].sort_values(
@@ -147,12 +200,15 @@ def difference(ours, study) -> float | str:
     return round(ours - study, 2 if abs(study) >= 1 else 4) if isinstance(ours, (int, float)) else ""
 
 
-def matching_point(points: dict[str, dict], ref_row: dict) -> str | None:
-    """The sweep point with the reference row's learning rate (and alpha/temperature if given)."""
-    for pid, params in points.items():
-        if all(math.isclose(params[k], ref_row[k]) for k in ("learning_rate", "alpha", "temperature") if k in ref_row):
-            return pid
-    return None
+def matching_runs(points: dict[str, dict], ref_row: dict) -> list[str]:
+    """The runs (one per seed) of the first sweep point with the reference row's learning rate
+    (and alpha/temperature if given); [] when the sweep has none."""
+    axes = [k for k in ("learning_rate", "alpha", "temperature") if k in ref_row]
+    for params in points.values():
+        if all(math.isclose(params[k], ref_row[k]) for k in axes):
+            point = {k: params[k] for k in ("learning_rate", "alpha", "temperature")}
+            return [pid for pid, p in points.items() if all(p[k] == v for k, v in point.items())]
+    return []
 
 
 def side_by_side(metric: str, ours, study, unit: str = "") -> dict:

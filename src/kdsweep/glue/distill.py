@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from kdsweep.core.cache import open_pointer
+from kdsweep.core.config import training_seed
 from kdsweep.core.io import read_jsonl
 from kdsweep.core.models import check_tokenizer_fits, load_tokenizer, student_from_teacher
 from kdsweep.core.spec import setting
@@ -52,7 +53,8 @@ class GlueDistillSpec:
     that decides whether checkpoints are resumed (train_and_save)."""
 
     point: dict = setting(
-        "the sweep point (config.distill_points): learning_rate, alpha, temperature; may override "
+        "the sweep point (config.distill_points): learning_rate, alpha, temperature, seed (default: "
+        "distill.training.seed); may override "
         "glue.distill.cosine_weight and the student's initialization (init: random)"
     )
     student: dict = setting("glue.student: its model (a hub name, a config, or from_teacher layers)")
@@ -83,7 +85,7 @@ def distill_student(
     """Runs in every process that kdsweep.cluster.launch started; only the main one writes the outputs."""
     labels = GLUE_TASKS[task].labels
     point = spec.point
-    distill_cfg, train_cfg = spec.distill, spec.distill["training"]
+    distill_cfg, train_cfg = spec.distill, training_seed(spec.distill["training"], point)  # sweep.seed
     cosine_weight = point.get("cosine_weight", distill_cfg["cosine_weight"])
     data_dir = Path(data_dir)
     train_file = data_dir / "train.jsonl"

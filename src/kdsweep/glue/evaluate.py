@@ -1,5 +1,6 @@
 """Stage `evaluate` for classification: accuracy, macro-F1 and per-class F1 of one model on
-every dev split of the task (MNLI: matched and mismatched), one JSON per model."""
+every dev split of the task (MNLI: matched and mismatched), with 95 % bootstrap intervals of
+accuracy and macro-F1 (glue/metrics.py), one JSON per model."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from kdsweep.core.models import load_tokenizer
 from kdsweep.core.spec import setting
 from kdsweep.glue.data import GLUE_TASKS
 from kdsweep.glue.dataset import PairClassificationDataset, PairCollator, predict_logits
-from kdsweep.glue.metrics import classification_metrics
+from kdsweep.glue.metrics import bootstrap_intervals, classification_metrics
 from kdsweep.glue.models import load_classifier
 
 
@@ -45,6 +46,8 @@ def evaluate_classifier(
             model, dataset, PairCollator(tokenizer), batch_size, desc=f"evaluate {name} {task} {split}"
         )
         predictions = logits.argmax(-1).numpy()
-        result["splits"][split] = classification_metrics([r["label"] for r in rows], predictions, glue_task.labels)
+        labels = [r["label"] for r in rows]
+        result["splits"][split] = classification_metrics(labels, predictions, glue_task.labels)
+        result["splits"][split]["ci95"] = bootstrap_intervals(labels, predictions, len(glue_task.labels))
     write_json(out, result)
     return result

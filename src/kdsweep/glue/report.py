@@ -1,9 +1,12 @@
-"""GLUE's report section: learning rate x (accuracy, macro-F1) per task and dev split, every
-run's table, the experiments switched on (alpha and temperature sweeps, DistilBERT's loss
-ablation), the comparison with the reference file's numbers, and the loss curves."""
+"""GLUE's report section: learning rate x (accuracy, macro-F1) per task and dev split (each point's
+mean over its seeds, with their standard deviation and number when there are several), every
+run's table with 95 % bootstrap intervals, the experiments switched on (alpha and temperature
+sweeps, DistilBERT's loss ablation), the comparison with the reference file's numbers (the mean
+over seeds), and the loss curves."""
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import pandas as pd
@@ -12,10 +15,14 @@ from kdsweep.core.io import read_json
 from kdsweep.core.paths import RunPaths
 from kdsweep.core.report import (
     AXIS_LABELS,
+    SEEDS,
     axis_table,
+    interval,
     manifest_summary,
-    matching_point,
+    matching_runs,
     plot_loss_curves,
+    seed_summary,
+    seeds_note,
     side_by_side,
     study_md,
     table_files,
@@ -35,36 +42,74 @@ def _metric_columns(split: str, multi_split: bool) -> tuple[str, str]:
     return f"Accuracy{tag} (%)", f"Macro-F1{tag}"
 
 
+PLACES = 2  # decimals of accuracy (%) and macro-F1 (x 100) in the tables
+
+
 def metrics_row(result: dict) -> dict:
-    """Accuracy in %, macro-F1 x 100 (as in the study), per dev split."""
+    """Accuracy in %, macro-F1 x 100 (as in the study), per dev split, unrounded (the tables round)."""
     splits = result["splits"]
     row = {}
     for split, m in splits.items():
         acc_col, f1_col = _metric_columns(split, len(splits) > 1)
-        row[acc_col] = round(100 * m["accuracy"], 2)
-        row[f1_col] = round(100 * m["macro_f1"], 2)
+        row[acc_col] = 100 * m["accuracy"]
+        row[f1_col] = 100 * m["macro_f1"]
     return row
 
 
+def intervals_row(result: dict) -> dict:
+    """Each metric's 95 % bootstrap interval (evaluate's ci95), in the metrics' units."""
+    splits, row = result["splits"], {}
+    for split, m in splits.items():
+        for col, name in zip(_metric_columns(split, len(splits) > 1), ("accuracy", "macro_f1"), strict=True):
+            ci = m.get("ci95", {}).get(name)
+            row[f"{col} 95% CI"] = interval(ci, PLACES, 100) if ci else "not computed"
+    return row
+
+
+def ci_suffix(ci: str) -> str:
+    return "" if ci == "not computed" else f" {ci}"
+
+
+def glue_runs(paths: RunPaths, task: str, points: dict[str, dict]) -> list[dict]:
+    """One record per run: its id, its point's values (seed included) and its unrounded metrics."""
+    return [
+        {"run": pid, **params, **metrics_row(read_json(paths.eval_json(task, pid)))} for pid, params in points.items()
+    ]
+
+
 def glue_results_table(paths: RunPaths, task: str, points: dict[str, dict]) -> pd.DataFrame:
-    """One row per sweep point (long form): the swept values, then the metrics."""
+    """One row per run (long form): the run id, its values (seed included), each metric and its
+    95 % bootstrap interval."""
     rows = []
-    for point_id, params in points.items():
-        result = read_json(paths.eval_json(task, point_id))
-        rows.append({"run": point_id, **params, **metrics_row(result)})
+    for pid, params in points.items():
+        result = read_json(paths.eval_json(task, pid))
+        metrics = {k: round(v, PLACES) for k, v in metrics_row(result).items()}
+        cis = intervals_row(result)
+        row = {"run": pid, **params}
+        for col, value in metrics.items():
+            row |= {col: value, f"{col} 95% CI": cis[f"{col} 95% CI"]}
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
+def point_summary(runs: list[dict], keys: list[str]) -> pd.DataFrame:
+    """The runs' mean, sd and number per point (seed_summary), every metric to PLACES decimals."""
+    metrics = [c for c in runs[0] if c not in ("run", "seed", *keys, "learning_rate", "alpha", "temperature")]
+    return seed_summary(runs, keys, dict.fromkeys(metrics, PLACES), sd=tuple(metrics))
+
+
 def experiment_table(paths: RunPaths, task: str, experiment: str, rows) -> pd.DataFrame:
-    """One experiment's table: a row per run (alpha or temperature value, or loss variant), in
-    the order of `rows` ({label: point id} or [label, point id] pairs). The ablation adds each
-    variant's accuracy difference to the full loss, as DistilBERT's table."""
+    """One experiment's table: a row per alpha or temperature value, or loss variant, in the order
+    of `rows` ({label: run ids} or [label, run ids] pairs; one id per seed), each the mean of its
+    runs (sd and Seeds with several). The ablation adds each variant's accuracy difference to the
+    full loss, as DistilBERT's table."""
     column = {"alpha": "Alpha", "temperature": "Temperature", "ablation": "Loss"}[experiment]
-    records = []
-    for label, pid in dict(rows).items():
+    runs = []
+    for label, ids in dict(rows).items():
         value = label if experiment == "ablation" else float(label)
-        records.append({column: value, **metrics_row(read_json(paths.eval_json(task, pid)))})
-    table = pd.DataFrame(records)
+        for pid in [ids] if isinstance(ids, str) else ids:
+            runs.append({column: value, **metrics_row(read_json(paths.eval_json(task, pid)))})
+    table = point_summary(runs, [column])
     if experiment == "ablation":  # every accuracy column (MNLI: matched and mismatched)
         for acc in [c for c in table.columns if c.startswith("Accuracy")]:
             full = table.loc[table["Loss"] == "KD + hidden cosine + CE", acc].iloc[0]
@@ -74,15 +119,18 @@ def experiment_table(paths: RunPaths, task: str, experiment: str, rows) -> pd.Da
 
 def glue_vs_study(paths: RunPaths, task: str, points: dict[str, dict], ref: dict) -> pd.DataFrame:
     """kdsweep's numbers next to the study's (accuracy %, macro-F1 x 100) on ref["split"]."""
-    rows = []
+    rows, seeds = [], []
     for r in ref["rows"]:
-        pid = matching_point(points, r)
-        m = read_json(paths.eval_json(task, pid))["splits"][ref["split"]] if pid else None
-        acc = round(100 * m["accuracy"], 2) if m else "not run"
-        f1 = round(100 * m["macro_f1"], 2) if m else "not run"
+        runs = [read_json(paths.eval_json(task, pid))["splits"][ref["split"]] for pid in matching_runs(points, r)]
+        acc = round(statistics.fmean(100 * m["accuracy"] for m in runs), PLACES) if runs else "not run"
+        f1 = round(statistics.fmean(100 * m["macro_f1"] for m in runs), PLACES) if runs else "not run"
         row = {"Learning rate": r["learning_rate"], **side_by_side("Accuracy", acc, r["accuracy"], " (%)")}
         rows.append(row | side_by_side("Macro-F1", f1, r["macro_f1"]))
-    return pd.DataFrame(rows)
+        seeds.append(len(runs))
+    table = pd.DataFrame(rows)
+    if any(n > 1 for n in seeds):  # kdsweep's number is the mean of these runs
+        table.insert(1, SEEDS, seeds)
+    return table
 
 
 def glue_section(
@@ -98,11 +146,19 @@ def glue_section(
     report_dir = Path(paths.report_dir())
     md = []
     for task in tasks:
-        results = glue_results_table(paths, task, points)
-        write_table(results, report_dir / f"{task}_all_runs", f"{task.upper()}: all distillation runs")
-        teacher = metrics_row(read_json(paths.eval_json(task, "teacher")))
+        write_table(
+            glue_results_table(paths, task, points),
+            report_dir / f"{task}_all_runs",
+            f"{task.upper()}: every distillation run, with 95 % bootstrap intervals",
+        )
+        results = point_summary(glue_runs(paths, task, points), ["learning_rate", "alpha", "temperature"])
+        teacher_result = read_json(paths.eval_json(task, "teacher"))
+        teacher, cis = metrics_row(teacher_result), intervals_row(teacher_result)
         md += [f"## {task.upper()}", "", manifest_summary(paths, task), ""]
-        md += ["Teacher: " + ", ".join(f"{k} {v:g}" for k, v in teacher.items()), ""]
+        cells = [f"{k} {round(v, PLACES):g}" + ci_suffix(cis[f"{k} 95% CI"]) for k, v in teacher.items()]
+        md += ["Teacher: " + ", ".join(cells), ""]
+        all_runs = Path(paths.report_file(f"{task}_all_runs", "csv")).with_suffix("")
+        md += [seeds_note(results, "run") + " " + table_links(paths, all_runs), ""]
         for axis in swept:
             stem = Path(paths.report_table(task, axis, "csv")).with_suffix("")
             table = axis_table(results, axis, swept)

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from kdsweep.core.cache import open_pointer
+from kdsweep.core.config import training_seed
 from kdsweep.core.hub import hub_path
 from kdsweep.core.io import atomic_path, read_jsonl
 from kdsweep.core.models import student_from_teacher, tokenizer_fingerprint
@@ -52,7 +53,7 @@ class DistillLMSpec:
     """Stage distill-lm: one sweep point's job. Its fields, as a dict, are part of the job record
     that decides whether checkpoints are resumed (train_and_save)."""
 
-    point: dict = setting("the sweep point: learning_rate, alpha, temperature")
+    point: dict = setting("the sweep point: learning_rate, alpha, temperature, seed (default: distill.training.seed)")
     distill: dict = setting("translation.distill without sweep")
     prompt: dict = setting("translation.prompt")
     max_length: int = setting("translation.max_length: tokens, prompt + response")
@@ -121,7 +122,7 @@ def distill_student_lm(
     from kdsweep.core.trainer import DistillTrainer, process_rank, train_and_save, training_arguments
 
     point = spec.point
-    distill_cfg, train_cfg = spec.distill, spec.distill["training"]
+    distill_cfg, train_cfg = spec.distill, training_seed(spec.distill["training"], point)  # sweep.seed
     data_dir = Path(data_dir)
     entry = open_pointer(cache_pointer, data_dir / "train.jsonl")
     check_sampled_temperature(entry.key_parts, point["temperature"], distill_cfg["loss"], distill_cfg["tail"])

@@ -1,11 +1,15 @@
 """The translation family's report section: learning rate x (SacreBLEU, chrF, COMET, stop
-reasons, length ratio) with the base student and teacher rows, the teacher cache's summary,
-sample translations (Markdown and HTML), the comparison with the reference file's numbers, and
-the loss curves."""
+reasons, length ratio) with the base student and teacher rows (each point's mean over its seeds,
+with their standard deviation and number when there are several, and whether its runs beat the
+base student and the teacher in sacrebleu's paired bootstrap test), every run's table with 95 %
+bootstrap intervals and p-values, the teacher cache's summary, sample translations (Markdown and
+HTML), the comparison with the reference file's numbers (the mean over seeds), and the loss
+curves."""
 
 from __future__ import annotations
 
 import html
+import statistics
 from pathlib import Path
 
 import pandas as pd
@@ -15,10 +19,14 @@ from kdsweep.core.io import atomic_path, read_json, read_jsonl
 from kdsweep.core.paths import RunPaths
 from kdsweep.core.report import (
     AXIS_LABELS,
+    SEEDS,
     html_page,
+    interval,
     manifest_summary,
-    matching_point,
+    matching_runs,
     plot_loss_curves,
+    seed_summary,
+    seeds_note,
     side_by_side,
     study_md,
     table_files,
@@ -26,6 +34,7 @@ from kdsweep.core.report import (
     write_table,
 )
 from kdsweep.translation.comet_score import comet_not_computed
+from kdsweep.translation.metrics import SIGNIFICANCE_LEVEL, paired_test
 
 
 def model_result(paths: RunPaths, task: str, name: str, comet_cfg: dict) -> dict:
@@ -48,35 +57,131 @@ def model_result(paths: RunPaths, task: str, name: str, comet_cfg: dict) -> dict
     return result | {"comet": comet["comet"], "comet_model": comet["comet_model"]}
 
 
-def translation_row(result: dict) -> dict:
+# decimals of each column of translation_row (as sacrebleu prints BLEU and chrF; COMET x 1)
+PLACES = {
+    "SacreBLEU": 2,
+    "chrF": 2,
+    "COMET": 4,
+    "Ended with marker (%)": 1,
+    "Ended with eos (%)": 1,
+    "Runaway (%)": 1,
+    "Length ratio": 3,
+    "Prompt too long (not scored)": 1,
+}
+SD = ("SacreBLEU", "chrF", "COMET")  # the metrics whose spread over seeds the table gives
+
+
+def translation_row(result: dict, rounded: bool = True) -> dict:
     """SacreBLEU and chrF as sacrebleu prints them, COMET x 1 (the study's 0.80), why the outputs
     stopped, in % of the scored sentences: at the end marker, at an end token (eos/eot), or at
-    max_new_tokens (runaway), and how many test sentences were not translated (prompt too long)."""
+    max_new_tokens (runaway), and how many test sentences were not translated (prompt too long).
+    rounded=False: the raw values (a mean over seeds is taken before rounding)."""
     comet = result.get("comet")
-    return {
-        "SacreBLEU": round(result["bleu"], 2),
-        "chrF": round(result["chrf"], 2),
-        "COMET": "not computed" if comet is None else round(comet, 4),
-        "Ended with marker (%)": round(100 * result["stop_rates"]["marker"], 1),
-        "Ended with eos (%)": round(100 * result["stop_rates"]["eos"], 1),
-        "Runaway (%)": round(100 * result["stop_rates"]["max_new_tokens"], 1),
-        "Length ratio": round(result["length_ratio"], 3),
+    row = {
+        "SacreBLEU": result["bleu"],
+        "chrF": result["chrf"],
+        "COMET": "not computed" if comet is None else comet,
+        "Ended with marker (%)": 100 * result["stop_rates"]["marker"],
+        "Ended with eos (%)": 100 * result["stop_rates"]["eos"],
+        "Runaway (%)": 100 * result["stop_rates"]["max_new_tokens"],
+        "Length ratio": result["length_ratio"],
         # metrics written before the count existed say so rather than claim 0
         "Prompt too long (not scored)": result.get("dropped_prompt_too_long", "not recorded"),
     }
+    if rounded:
+        row = {k: round(v, PLACES[k]) if isinstance(v, float) else v for k, v in row.items()}
+    return row
+
+
+def model_runs(points: dict[str, dict], swept: list[str]) -> list[tuple[str, str]]:
+    """(row label, run name) of every model in the study's table's order: the base student, the
+    runs of each sweep point (learning rates from high to low, as in the study), the teacher."""
+    by_rate = sorted(points.items(), key=lambda kv: (-kv[1]["learning_rate"], kv[1]["alpha"], kv[1]["temperature"]))
+    runs = [("Base model", "base")]
+    for point_id, params in by_rate:
+        runs.append((f"Distilled ({', '.join(f'{AXIS_LABELS[a].lower()} {params[a]:g}' for a in swept)})", point_id))
+    return runs + [("Teacher", "teacher")]
+
+
+BASELINES = {"base": "Base model", "teacher": "Teacher"}
+
+
+def significance(paths: RunPaths, task: str, names: list[str]) -> dict[str, dict[str, dict]]:
+    """sacrebleu's paired bootstrap test (metrics.paired_test) of every model against the base
+    student and against the teacher, on the test sentences both translated: {name: {"base":
+    test, "teacher": test}} (a baseline is not tested against itself)."""
+    outputs = {n: {r["id"]: r for r in read_jsonl(paths.eval_translations(task, n))} for n in names}
+    tests: dict[str, dict[str, dict]] = {n: {} for n in names}
+    for baseline in BASELINES:
+        for name in names:
+            if name == baseline:
+                continue
+            a, b = outputs[baseline], outputs[name]
+            ids = [i for i in a if i in b and a[i]["hypothesis"] is not None and b[i]["hypothesis"] is not None]
+            tests[name][baseline] = paired_test(
+                [a[i]["hypothesis"] for i in ids], [b[i]["hypothesis"] for i in ids], [a[i]["reference"] for i in ids]
+            )
+    return tests
+
+
+def verdict(tests: list[dict], metric: str = "bleu") -> str:
+    """What the paired tests of a point's runs against one baseline say, at p < SIGNIFICANCE_LEVEL:
+    one run: "better (p = 0.001)", "worse (...)" or "n.s. (p = 0.31)"; several: how many runs
+    are significantly better, worse or not significantly different ("better 2/2")."""
+    if not tests:
+        return ""
+
+    def one(test: dict) -> str:
+        m = test[metric]
+        return "n.s." if m["p"] >= SIGNIFICANCE_LEVEL else ("better" if m["diff"] > 0 else "worse")
+
+    if len(tests) == 1:
+        return f"{one(tests[0])} (p = {tests[0][metric]['p']:.3g})"
+    counts = {v: sum(one(t) == v for t in tests) for v in ("better", "worse", "n.s.")}
+    return ", ".join(f"{v} {n}/{len(tests)}" for v, n in counts.items() if n)
 
 
 def translation_table(
-    paths: RunPaths, task: str, points: dict[str, dict], swept: list[str], comet_cfg: dict
+    paths: RunPaths,
+    task: str,
+    points: dict[str, dict],
+    swept: list[str],
+    comet_cfg: dict,
+    tests: dict[str, dict[str, dict]] | None = None,
 ) -> pd.DataFrame:
-    """The study's table: a "Base model" row, one row per sweep point, and the teacher."""
-    rows = [{"Model": "Base model", **translation_row(model_result(paths, task, "base", comet_cfg))}]
-    by_rate = sorted(points.items(), key=lambda kv: (-kv[1]["learning_rate"], kv[1]["alpha"], kv[1]["temperature"]))
-    for point_id, params in by_rate:  # as in the study: learning rates from high to low
-        label = ", ".join(f"{AXIS_LABELS[a].lower()} {params[a]:g}" for a in swept)
-        result = model_result(paths, task, point_id, comet_cfg)
-        rows.append({"Model": f"Distilled ({label})", **translation_row(result)})
-    rows.append({"Model": "Teacher", **translation_row(model_result(paths, task, "teacher", comet_cfg))})
+    """The study's table: a "Base model" row, one row per sweep point (the mean over its seeds,
+    with sd and Seeds when it has several), and the teacher; with `tests` (significance()), the
+    BLEU verdict of each row's runs against the base student and the teacher."""
+    runs, verdicts = [], {}
+    for label, name in model_runs(points, swept):
+        runs.append({"Model": label, **translation_row(model_result(paths, task, name, comet_cfg), rounded=False)})
+        for baseline in BASELINES:
+            if tests is not None and baseline in tests[name]:
+                verdicts.setdefault((label, baseline), []).append(tests[name][baseline])
+    table = seed_summary(runs, ["Model"], PLACES, sd=SD)
+    if tests is not None:
+        for baseline, column in BASELINES.items():
+            table[f"BLEU vs {column.lower()}"] = [verdict(verdicts.get((m, baseline), [])) for m in table["Model"]]
+    return table
+
+
+def translation_runs_table(
+    paths: RunPaths, task: str, points: dict[str, dict], swept: list[str], tests: dict[str, dict[str, dict]]
+) -> pd.DataFrame:
+    """Every model run: its BLEU and chrF with their 95 % bootstrap intervals (sacrebleu's, from
+    the evaluation), and the p-values of the paired tests against the base student and the teacher."""
+    rows = []
+    for label, name in model_runs(points, swept):
+        result = read_json(paths.eval_json(task, name))
+        row = {"Model": label, "Run": name, "Seed": points.get(name, {}).get("seed", "")}
+        for metric, column in (("bleu", "SacreBLEU"), ("chrf", "chrF")):
+            ci = result.get(f"{metric}_ci95")
+            row |= {column: round(result[metric], 2), f"{column} 95% CI": interval(ci) if ci else "not computed"}
+        for baseline, who in BASELINES.items():
+            for metric, column in (("bleu", "BLEU"), ("chrf", "chrF")):
+                test = tests[name].get(baseline)
+                row[f"{column} p vs {who.lower()}"] = f"{test[metric]['p']:.3g}" if test else ""
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -123,17 +228,26 @@ def translation_vs_study(
     paths: RunPaths, task: str, points: dict[str, dict], ref: dict, comet_cfg: dict
 ) -> pd.DataFrame:
     """kdsweep's SacreBLEU and COMET next to the study's, for the base model and each learning rate."""
-    rows = []
+    rows, seeds = [], []
     for r in ref["rows"]:
-        pid = "base" if r.get("model") == "base" else matching_point(points, r)
-        result = model_result(paths, task, pid, comet_cfg) if pid else None
-        bleu = round(result["bleu"], 2) if result else "not run"
-        comet = "not run" if result is None else result.get("comet")
-        comet = "not computed" if comet is None else (comet if isinstance(comet, str) else round(comet, 4))
-        model = "Base model" if pid == "base" else f"Distilled (learning rate {r['learning_rate']:g})"
+        names = ["base"] if r.get("model") == "base" else matching_runs(points, r)
+        results = [model_result(paths, task, n, comet_cfg) for n in names]
+        bleu = round(statistics.fmean(x["bleu"] for x in results), 2) if results else "not run"
+        comets = [x.get("comet") for x in results]
+        if not results:
+            comet = "not run"
+        elif None in comets:
+            comet = "not computed"
+        else:
+            comet = round(statistics.fmean(comets), 4)
+        model = "Base model" if names == ["base"] else f"Distilled (learning rate {r['learning_rate']:g})"
         row = {"Model": model, **side_by_side("SacreBLEU", bleu, r["bleu"])}
         rows.append(row | side_by_side("COMET", comet, r["comet"]))
-    return pd.DataFrame(rows)
+        seeds.append(len(results))
+    table = pd.DataFrame(rows)
+    if any(n > 1 for n in seeds):  # kdsweep's numbers are the means of these runs
+        table.insert(1, SEEDS, seeds)
+    return table
 
 
 def cache_line(manifest: dict) -> str:
@@ -169,13 +283,28 @@ def translation_section(
     """comet_cfg: translation.evaluate.comet ({enabled, reason, ...}); reference: the reference
     file's `translation` block ({rows: [{model: base | learning_rate, bleu, comet}]})."""
     stem = Path(paths.report_table(task, "learning_rate", "csv")).with_suffix("")
-    table = translation_table(paths, task, points, swept, comet_cfg)
+    tests = significance(paths, task, [name for _, name in model_runs(points, swept)])
+    table = translation_table(paths, task, points, swept, comet_cfg, tests)
     write_table(table, stem, f"{task}: SacreBLEU and COMET of the distilled students")
+    runs_stem = Path(paths.report_file(f"{task}_all_runs", "csv")).with_suffix("")
+    runs = translation_runs_table(paths, task, points, swept, tests)
+    write_table(runs, runs_stem, f"{task}: every model run, with 95 % bootstrap intervals and paired tests")
     base = model_result(paths, task, "base", comet_cfg)
     cache = open_pointer(paths.cache_pointer(task)).manifest()
     md = [f"## Translation ({task})", "", manifest_summary(paths, task), ""]
     md += [cache_line(cache), ""]
     md += [table.to_markdown(index=False, floatfmt="g"), "", table_links(paths, stem), ""]
+    md += [
+        seeds_note(table, "run")
+        + f" BLEU vs base model / teacher: sacrebleu's paired bootstrap resampling test of each run against that "
+        f"model on the same sentences, significant at p < {SIGNIFICANCE_LEVEL:g} (better / worse; n.s.: not "
+        "significant; no correction for the number of comparisons).",
+        "",
+        runs.to_markdown(index=False, floatfmt="g"),
+        "",
+        table_links(paths, runs_stem),
+        "",
+    ]
     if reference:
         note = "The study's numbers (reference file): SacreBLEU and COMET (x 1)."
         md += study_md(paths, translation_vs_study(paths, task, points, reference, comet_cfg), task, task, note)
@@ -188,6 +317,13 @@ def translation_section(
             "context) are not translated and not scored: column Prompt too long."
         )
     md += ["", f"- BLEU signature: `{base['bleu_signature']}`", f"- chrF signature: `{base['chrf_signature']}`"]
+    if "bleu_ci_signature" in base:
+        md += [
+            f"- 95 % intervals (sacrebleu's bootstrap): BLEU `{base['bleu_ci_signature']}`, "
+            f"chrF `{base['chrf_ci_signature']}`"
+        ]
+    signatures = next(iter(tests["teacher"].values()))["signatures"]
+    md += [f"- Paired bootstrap test: BLEU `{signatures['bleu']}`, chrF `{signatures['chrf']}`"]
     md.append(f"- COMET: {base['comet_model']}" if base.get("comet") is not None else f"- COMET {base['comet_note']}")
     md += [
         "- Stop reasons: Ended with marker, the share of outputs that emitted the end-of-translation marker; "
@@ -211,6 +347,7 @@ def outputs(paths: RunPaths, t: dict, reference: dict | None) -> dict[str, list[
     """The files section() writes."""
     task = t["task"]
     tables = table_files(paths.report_table(task, "learning_rate", "{ext}"))
+    tables += table_files(paths.report_file(f"{task}_all_runs", "{ext}"))
     if reference:
         tables += table_files(paths.report_file(f"{task}_vs_study", "{ext}"))
     samples = paths.report_samples(task)
