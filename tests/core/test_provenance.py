@@ -128,8 +128,21 @@ def test_the_fingerprint_is_the_weights_and_config_hash_and_changes_with_one_byt
     assert provenance.model_fingerprint(copy) == weights_sha256(copy)
 
 
-def test_a_rerun_giving_the_same_weights_gives_the_same_fingerprint(distilled):
+def test_a_rerun_giving_the_same_weights_gives_the_same_fingerprint(distilled, monkeypatch):
+    """And the record is in the folder before it is renamed into place: a model folder is never
+    seen without its kdsweep.json."""
+    import os
+
+    renames, replace = [], os.replace
+
+    def spy(src, dst):
+        if Path(dst) == distilled / "again":
+            renames.append((Path(src) / "kdsweep.json").is_file())
+        return replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
     distill(distilled, "again")
+    assert renames == [True]
     first, again = record_of(distilled / "student"), record_of(distilled / "again")
     assert (distilled / "again/model.safetensors").read_bytes() == (
         distilled / "student/model.safetensors"
