@@ -213,3 +213,33 @@ def test_log_file_is_where_stderr_goes(tmp_path):
 def test_git_state_outside_a_checkout(tmp_path):
     state = provenance.git_state(tmp_path)
     assert state["commit"] is None and "no git checkout" in state["reason"]
+
+
+def test_a_glue_student_records_its_cache_and_its_evaluation_names_it(teacher_dir, glue_data, tmp_path):
+    """The classification family: the cache of class logits has no method (its kind says what it is)."""
+    from kdsweep.glue.distill import GlueDistillSpec, distill_student
+    from kdsweep.glue.evaluate import GlueEvaluateSpec, evaluate_classifier
+    from kdsweep.glue.teacher import GlueCacheSpec, cache_teacher_logits
+
+    teacher, data = str(teacher_dir), glue_data["data"]
+    pointer = tmp_path / "p.json"
+    cache_teacher_logits("mnli", teacher, teacher, data, tmp_path / "store", pointer, GlueCacheSpec(max_length=32))
+    training = lm_training(max_steps=1, batch_size=8, eval_steps=1000, save_steps=1000, seed=SEED)
+    spec = GlueDistillSpec(
+        point={"learning_rate": 1e-3, "alpha": 0.5, "temperature": 2.0},
+        student={"model": {"from_teacher": {"layers": [0]}}},
+        distill={"cosine_weight": 0.0, "hard_labels": False, "training": training},
+        max_length=32,
+        eval_batch_size=16,
+    )
+    model = tmp_path / "model"
+    paths = (teacher, teacher, teacher, data, pointer, model, tmp_path / "log.jsonl")
+    distill_student("mnli", *paths, tmp_path / "ck", spec)
+    record, saved = record_of(model), json.loads(pointer.read_text())
+    assert (record["job"]["stage"], record["job"]["task"]) == ("distill", "mnli")
+    assert record["cache"]["key"] == saved["key"] and record["cache"]["method"] is None
+    assert record["cache"]["kind"] == "class_logits" and record["teacher"] == saved["key_parts"]["teacher"]
+    assert record["settings"]["seed"] == SEED and record["model"]["fingerprint"] == weights_sha256(model)
+    result = evaluate_classifier("mnli", str(model), data, tmp_path / "eval.json", "s", GlueEvaluateSpec(max_length=32))
+    assert result["model_fingerprint"] == record["model"]["fingerprint"]
+    assert result["model_provenance"] == str(model / "kdsweep.json")
