@@ -605,9 +605,9 @@ def train_and_save(
     cache=None,
 ) -> dict:
     """Train (resuming from this job's newest checkpoint in args.output_dir, if any), then write
-    the final model (with its provenance record, kdsweep.json, naming `cache`, the CacheEntry
-    trained from, if any: kdsweep.core.provenance) and the log history atomically and drop the
-    checkpoints. On SIGTERM/SIGUSR1/
+    the final model and the log history atomically and drop the checkpoints. The model folder
+    gets its provenance record, kdsweep.json, before it is renamed into place (kdsweep.core.
+    provenance; `cache`: the CacheEntry trained from, if any). On SIGTERM/SIGUSR1/
     SIGINT save a checkpoint and raise Preempted instead: no output is written. The main process
     holds the checkpoint folder's lock (lock_checkpoint_dir) from before it looks at the
     checkpoints to the end: a job whose folder is in use fails before it touches anything."""
