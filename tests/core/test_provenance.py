@@ -194,10 +194,13 @@ def test_evaluation_names_the_model_fingerprint(distilled, tmp_path):
     saved = json.loads((tmp_path / "m.json").read_text())
     assert saved["model_fingerprint"] == record_of(distilled / "student")["model"]["fingerprint"]
     assert saved["model_provenance"] == str(distilled / "student" / "kdsweep.json") == result["model_provenance"]
+    traced = provenance.trace(tmp_path / "m.json")
+    assert traced["job"]["stage"] == "distill_lm" and traced["job"]["point"] == POINT and traced["current"]
     # A model without a record (the teacher, saved by hand): the fingerprint is computed, and says so.
     teacher = evaluate_translation(str(distilled / "teacher"), *args, "teacher", spec)
     assert teacher["model_fingerprint"] == weights_sha256(distilled / "teacher")
     assert teacher["model_provenance"] is None
+    assert provenance.trace(tmp_path / "m.json")["job"] is None
 
 
 def test_log_file_is_where_stderr_goes(tmp_path):

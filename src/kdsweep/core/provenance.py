@@ -21,7 +21,8 @@ The record (`model_record`) holds:
 Evaluation JSONs name the evaluated model's fingerprint (`model_fingerprint`) and the record they
 took it from (`model_provenance`, null for a model without one: its fingerprint is then computed).
 `describe(model_dir)` turns a model folder back into its job (stage, task, point, log file, ...),
-which is how a report's table cell is traced to the job that trained its model.
+which is how a report's table cell is traced to the job that trained its model; `trace(eval_json)`
+does it from the cell's evaluation JSON.
 
 No torch or transformers here: the report and the evaluation read records without training code.
 """
@@ -234,4 +235,21 @@ def describe(model_dir: str | Path) -> dict | None:
         "host": record.get("host"),
         "created": record.get("created"),
         "git_commit": (record.get("git") or {}).get("commit"),
+    }
+
+
+def trace(eval_json: str | Path) -> dict:
+    """A report's table cell back to its job, from the evaluation JSON the cell came from: the
+    evaluated model's fingerprint and record path, and `job`: describe() of that record (None for
+    a model without one, e.g. a hub model). `current` says whether the record found there now
+    still names the evaluated fingerprint (False: the model folder was rewritten since)."""
+    result = read_json(eval_json)
+    source = result.get("model_provenance")
+    job = describe(Path(source).parent) if source and Path(source).is_file() else None
+    return {
+        "model": result.get("model"),
+        "model_fingerprint": result.get("model_fingerprint"),
+        "model_provenance": source,
+        "job": job,
+        "current": job is not None and job["fingerprint"] == result.get("model_fingerprint"),
     }
