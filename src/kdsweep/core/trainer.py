@@ -23,6 +23,7 @@ import torch
 from accelerate.utils import broadcast_object_list
 from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 
+from kdsweep.core import provenance
 from kdsweep.core.io import apply_umask, atomic_path, read_json, sha256_file, sha256_json, write_json, write_jsonl
 from kdsweep.core.precision import training_precision
 from kdsweep.core.progress import ProgressLines
@@ -601,17 +602,20 @@ def train_and_save(
     model_out: str | Path,
     log_out: str | Path,
     tokenizer: PreTrainedTokenizerBase | None = None,
+    cache=None,
 ) -> dict:
     """Train (resuming from this job's newest checkpoint in args.output_dir, if any), then write
-    the final model and the log history atomically and drop the checkpoints. On SIGTERM/SIGUSR1/
+    the final model and the log history atomically and drop the checkpoints. The model folder
+    gets its provenance record, kdsweep.json, before it is renamed into place (kdsweep.core.
+    provenance; `cache`: the CacheEntry trained from, if any). On SIGTERM/SIGUSR1/
     SIGINT save a checkpoint and raise Preempted instead: no output is written. The main process
     holds the checkpoint folder's lock (lock_checkpoint_dir) from before it looks at the
     checkpoints to the end: a job whose folder is in use fails before it touches anything."""
     with contextlib.ExitStack() as held:
-        return _train_and_save(trainer, job_spec, model_out, log_out, tokenizer, held)
+        return _train_and_save(trainer, job_spec, model_out, log_out, tokenizer, held, cache)
 
 
-def _train_and_save(trainer, job_spec, model_out, log_out, tokenizer, held: contextlib.ExitStack) -> dict:
+def _train_and_save(trainer, job_spec, model_out, log_out, tokenizer, held: contextlib.ExitStack, cache=None) -> dict:
     guard = CheckpointGuard()
     trainer.add_callback(guard)
     if trainer.args.disable_tqdm:  # no bar (not a terminal): periodic progress lines in the log instead
@@ -677,6 +681,7 @@ def _train_and_save(trainer, job_spec, model_out, log_out, tokenizer, held: cont
     if main:
         if tokenizer is not None:
             tokenizer.save_pretrained(str(partial))
+        provenance.write_record(partial, job_spec, run=run, args=trainer.args, cache=cache)  # before the rename
         apply_umask(partial)  # save_model's safetensors weights are 0600: readable as the umask says
         shutil.rmtree(model_out, ignore_errors=True)
         os.replace(partial, model_out)

@@ -138,4 +138,4 @@ def distill_student(
         ),
     )
     job = {"stage": "distill", "task": task, "point": point, "spec": asdict(spec), "cache": entry.key}
-    return train_and_save(trainer, job, model_out, log_out, tokenizer=tokenizer)
+    return train_and_save(trainer, job, model_out, log_out, tokenizer=tokenizer, cache=entry)

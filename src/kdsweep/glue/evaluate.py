@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdsweep.core.io import read_jsonl, write_json
-from kdsweep.core.models import load_tokenizer
+from kdsweep.core.models import load_tokenizer, resolve
+from kdsweep.core.provenance import evaluation_fields
 from kdsweep.core.spec import setting
 from kdsweep.glue.data import GLUE_TASKS
 from kdsweep.glue.dataset import PairClassificationDataset, PairCollator, predict_logits
@@ -39,6 +40,7 @@ def evaluate_classifier(
     tokenizer = load_tokenizer(model_path)
     model = load_classifier(model_path, len(glue_task.labels))
     result = {"task": task, "model": name, "model_path": str(model_path), "params": params or {}, "splits": {}}
+    result.update(evaluation_fields(resolve(model_path, weights=True)))  # model_fingerprint, model_provenance
     for split in glue_task.eval_splits:
         rows = read_jsonl(Path(data_dir) / f"{split}.jsonl")
         dataset = PairClassificationDataset(rows, tokenizer, max_length)

@@ -21,6 +21,7 @@ from kdsweep.core.config import training_seed
 from kdsweep.core.hub import hub_path
 from kdsweep.core.io import atomic_path, read_jsonl
 from kdsweep.core.models import student_from_teacher, tokenizer_fingerprint
+from kdsweep.core.provenance import write_record
 from kdsweep.core.spec import setting
 from kdsweep.translation.batching import TranslationCollator
 from kdsweep.translation.generation import load_lm_tokenizer
@@ -83,9 +84,11 @@ def init_student_lm(teacher_path: str, tokenizer_path: str, out: str | Path, spe
         student = causal_lm_from_config(student_spec, tokenizer, seed)
     teacher_vocab = AutoConfig.from_pretrained(hub_path(teacher_path, needs=("config.json",))).vocab_size
     check_same_vocabulary(load_lm_tokenizer(teacher_path), tokenizer, teacher_vocab, student.config.vocab_size)
+    job = {"stage": "init_student_lm", "spec": asdict(spec), "teacher": teacher_path, "tokenizer": tokenizer_path}
     with atomic_path(out, is_dir=True) as tmp:
         student.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        write_record(tmp, job)
 
 
 def check_sampled_temperature(key_parts: dict, temperature: float, loss: str, tail: str = "ignore") -> None:
@@ -157,4 +160,4 @@ def distill_student_lm(
         ),
     )
     job = {"stage": "distill_lm", "point": point, "spec": asdict(spec), "student": student_path, "cache": entry.key}
-    return train_and_save(trainer, job, model_out, log_out, tokenizer=tokenizer)
+    return train_and_save(trainer, job, model_out, log_out, tokenizer=tokenizer, cache=entry)

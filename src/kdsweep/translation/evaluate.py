@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdsweep.core.io import read_jsonl, write_json, write_jsonl
+from kdsweep.core.models import resolve
+from kdsweep.core.provenance import evaluation_fields
 from kdsweep.core.spec import setting
 from kdsweep.translation.generation import (
     PROMPT_TOO_LONG,
@@ -98,6 +100,7 @@ def evaluate_translation(
     result = {
         "model": name,
         "model_path": str(model_path),
+        **evaluation_fields(resolve(model_path, weights=True)),  # model_fingerprint, model_provenance
         "params": params or {},
         "split": split,
         "examples": len(rows),
