@@ -248,6 +248,26 @@ def test_shipped_demo_shows_the_learning_rate_effect(tmp_path):
         assert runs.loc[names[1], "SacreBLEU 95% CI"] == f"[{own._mean - own._ci:.2f}, {own._mean + own._ci:.2f}]"
     glue_runs = pd.read_csv(paths.report_file("mnli_all_runs", "csv"))
     assert len(glue_runs) == 6 and set(glue_runs["seed"]) == {42, 43}
+    # From a table cell to its job: the run's model record (kdsweep.json) has the evaluated
+    # fingerprint, the job's log file, the cache it was trained from, its seed and the commit.
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    for family_task, run_id, runs_table in (
+        ("mnli", "lr0.001_a0.5_T2_s43", glue_runs.set_index("run")),
+        (task, "lr0.001_a0.5_T1_s43", runs),
+    ):
+        row = runs_table.loc[run_id]
+        record = json.loads((tmp_path / row["Model record"]).read_text())
+        assert record["model"]["fingerprint"][:12] == row["Fingerprint"]
+        rule = "distill" if family_task == "mnli" else "distill_lm"
+        assert (
+            Path(record["log_file"]).resolve()
+            == Path(paths.log(rule, *([family_task] if rule == "distill" else []), run_id)).resolve()
+        )
+        assert record["cache"]["key"] == json.loads(Path(paths.cache_pointer(family_task)).read_text())["key"]
+        assert record["settings"]["seed"] == 43 and record["git"]["commit"] == commit
+    assert record["cache"]["method"] == "topk"  # the translation student's cache
     assert table.iloc[4]["SacreBLEU"] > 20 and (table["COMET"] == "not computed").all()
     report = Path(paths.report_md()).read_text()
     assert "BLEU signature: `nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0`" in report

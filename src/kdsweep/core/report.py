@@ -72,6 +72,17 @@ def seeds_note(table: pd.DataFrame, what: str) -> str:
     )
 
 
+def provenance_cells(result: dict) -> dict:
+    """An all-runs table's way back to the job (kdsweep.core.provenance): the evaluated model's
+    fingerprint (first 12 hex digits) and its kdsweep.json (job, settings, cache key, log file,
+    Slurm job id, commit); "not recorded" for an evaluation or a model from before provenance."""
+    fingerprint = result.get("model_fingerprint")
+    return {
+        "Fingerprint": fingerprint[:12] if fingerprint else "not recorded",
+        "Model record": result.get("model_provenance") or "not recorded",
+    }
+
+
 def interval(ci: list[float], places: int = 2, scale: float = 1.0) -> str:
     """A 95 % interval as the tables print it: [lo, hi]."""
     return f"[{ci[0] * scale:.{places}f}, {ci[1] * scale:.{places}f}]"

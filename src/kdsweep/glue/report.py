@@ -21,6 +21,7 @@ from kdsweep.core.report import (
     manifest_summary,
     matching_runs,
     plot_loss_curves,
+    provenance_cells,
     seed_summary,
     seeds_note,
     side_by_side,
@@ -79,7 +80,7 @@ def glue_runs(paths: RunPaths, task: str, points: dict[str, dict]) -> list[dict]
 
 def glue_results_table(paths: RunPaths, task: str, points: dict[str, dict]) -> pd.DataFrame:
     """One row per run (long form): the run id, its values (seed included), each metric and its
-    95 % bootstrap interval."""
+    95 % bootstrap interval, and the model's fingerprint and provenance record (the job)."""
     rows = []
     for pid, params in points.items():
         result = read_json(paths.eval_json(task, pid))
@@ -88,7 +89,7 @@ def glue_results_table(paths: RunPaths, task: str, points: dict[str, dict]) -> p
         row = {"run": pid, **params}
         for col, value in metrics.items():
             row |= {col: value, f"{col} 95% CI": cis[f"{col} 95% CI"]}
-        rows.append(row)
+        rows.append(row | provenance_cells(result))
     return pd.DataFrame(rows)
 
 

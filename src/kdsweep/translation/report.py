@@ -25,6 +25,7 @@ from kdsweep.core.report import (
     manifest_summary,
     matching_runs,
     plot_loss_curves,
+    provenance_cells,
     seed_summary,
     seeds_note,
     side_by_side,
@@ -169,7 +170,8 @@ def translation_runs_table(
     paths: RunPaths, task: str, points: dict[str, dict], swept: list[str], tests: dict[str, dict[str, dict]]
 ) -> pd.DataFrame:
     """Every model run: its BLEU and chrF with their 95 % bootstrap intervals (sacrebleu's, from
-    the evaluation), and the p-values of the paired tests against the base student and the teacher."""
+    the evaluation), the p-values of the paired tests against the base student and the teacher,
+    and the model's fingerprint and provenance record (the job that made it)."""
     rows = []
     for label, name in model_runs(points, swept):
         result = read_json(paths.eval_json(task, name))
@@ -181,7 +183,7 @@ def translation_runs_table(
             for metric, column in (("bleu", "BLEU"), ("chrf", "chrF")):
                 test = tests[name].get(baseline)
                 row[f"{column} p vs {who.lower()}"] = f"{test[metric]['p']:.3g}" if test else ""
-        rows.append(row)
+        rows.append(row | provenance_cells(result))
     return pd.DataFrame(rows)
 
 
