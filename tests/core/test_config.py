@@ -567,3 +567,51 @@ def test_the_small_test_configs_are_valid_and_plan(name, tmp_path):
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     last_rule = "evaluate_student" if name == "glue" else "evaluate_translation"
     assert f"rule {last_rule}:" in out.stdout + out.stderr and "rule report:" in out.stdout + out.stderr
+
+
+def test_translation_experiments_vary_alpha_temperature_and_the_kd_loss_around_one_run(demo):
+    """translation.distill.experiments: alpha and temperature sweeps and the KD loss kind x tail
+    option around one learning rate, each row once per seed; rows equal to a sweep point are its
+    runs; a top-k cache refuses experiment temperatures other than 1 (without allow_tempered_topk)
+    and a sampled cache every loss kind but forward KL and every tail, naming the key."""
+    distill = demo["translation"]["distill"]
+    distill["experiments"] = {
+        "learning_rate": 1e-3,
+        "alpha": {"enabled": True, "values": [0.5, 1.0]},
+        "loss": {"enabled": True, "values": ["forward_kl", "reverse_kl"], "tails": ["ignore", "bucket"]},
+    }
+    validate_config(demo)
+    tables = experiment_tables(distill)
+    assert set(tables) == {"alpha", "loss"}
+    assert {label: point_id(p) for label, p in tables["alpha"].items()} == {
+        "0.5": "lr0.001_a0.5_T1",  # the sweep's own point at lr 1e-3
+        "1": "lr0.001_a1_T1",
+    }
+    assert {label: point_id(p) for label, p in tables["loss"].items()} == {
+        "forward_kl, tail ignore": "lr0.001_a0.5_T1",  # the block's own loss and tail: the sweep's run
+        "forward_kl, tail bucket": "lr0.001_a0.5_T1_bucket",
+        "reverse_kl, tail ignore": "lr0.001_a0.5_T1_rkl",
+        "reverse_kl, tail bucket": "lr0.001_a0.5_T1_rkl_bucket",
+    }
+    points = distill_points(distill)  # sweep 3 x 2 seeds + alpha 1 + three loss rows, each x 2 seeds
+    assert len(points) == 2 * (3 + 1 + 3)
+    assert points["lr0.001_a0.5_T1_rkl_bucket_s43"] == {
+        "learning_rate": 1e-3,
+        "alpha": 0.5,
+        "temperature": 1.0,
+        "loss": "reverse_kl",
+        "tail": "bucket",
+        "seed": 43,
+    }
+    distill["experiments"]["temperature"] = {"enabled": True, "values": [1.0, 2.0]}
+    with pytest.raises(ConfigError, match=r"translation\.distill\.experiments\.temperature\.values: 2 with a top-k"):
+        validate_config(demo)
+    distill["experiments"]["temperature"]["enabled"] = False
+    demo["translation"]["teacher"]["cache"] |= {"method": "sampled", "draws": 12, "temperature": 1.0}
+    with pytest.raises(
+        ConfigError, match=r"translation\.distill\.experiments\.loss\.values: reverse_kl with a sampled"
+    ):
+        validate_config(demo)
+    distill["experiments"]["loss"]["values"] = ["forward_kl"]
+    with pytest.raises(ConfigError, match=r"translation\.distill\.experiments\.loss\.tails: bucket applies to a top-k"):
+        validate_config(demo)

@@ -53,6 +53,15 @@ def small_translation_config(comet_ckpt: str) -> dict:
     return config
 
 
+# translation.distill.experiments for tr_run: around lr 3e-3, alpha 1 and reverse KL with the tail
+# bucket (2 runs more), each row's other value the sweep's own run
+EXPERIMENTS = {
+    "learning_rate": 3.0e-3,
+    "alpha": {"enabled": True, "values": [0.5, 1.0]},
+    "loss": {"enabled": True, "values": ["forward_kl", "reverse_kl"], "tails": ["bucket"]},
+}
+
+
 @pytest.fixture(scope="module")
 def tr_run(tmp_path_factory):
     """The small translation run, its Europarl files (those kdsweep's synthetic rule would write)
@@ -60,6 +69,7 @@ def tr_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("trwf")
     ckpt = build_tiny_comet(workdir / "comet")
     config = small_translation_config(ckpt)
+    config["translation"]["distill"]["experiments"] = EXPERIMENTS
     local = workdir / HOSTILE_NAME / "europarl"
     write_synthetic_europarl(local, SynthesizeEuroparlSpec(size=config["translation"].pop("synthetic")["size"], seed=0))
     config["translation"] |= {"source": "local", "local_dir": str(local)}
@@ -80,9 +90,9 @@ def test_translation_dag_runs_every_stage(tr_run, monkeypatch):
         "train_teacher_lm": 1,
         "cache_teacher_lm": 1,
         "init_student_lm": 1,
-        "distill_lm": 2,
-        "evaluate_translation": 4,
-        "score_comet": 4,
+        "distill_lm": 2 + 3,  # the sweep, alpha 1, forward KL + bucket, reverse KL + bucket
+        "evaluate_translation": 4 + 3,
+        "score_comet": 4 + 3,
         "report": 1,
         "all": 1,
     }
@@ -160,6 +170,49 @@ def test_metrics_are_sacrebleus_and_comets_and_reach_the_report(tr_run):
     assert samples.count("- **Source**") == 3 and "- **Distilled lr1e-05_a0.5_T1_s42**" in samples
 
 
+def test_translation_experiment_tables_are_the_runs_numbers(tr_run):
+    """Switched on (EXPERIMENTS), the alpha and KD-loss tables hold their runs' BLEU and COMET (the
+    runs' evaluation JSONs and COMET files); each run trained its row's setting: its evaluation
+    names the point, and the reverse-KL student's weights differ from the forward-KL one's (all
+    else equal), its model record naming the loss kind and tail."""
+    from safetensors.torch import load_file
+
+    _, _, paths, _ = tr_run
+    rows = {
+        "alpha": {0.5: "lr0.003_a0.5_T1_s42", 1.0: "lr0.003_a1_T1_s42"},
+        "loss": {
+            "forward_kl, tail bucket": "lr0.003_a0.5_T1_bucket_s42",
+            "reverse_kl, tail bucket": "lr0.003_a0.5_T1_rkl_bucket_s42",
+        },
+    }
+    for name, runs in rows.items():
+        table = pd.read_csv(paths.report_file(f"{TASK}_{name}", "csv"))
+        assert table.iloc[:, 0].tolist() == list(runs)
+        for (_, row), run in zip(table.iterrows(), runs.values(), strict=True):
+            result = json.loads(Path(paths.eval_json(TASK, run)).read_text())
+            comet = json.loads(Path(paths.eval_comet(TASK, run)).read_text())["comet"]
+            assert row["SacreBLEU"] == round(result["bleu"], 2) and row["COMET"] == round(comet, 4)
+    params = json.loads(Path(paths.eval_json(TASK, "lr0.003_a0.5_T1_rkl_bucket_s42")).read_text())["params"]
+    assert params == {
+        "learning_rate": 3e-3,
+        "alpha": 0.5,
+        "temperature": 1.0,
+        "loss": "reverse_kl",
+        "tail": "bucket",
+        "seed": 42,
+    }
+    forward, reverse = (
+        load_file(Path(paths.distill_model(TASK, run)) / "model.safetensors") for run in rows["loss"].values()
+    )
+    assert any(not torch.equal(forward[k], reverse[k]) for k in forward)
+    record = json.loads(
+        (Path(paths.distill_model(TASK, "lr0.003_a0.5_T1_rkl_bucket_s42")) / "kdsweep.json").read_text()
+    )
+    assert (record["settings"]["loss"], record["settings"]["tail"]) == ("reverse_kl", "bucket")
+    report = Path(paths.report_md()).read_text()
+    assert f"### {TASK}: KD loss kind and tail option (learning rate 0.003, alpha 0.5, temperature 1)" in report
+
+
 def test_changing_comet_settings_reruns_only_comet(tr_run):
     """The evaluation jobs do not receive COMET's settings: generation is not redone for them."""
     workdir, configfile, _, _ = tr_run
@@ -168,7 +221,7 @@ def test_changing_comet_settings_reruns_only_comet(tr_run):
     config["translation"]["evaluate"]["comet"]["batch_size"] = 4
     other = workdir / "tr-comet-batch.yaml"
     other.write_text(yaml.safe_dump(config))
-    assert planned(snakemake(workdir, other, "-n")) == {"score_comet": 4, "report": 1, "all": 1}
+    assert planned(snakemake(workdir, other, "-n")) == {"score_comet": 7, "report": 1, "all": 1}
 
 
 def test_rerun_after_a_failed_evaluation_redoes_only_it(tr_run):

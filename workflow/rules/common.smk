@@ -40,7 +40,9 @@ EXPERIMENTS = experiment_tables(GLUE["distill"]) if GLUE else {}  # extra tables
 POINTS = distill_points(GLUE["distill"]) if GLUE else {}  # every distillation job
 TR = config.get("translation")
 TR_TASK = translation_task(config) if TR else None
-TR_POINTS = sweep_points(TR["distill"]) if TR else {}
+TR_SWEEP = sweep_points(TR["distill"]) if TR else {}  # the study's table
+TR_EXPERIMENTS = experiment_tables(TR["distill"]) if TR else {}  # extra tables
+TR_POINTS = distill_points(TR["distill"]) if TR else {}  # every distillation job
 COMET = TR["evaluate"]["comet"] if TR else {"enabled": False}
 # the package's folder, for the jobs whose environment does not install it (COMET's, conda's)
 SRC = os.path.join(workflow.basedir, "src")
@@ -232,6 +234,20 @@ def reference_file():
     return [os.path.join(workflow.basedir, ref)] if ref else []
 
 
+def experiments_spec(distill, tables):
+    """The experiment tables of a family for the report: {name: {"base": the point they vary,
+    "rows": [[label, [run id per seed]], ...]}} (pairs: the spec's JSON sorts object keys).
+    """
+    seeds = sweep_seeds(distill)
+    return {
+        name: {
+            "base": experiment_base(distill),
+            "rows": [[label, list(seeded_runs(p, seeds))] for label, p in rows.items()],
+        }
+        for name, rows in tables.items()
+    }
+
+
 def report_spec():
     spec = {
         "title": f"kdsweep report: {config['run_name']}",
@@ -242,22 +258,13 @@ def report_spec():
             "tasks": TASKS,
             "points": SWEEP,
             "swept": swept_axes(GLUE["distill"]),
-            "experiments": {
-                name: {
-                    "base": experiment_base(GLUE["distill"]),
-                    # [label, [run id per seed]] pairs: the spec's JSON sorts object keys
-                    "rows": [
-                        [label, list(seeded_runs(p, sweep_seeds(GLUE["distill"])))]
-                        for label, p in rows.items()
-                    ],
-                }
-                for name, rows in EXPERIMENTS.items()
-            },
+            "experiments": experiments_spec(GLUE["distill"], EXPERIMENTS),
         }
     if TR:
         spec["translation"] = {
             "task": TR_TASK,
-            "points": TR_POINTS,
+            "points": TR_SWEEP,
+            "experiments": experiments_spec(TR["distill"], TR_EXPERIMENTS),
             "swept": swept_axes(TR["distill"]),
             "samples": TR["evaluate"]["samples"],
             # whether COMET is on (and why not): the report reads score_comet's files or says so
@@ -280,7 +287,7 @@ def report_inputs():
         files += [P.eval_translations(TR_TASK, n) for n in names]
         if COMET["enabled"]:
             files += [P.eval_comet(TR_TASK, n) for n in names]
-        files += [P.distill_log(TR_TASK, p) for p in TR_POINTS]
+        files += [P.distill_log(TR_TASK, p) for p in TR_SWEEP]
         files += [P.data_dir(TR_TASK), P.cache_pointer(TR_TASK)]
     return files + reference_file()
 

@@ -202,7 +202,11 @@ rule distill_lm:
         spec=lambda w: as_json(
             {
                 "point": TR_POINTS[w.point],
-                "distill": {k: v for k, v in TR["distill"].items() if k != "sweep"},
+                "distill": {
+                    k: v
+                    for k, v in TR["distill"].items()
+                    if k not in ("sweep", "experiments")
+                },
                 "prompt": TR["prompt"],
                 "max_length": TR["max_length"],
                 "packing": TR["packing"],

@@ -21,6 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 SWEEP_AXES = ("learning_rate", "alpha", "temperature")  # the tables' axes; seeds are repeats of a point
 _AXIS_TAGS = {"learning_rate": "lr", "alpha": "a", "temperature": "T"}
+_LOSS_TAGS = {"forward_kl": "fkl", "reverse_kl": "rkl", "jsd": "jsd"}  # translation's KD loss kinds
 
 
 class ConfigError(ValueError):
@@ -301,12 +302,15 @@ def check_config_files(paths) -> None:
 
 def point_id(point: dict) -> str:
     """Readable, path-safe id of a distillation run: lr2e-05_a0.5_T2_s42; an experiment's run that
-    changes the loss or the student's initialization says so: lr2e-05_a1_T2_cos0_s42, ..._rand_s42.
+    changes the loss or the student's initialization says so: lr2e-05_a1_T2_cos0_s42, ..._rand_s42
+    (GLUE), lr0.003_a0.5_T1_rkl_bucket_s42 (translation: the KD loss kind and the tail option).
     The training seed comes last (a point without one, e.g. an experiment's row, has no _s)."""
     out = "_".join(f"{_AXIS_TAGS[axis]}{point[axis]:g}" for axis in SWEEP_AXES)
     if "cosine_weight" in point:
         out += f"_cos{point['cosine_weight']:g}"
     out += "_rand" if point.get("init") == "random" else ""
+    out += f"_{_LOSS_TAGS[point['loss']]}" if "loss" in point else ""
+    out += f"_{point['tail']}" if "tail" in point else ""
     return out + (f"_s{point['seed']}" if "seed" in point else "")
 
 
@@ -346,6 +350,7 @@ EXPERIMENTS = {
     "alpha": "Alpha sweep",
     "temperature": "Temperature sweep",
     "ablation": "Loss ablation",
+    "loss": "KD loss kind",
 }
 
 
@@ -361,18 +366,28 @@ def experiment_base(distill: dict) -> dict[str, float]:
 
 
 def experiment_tables(distill: dict) -> dict[str, dict[str, dict]]:
-    """The extra experiments switched on in a GLUE `distill` block, as {experiment: {row label:
-    point}}: one-axis alpha and temperature sweeps around experiment_base, and DistilBERT's loss
-    ablation (KD only, + hidden-state cosine, + CE on the labels, and the last with a randomly
-    initialized student). A point keeps `cosine_weight` only where it differs from the block's
-    own, so a row equal to a sweep point is the same run (and the same job). The points have no
-    seed: each row runs once per sweep seed (distill_points, seeded_runs)."""
+    """The extra experiments switched on in a `distill` block, as {experiment: {row label:
+    point}}: one-axis alpha and temperature sweeps around experiment_base (both families);
+    GLUE's DistilBERT loss ablation (KD only, + hidden-state cosine, + CE on the labels, and the
+    last with a randomly initialized student); translation's KD loss kinds x tail options. A
+    point keeps `cosine_weight`, `loss` or `tail` only where it differs from the block's own, so
+    a row equal to a sweep point is the same run (and the same job). The points have no seed:
+    each row runs once per sweep seed (distill_points, seeded_runs)."""
     exp, base = distill["experiments"], experiment_base(distill)
     tables: dict[str, dict[str, dict]] = {}
     for axis in ("alpha", "temperature"):
         if exp[axis]["enabled"]:
             tables[axis] = {f"{v:g}": {**base, axis: float(v)} for v in exp[axis]["values"]}
-    if exp["ablation"]["enabled"]:
+    if exp.get("loss", {}).get("enabled"):
+        rows = {}
+        for kind, tail in itertools.product(exp["loss"]["values"], exp["loss"]["tails"]):
+            point = {**base, "loss": kind, "tail": tail}
+            for key in ("loss", "tail"):
+                if point[key] == distill[key]:
+                    del point[key]
+            rows[f"{kind}, tail {tail}"] = point
+        tables["loss"] = rows
+    if exp.get("ablation", {}).get("enabled"):
         w = float(exp["ablation"]["cosine_weight"])
         rows = {
             "KD only": {**base, "alpha": 1.0, "cosine_weight": 0.0},

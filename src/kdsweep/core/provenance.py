@@ -150,8 +150,8 @@ def job_settings(job: dict, args=None) -> dict:
         "learning_rate": point.get("learning_rate"),
         "alpha": point.get("alpha", 0.0),
         "temperature": point.get("temperature"),
-        "loss": distill.get("loss"),
-        "tail": distill.get("tail"),
+        "loss": point.get("loss", distill.get("loss")),  # an experiment's run may set its own
+        "tail": point.get("tail", distill.get("tail")),
         "seed": point.get("seed", (job.get("spec") or {}).get("seed")),
     }
     if args is not None:

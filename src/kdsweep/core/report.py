@@ -72,6 +72,34 @@ def seeds_note(table: pd.DataFrame, what: str) -> str:
     )
 
 
+EXPERIMENT_COLUMNS = {"alpha": "Alpha", "temperature": "Temperature", "ablation": "Loss", "loss": "Loss"}
+EXPERIMENT_TITLES = {
+    "alpha": "alpha sweep",
+    "temperature": "temperature sweep",
+    "ablation": "loss ablation",
+    "loss": "KD loss kind and tail option",
+}
+
+
+def experiment_runs(experiment: str, rows, metrics_of) -> list[dict]:
+    """The runs of one experiment's table, in the order of `rows` ({label: run ids} or [label,
+    run ids] pairs; one id per seed, or a single id): {the experiment's column: the label (a
+    number for the alpha and temperature sweeps), **metrics_of(run id)} per run."""
+    column = EXPERIMENT_COLUMNS[experiment]
+    runs = []
+    for label, ids in dict(rows).items():
+        value = float(label) if experiment in ("alpha", "temperature") else label
+        runs += [{column: value, **metrics_of(pid)} for pid in ([ids] if isinstance(ids, str) else ids)]
+    return runs
+
+
+def experiment_md(paths: RunPaths, task: str, title: str, name: str, base: dict, table: pd.DataFrame) -> list[str]:
+    """An experiment's section: its heading (what it varies around), the table and its files."""
+    around = ", ".join(f"{AXIS_LABELS[a].lower()} {base[a]:g}" for a in AXIS_LABELS if a != name)
+    caption = f"{title}: {EXPERIMENT_TITLES[name]} ({around})"
+    return [f"### {caption}", "", *table_md(paths, table, f"{task}_{name}", caption)]
+
+
 def provenance_cells(result: dict) -> dict:
     """An all-runs table's way back to the job (kdsweep.core.provenance): the evaluated model's
     fingerprint (first 12 hex digits) and its kdsweep.json (job, settings, cache key, log file,

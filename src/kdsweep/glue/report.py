@@ -15,8 +15,11 @@ from kdsweep.core.io import read_json
 from kdsweep.core.paths import RunPaths
 from kdsweep.core.report import (
     AXIS_LABELS,
+    EXPERIMENT_COLUMNS,
     SEEDS,
     axis_table,
+    experiment_md,
+    experiment_runs,
     interval,
     manifest_summary,
     matching_runs,
@@ -28,14 +31,10 @@ from kdsweep.core.report import (
     study_md,
     table_files,
     table_links,
-    table_md,
     write_table,
 )
 
 SPLIT_SHORT = {"dev_matched": "m", "dev_mismatched": "mm", "dev": ""}
-
-
-EXPERIMENT_TITLES = {"alpha": "alpha sweep", "temperature": "temperature sweep", "ablation": "loss ablation"}
 
 
 def _metric_columns(split: str, multi_split: bool) -> tuple[str, str]:
@@ -100,17 +99,11 @@ def point_summary(runs: list[dict], keys: list[str]) -> pd.DataFrame:
 
 
 def experiment_table(paths: RunPaths, task: str, experiment: str, rows) -> pd.DataFrame:
-    """One experiment's table: a row per alpha or temperature value, or loss variant, in the order
-    of `rows` ({label: run ids} or [label, run ids] pairs; one id per seed), each the mean of its
-    runs (sd and Seeds with several). The ablation adds each variant's accuracy difference to the
-    full loss, as DistilBERT's table."""
-    column = {"alpha": "Alpha", "temperature": "Temperature", "ablation": "Loss"}[experiment]
-    runs = []
-    for label, ids in dict(rows).items():
-        value = label if experiment == "ablation" else float(label)
-        for pid in [ids] if isinstance(ids, str) else ids:
-            runs.append({column: value, **metrics_row(read_json(paths.eval_json(task, pid)))})
-    table = point_summary(runs, [column])
+    """One experiment's table (core.report.experiment_runs): a row per alpha or temperature
+    value, or loss variant, each the mean of its runs (sd and Seeds with several). The ablation
+    adds each variant's accuracy difference to the full loss, as DistilBERT's table."""
+    runs = experiment_runs(experiment, rows, lambda pid: metrics_row(read_json(paths.eval_json(task, pid))))
+    table = point_summary(runs, [EXPERIMENT_COLUMNS[experiment]])
     if experiment == "ablation":  # every accuracy column (MNLI: matched and mismatched)
         for acc in [c for c in table.columns if c.startswith("Accuracy")]:
             full = table.loc[table["Loss"] == "KD + hidden cosine + CE", acc].iloc[0]
@@ -174,11 +167,8 @@ def glue_section(
             note = f"The study's numbers (reference file); kdsweep's on {reference[task]['split']}."
             md += study_md(paths, glue_vs_study(paths, task, points, reference[task]), task, task.upper(), note)
         for name, exp in (experiments or {}).items():
-            base = exp["base"]
-            around = ", ".join(f"{AXIS_LABELS[a].lower()} {base[a]:g}" for a in AXIS_LABELS if a != name)
-            md += [f"### {task.upper()}: {EXPERIMENT_TITLES[name]} ({around})", ""]
             table = experiment_table(paths, task, name, exp["rows"])
-            md += table_md(paths, table, f"{task}_{name}", f"{task.upper()}: {EXPERIMENT_TITLES[name]} ({around})")
+            md += experiment_md(paths, task, task.upper(), name, exp["base"], table)
         png = plot_loss_curves(paths, task, points, Path(paths.report_plot(task)))
         md += [f"![{task} loss curves]({png.relative_to(paths.root)})", ""]
     return md

@@ -52,32 +52,43 @@ def check_config(config: dict) -> None:
 
 def check_distill_temperatures(tr: dict) -> None:
     """A sampled cache serves forward KL at its sampling temperature only; a top-k cache holds the
-    teacher at temperature 1 only (another needs allow_tempered_topk)."""
+    teacher at temperature 1 only (another needs allow_tempered_topk). Checked for the sweep and
+    for the experiments switched on, naming the key of the value refused."""
     cache, distill = tr["teacher"]["cache"], tr["distill"]
-    temperatures = distill["sweep"]["temperature"]
+    exp = distill.get("experiments", {})
+    key = "translation.distill."
+    temperatures = [(f"{key}sweep.temperature", t) for t in distill["sweep"]["temperature"]]
+    losses, tails = [(f"{key}loss", distill["loss"])], [(f"{key}tail", distill["tail"])]
+    if exp.get("temperature", {}).get("enabled"):
+        temperatures += [(f"{key}experiments.temperature.values", t) for t in exp["temperature"]["values"]]
+    if exp.get("loss", {}).get("enabled"):
+        losses += [(f"{key}experiments.loss.values", v) for v in exp["loss"]["values"]]
+        tails += [(f"{key}experiments.loss.tails", v) for v in exp["loss"]["tails"]]
     if cache["method"] == "sampled":
-        other = [t for t in temperatures if float(t) != float(cache["temperature"])]
+        other = [(k, t) for k, t in temperatures if float(t) != float(cache["temperature"])]
         if other:
+            k, t = other[0]
             raise ConfigError(
-                f"translation.distill.sweep.temperature: {other[0]:g} with a sampled teacher cache drawn at "
+                f"{k}: {t:g} with a sampled teacher cache drawn at "
                 f"temperature {cache['temperature']:g} (translation.teacher.cache.temperature): the draws estimate "
                 "the KD target at their own temperature only. Sweep the cache's temperature, or set "
                 "translation.teacher.cache.temperature to the one you distill at"
             )
-        if distill["loss"] != "forward_kl":
-            raise ConfigError(
-                f"translation.distill.loss: {distill['loss']} with a sampled teacher cache, which estimates "
-                "forward_kl only (the others need the teacher's probability of every token)"
-            )
-        if distill["tail"] != "ignore":
-            raise ConfigError(
-                f"translation.distill.tail: {distill['tail']} applies to a top-k cache; a sampled cache has no tail"
-            )
+        for k, loss in losses:
+            if loss != "forward_kl":
+                raise ConfigError(
+                    f"{k}: {loss} with a sampled teacher cache, which estimates "
+                    "forward_kl only (the others need the teacher's probability of every token)"
+                )
+        for k, tail in tails:
+            if tail != "ignore":
+                raise ConfigError(f"{k}: {tail} applies to a top-k cache; a sampled cache has no tail")
         return
-    tempered = [t for t in temperatures if t != 1]
+    tempered = [(k, t) for k, t in temperatures if t != 1]
     if tempered and not distill["allow_tempered_topk"]:
+        k, t = tempered[0]
         raise ConfigError(
-            f"translation.distill.sweep.temperature: {tempered[0]:g} with a top-k teacher cache, which holds "
+            f"{k}: {t:g} with a top-k teacher cache, which holds "
             "the teacher at temperature 1 only: its tail cannot be tempered exactly and the KD loss is far "
             "from the dense one at T != 1 (benchmarks/README.md). Use temperature 1, set "
             "translation.distill.allow_tempered_topk: true to accept the bias, or use a sampled cache "

@@ -54,8 +54,11 @@ class DistillLMSpec:
     """Stage distill-lm: one sweep point's job. Its fields, as a dict, are part of the job record
     that decides whether checkpoints are resumed (train_and_save)."""
 
-    point: dict = setting("the sweep point: learning_rate, alpha, temperature, seed (default: distill.training.seed)")
-    distill: dict = setting("translation.distill without sweep")
+    point: dict = setting(
+        "the sweep point: learning_rate, alpha, temperature, seed (default: distill.training.seed); an "
+        "experiment's run may override distill.loss and distill.tail (loss, tail)"
+    )
+    distill: dict = setting("translation.distill without sweep and experiments")
     prompt: dict = setting("translation.prompt")
     max_length: int = setting("translation.max_length: tokens, prompt + response")
     packing: bool = setting("translation.packing")
@@ -128,7 +131,9 @@ def distill_student_lm(
     distill_cfg, train_cfg = spec.distill, training_seed(spec.distill["training"], point)  # sweep.seed
     data_dir = Path(data_dir)
     entry = open_pointer(cache_pointer, data_dir / "train.jsonl")
-    check_sampled_temperature(entry.key_parts, point["temperature"], distill_cfg["loss"], distill_cfg["tail"])
+    # an experiment's run may set its own KD loss kind and tail option (config.experiment_tables)
+    kd_loss, tail = point.get("loss", distill_cfg["loss"]), point.get("tail", distill_cfg["tail"])
+    check_sampled_temperature(entry.key_parts, point["temperature"], kd_loss, tail)
     tokenizer = load_lm_tokenizer(student_path)
     teacher_tok = load_lm_tokenizer(teacher_tokenizer)
     if tokenizer_fingerprint(teacher_tok) != entry.key_parts["tokenizer"]:
@@ -153,8 +158,8 @@ def distill_student_lm(
         loss=TokenKD(
             alpha=point["alpha"],
             temperature=point["temperature"],
-            kd_loss=distill_cfg["loss"],
-            tail=distill_cfg["tail"],
+            kd_loss=kd_loss,
+            tail=tail,
             chunk_size=distill_cfg["chunk_size"],
             ce_only_ids=ce_only_token_ids(tokenizer, spec.prompt, distill_cfg["ce_only_tokens"]),
         ),

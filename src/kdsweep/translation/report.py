@@ -19,7 +19,10 @@ from kdsweep.core.io import atomic_path, read_json, read_jsonl
 from kdsweep.core.paths import RunPaths
 from kdsweep.core.report import (
     AXIS_LABELS,
+    EXPERIMENT_COLUMNS,
     SEEDS,
+    experiment_md,
+    experiment_runs,
     html_page,
     interval,
     manifest_summary,
@@ -166,6 +169,23 @@ def translation_table(
     return table
 
 
+EXPERIMENT_METRICS = ("SacreBLEU", "chrF", "COMET", "Runaway (%)")  # an experiment table's columns
+
+
+def experiment_table(paths: RunPaths, task: str, experiment: str, rows, comet_cfg: dict) -> pd.DataFrame:
+    """One experiment's table (core.report.experiment_runs): a row per alpha or temperature value,
+    or KD loss kind and tail, with SacreBLEU, chrF, COMET and the runaway rate, each the mean of
+    its runs (sd and Seeds with several)."""
+
+    def metrics_of(name: str) -> dict:
+        row = translation_row(model_result(paths, task, name, comet_cfg), rounded=False)
+        return {k: row[k] for k in EXPERIMENT_METRICS}
+
+    runs = experiment_runs(experiment, rows, metrics_of)
+    places = {k: PLACES[k] for k in EXPERIMENT_METRICS}
+    return seed_summary(runs, [EXPERIMENT_COLUMNS[experiment]], places, sd=SD)
+
+
 def translation_runs_table(
     paths: RunPaths, task: str, points: dict[str, dict], swept: list[str], tests: dict[str, dict[str, dict]]
 ) -> pd.DataFrame:
@@ -281,9 +301,11 @@ def translation_section(
     samples: int,
     comet_cfg: dict,
     reference: dict | None = None,
+    experiments: dict | None = None,
 ) -> list[str]:
     """comet_cfg: translation.evaluate.comet ({enabled, reason, ...}); reference: the reference
-    file's `translation` block ({rows: [{model: base | learning_rate, bleu, comet}]})."""
+    file's `translation` block ({rows: [{model: base | learning_rate, bleu, comet}]}); experiments:
+    {name: {"base": point, "rows": [[label, [run ids]], ...]}}."""
     stem = Path(paths.report_table(task, "learning_rate", "csv")).with_suffix("")
     tests = significance(paths, task, [name for _, name in model_runs(points, swept)])
     table = translation_table(paths, task, points, swept, comet_cfg, tests)
@@ -332,6 +354,9 @@ def translation_section(
         "Ended with eos, the share that stopped at an end token (eos, <|eot_id|>), as an Instruct model that "
         "never saw the marker does; Runaway, the share that ran to max_new_tokens (the study's problem)"
     ]
+    for name, exp in (experiments or {}).items():
+        table = experiment_table(paths, task, name, exp["rows"], comet_cfg)
+        md += experiment_md(paths, task, task, name, exp["base"], table)
     names = {"Base model": "base", "Teacher": "teacher", **{f"Distilled {p}": p for p in points}}
     sample_file = write_samples(paths, task, names, samples)
     png = plot_loss_curves(paths, task, points, Path(paths.report_plot(task)))
@@ -341,8 +366,10 @@ def translation_section(
 
 
 def section(paths: RunPaths, t: dict, reference: dict | None) -> list[str]:
-    """The report's translation section; t: {task, points, swept, samples, comet}."""
-    return translation_section(paths, t["task"], t["points"], t["swept"], t["samples"], t["comet"], reference)
+    """The report's translation section; t: {task, points, swept, samples, comet, experiments}."""
+    return translation_section(
+        paths, t["task"], t["points"], t["swept"], t["samples"], t["comet"], reference, t.get("experiments")
+    )
 
 
 def outputs(paths: RunPaths, t: dict, reference: dict | None) -> dict[str, list[str]]:
@@ -352,6 +379,8 @@ def outputs(paths: RunPaths, t: dict, reference: dict | None) -> dict[str, list[
     tables += table_files(paths.report_file(f"{task}_all_runs", "{ext}"))
     if reference:
         tables += table_files(paths.report_file(f"{task}_vs_study", "{ext}"))
+    for name in t.get("experiments") or {}:
+        tables += table_files(paths.report_file(f"{task}_{name}", "{ext}"))
     samples = paths.report_samples(task)
     return {
         "tables": tables,
