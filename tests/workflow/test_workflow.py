@@ -237,6 +237,7 @@ def test_shipped_demo_shows_the_learning_rate_effect(tmp_path):
     for i, lr in enumerate(("0.003", "0.001", "0.0003")):
         names = [f"lr{lr}_a0.5_T1_s{seed}" for seed in (42, 43)]
         bleus = [json.loads(Path(paths.eval_json(task, n)).read_text())["bleu"] for n in names]
+        assert bleus[0] != bleus[1]  # the second seed trained another student
         row = students.iloc[i]
         assert row["Seeds"] == 2 and row["SacreBLEU"] == pytest.approx(round(statistics.fmean(bleus), 2))
         assert row["SacreBLEU sd"] == pytest.approx(round(statistics.stdev(bleus), 2))
