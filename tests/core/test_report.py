@@ -353,3 +353,37 @@ def test_translation_rows_average_seeds_and_test_each_run_against_base_and_teach
         assert runs.loc[name, "BLEU p vs base model"] == f"{own['bleu']['p']:.3g}"
         assert runs.loc[name, "chrF p vs base model"] == f"{own['chrf']['p']:.3g}"
     assert runs.loc["lr0.001_a0.5_T1_s2", "Seed"] == 2
+
+
+def test_an_ablation_over_two_seeds_compares_the_means_only(tmp_path):
+    """Experiment rows with two runs each: every row is the mean of its runs (their evaluation
+    JSONs, read here), and the ablation's difference to the full loss is taken between means,
+    not between standard deviations."""
+    import statistics
+
+    from kdsweep.glue.report import experiment_table
+
+    paths = RunPaths(str(tmp_path / "run"))
+    labels = ["KD only", "KD + hidden cosine", "KD + hidden cosine + CE", "KD + hidden cosine + CE, random init"]
+    ids = {label: [f"run{i}_s1", f"run{i}_s2"] for i, label in enumerate(labels)}
+    fake_run_outputs(paths, "qqp", ["dev"], {pid: {} for pair in ids.values() for pid in pair})
+    table = experiment_table(paths, "qqp", "ablation", [[label, pair] for label, pair in ids.items()])
+    assert list(table.columns) == [
+        "Loss",
+        "Seeds",
+        "Accuracy (%)",
+        "Accuracy (%) sd",
+        "Macro-F1",
+        "Macro-F1 sd",
+        "Accuracy (%), diff to full",
+    ]
+    mean = {
+        label: statistics.fmean(
+            100 * pd.read_json(paths.eval_json("qqp", pid), typ="series")["splits"]["dev"]["accuracy"] for pid in pair
+        )
+        for label, pair in ids.items()
+    }
+    for _, row in table.iterrows():
+        assert row["Accuracy (%)"] == pytest.approx(round(mean[row["Loss"]], 2))
+        diff = round(mean[row["Loss"]], 2) - round(mean["KD + hidden cosine + CE"], 2)
+        assert row["Accuracy (%), diff to full"] == pytest.approx(diff)

@@ -234,6 +234,17 @@ def reference_file():
     return [os.path.join(workflow.basedir, ref)] if ref else []
 
 
+def distill_settings(distill):
+    """A family's `distill` block as its distillation jobs get it: without the sweep and the
+    experiments (their point comes on its own) and without training.seed (the point's seed,
+    sweep.seed or that one, is in the point): changing another point's settings reruns nothing.
+    """
+    out = {k: v for k, v in distill.items() if k not in ("sweep", "experiments")}
+    return out | {
+        "training": {k: v for k, v in distill["training"].items() if k != "seed"}
+    }
+
+
 def experiments_spec(distill, tables):
     """The experiment tables of a family for the report: {name: {"base": the point they vary,
     "rows": [[label, [run id per seed]], ...]}} (pairs: the spec's JSON sorts object keys).
@@ -259,12 +270,14 @@ def report_spec():
             "points": SWEEP,
             "swept": swept_axes(GLUE["distill"]),
             "experiments": experiments_spec(GLUE["distill"], EXPERIMENTS),
+            "runs": POINTS,  # every distillation run: the all-runs tables
         }
     if TR:
         spec["translation"] = {
             "task": TR_TASK,
             "points": TR_SWEEP,
             "experiments": experiments_spec(TR["distill"], TR_EXPERIMENTS),
+            "runs": TR_POINTS,
             "swept": swept_axes(TR["distill"]),
             "samples": TR["evaluate"]["samples"],
             # whether COMET is on (and why not): the report reads score_comet's files or says so

@@ -159,11 +159,7 @@ rule distill:
             {
                 "point": POINTS[w.point],
                 "student": GLUE["student"],
-                "distill": {
-                    k: v
-                    for k, v in GLUE["distill"].items()
-                    if k not in ("sweep", "experiments")
-                },
+                "distill": distill_settings(GLUE["distill"]),
                 "max_length": GLUE["max_length"],
                 "eval_batch_size": GLUE["evaluate"]["batch_size"],
             }

@@ -202,11 +202,7 @@ rule distill_lm:
         spec=lambda w: as_json(
             {
                 "point": TR_POINTS[w.point],
-                "distill": {
-                    k: v
-                    for k, v in TR["distill"].items()
-                    if k not in ("sweep", "experiments")
-                },
+                "distill": distill_settings(TR["distill"]),
                 "prompt": TR["prompt"],
                 "max_length": TR["max_length"],
                 "packing": TR["packing"],

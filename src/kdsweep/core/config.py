@@ -326,14 +326,10 @@ def seeded_runs(point: dict, seeds: list[int]) -> dict[str, dict]:
     return {point_id(run): run for run in runs}
 
 
-def unseeded(point: dict) -> dict:
-    """The point a run repeats: the run without its seed (what the report's rows group by)."""
-    return {k: v for k, v in point.items() if k != "seed"}
-
-
 def training_seed(train_cfg: dict, point: dict) -> dict:
-    """A `training` block with the run's seed (sweep.seed) in place of its own."""
-    return {**train_cfg, "seed": int(point.get("seed", train_cfg["seed"]))}
+    """A `training` block with the run's seed (sweep.seed) in place of its own (the workflow's
+    jobs get their training block without one: workflow/rules/common.smk, distill_settings)."""
+    return {**train_cfg, "seed": int(point["seed"] if "seed" in point else train_cfg["seed"])}
 
 
 def sweep_points(distill: dict) -> dict[str, dict]:

@@ -34,8 +34,8 @@ def seed_summary(runs: list[dict], keys: list[str], decimals: dict[str, int], sd
     metric of `decimals` as the mean of its runs' raw values, rounded there; for the metrics in
     `sd` the sample standard deviation (n - 1) in a column "<metric> sd" next to it; and the
     number of runs, column Seeds. With one run per point the table is the runs' own numbers: no
-    sd or Seeds columns. A metric that is not a number (COMET "not computed") must be the same
-    in every run of a point and is kept as it is."""
+    sd or Seeds columns. A metric that is not a number in some run (COMET "not computed") is
+    given as its distinct values, joined by " / "."""
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
         groups.setdefault(tuple(run[k] for k in keys), []).append(run)
@@ -48,9 +48,8 @@ def seed_summary(runs: list[dict], keys: list[str], decimals: dict[str, int], sd
         for metric, places in decimals.items():
             values = [r[metric] for r in group]
             if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-                if len({str(v) for v in values}) > 1:
-                    raise ValueError(f"{metric}: runs of {row} disagree on a value that is not a number: {values}")
-                row[metric] = values[0]
+                # "not computed" / "not recorded" in every run, or mixed with numbers (an older evaluation)
+                row[metric] = " / ".join(dict.fromkeys(str(v) for v in values))
                 if repeated and metric in sd:
                     row[f"{metric} sd"] = ""
                 continue

@@ -105,7 +105,7 @@ def experiment_table(paths: RunPaths, task: str, experiment: str, rows) -> pd.Da
     runs = experiment_runs(experiment, rows, lambda pid: metrics_row(read_json(paths.eval_json(task, pid))))
     table = point_summary(runs, [EXPERIMENT_COLUMNS[experiment]])
     if experiment == "ablation":  # every accuracy column (MNLI: matched and mismatched)
-        for acc in [c for c in table.columns if c.startswith("Accuracy")]:
+        for acc in [c for c in table.columns if c.startswith("Accuracy") and not c.endswith(" sd")]:
             full = table.loc[table["Loss"] == "KD + hidden cosine + CE", acc].iloc[0]
             table[f"{acc}, diff to full"] = (table[acc] - full).round(2)
     return table
@@ -134,6 +134,7 @@ def glue_section(
     swept: list[str],
     experiments: dict | None = None,
     reference: dict | None = None,
+    runs: dict[str, dict] | None = None,
 ) -> list[str]:
     """experiments: {name: {"base": point, "rows": [[label, point id], ...]}}; reference: the
     reference file's `glue` block ({task: {split, rows: [{learning_rate, accuracy, macro_f1}]}})."""
@@ -141,7 +142,7 @@ def glue_section(
     md = []
     for task in tasks:
         write_table(
-            glue_results_table(paths, task, points),
+            glue_results_table(paths, task, runs or points),
             report_dir / f"{task}_all_runs",
             f"{task.upper()}: every distillation run, with 95 % bootstrap intervals",
         )
@@ -175,8 +176,9 @@ def glue_section(
 
 
 def section(paths: RunPaths, g: dict, reference: dict | None) -> list[str]:
-    """The report's GLUE section; g: {tasks, points, swept, experiments}."""
-    return glue_section(paths, g["tasks"], g["points"], g["swept"], g.get("experiments"), reference)
+    """The report's GLUE section; g: {tasks, points (the sweep's runs), swept, experiments, runs
+    (every distillation run: the sweep's and the experiments', for the all-runs table)}."""
+    return glue_section(paths, g["tasks"], g["points"], g["swept"], g.get("experiments"), reference, g.get("runs"))
 
 
 def outputs(paths: RunPaths, g: dict, reference: dict | None) -> dict[str, list[str]]:

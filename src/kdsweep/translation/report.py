@@ -97,13 +97,17 @@ def translation_row(result: dict, rounded: bool = True) -> dict:
     return row
 
 
-def model_runs(points: dict[str, dict], swept: list[str]) -> list[tuple[str, str]]:
+def model_runs(
+    points: dict[str, dict], swept: list[str], extra: dict[str, dict] | None = None
+) -> list[tuple[str, str]]:
     """(row label, run name) of every model in the study's table's order: the base student, the
-    runs of each sweep point (learning rates from high to low, as in the study), the teacher."""
+    runs of each sweep point (learning rates from high to low, as in the study), the teacher;
+    `extra` (the experiments' own runs) after the sweep's, labelled "Experiment"."""
     by_rate = sorted(points.items(), key=lambda kv: (-kv[1]["learning_rate"], kv[1]["alpha"], kv[1]["temperature"]))
     runs = [("Base model", "base")]
     for point_id, params in by_rate:
         runs.append((f"Distilled ({', '.join(f'{AXIS_LABELS[a].lower()} {params[a]:g}' for a in swept)})", point_id))
+    runs += [("Experiment", name) for name in extra or {} if name not in points]
     return runs + [("Teacher", "teacher")]
 
 
@@ -187,15 +191,21 @@ def experiment_table(paths: RunPaths, task: str, experiment: str, rows, comet_cf
 
 
 def translation_runs_table(
-    paths: RunPaths, task: str, points: dict[str, dict], swept: list[str], tests: dict[str, dict[str, dict]]
+    paths: RunPaths,
+    task: str,
+    points: dict[str, dict],
+    swept: list[str],
+    tests: dict[str, dict[str, dict]],
+    runs: dict[str, dict] | None = None,
 ) -> pd.DataFrame:
-    """Every model run: its BLEU and chrF with their 95 % bootstrap intervals (sacrebleu's, from
-    the evaluation), the p-values of the paired tests against the base student and the teacher,
-    and the model's fingerprint and provenance record (the job that made it)."""
-    rows = []
-    for label, name in model_runs(points, swept):
+    """Every model run (the sweep's `points`, the experiments' `runs`): its BLEU and chrF with
+    their 95 % bootstrap intervals (sacrebleu's, from the evaluation), the p-values of the paired
+    tests against the base student and the teacher, and the model's fingerprint and provenance
+    record (the job that made it)."""
+    rows, every = [], {**(runs or {}), **points}
+    for label, name in model_runs(points, swept, runs):
         result = read_json(paths.eval_json(task, name))
-        row = {"Model": label, "Run": name, "Seed": points.get(name, {}).get("seed", "")}
+        row = {"Model": label, "Run": name, "Seed": every.get(name, {}).get("seed", "")}
         for metric, column in (("bleu", "SacreBLEU"), ("chrf", "chrF")):
             ci = result.get(f"{metric}_ci95")
             row |= {column: round(result[metric], 2), f"{column} 95% CI": interval(ci) if ci else "not computed"}
@@ -302,16 +312,18 @@ def translation_section(
     comet_cfg: dict,
     reference: dict | None = None,
     experiments: dict | None = None,
+    every_run: dict[str, dict] | None = None,
 ) -> list[str]:
     """comet_cfg: translation.evaluate.comet ({enabled, reason, ...}); reference: the reference
     file's `translation` block ({rows: [{model: base | learning_rate, bleu, comet}]}); experiments:
-    {name: {"base": point, "rows": [[label, [run ids]], ...]}}."""
+    {name: {"base": point, "rows": [[label, [run ids]], ...]}}; every_run: every distillation run
+    (the sweep's and the experiments'), for the all-runs table and its paired tests."""
     stem = Path(paths.report_table(task, "learning_rate", "csv")).with_suffix("")
-    tests = significance(paths, task, [name for _, name in model_runs(points, swept)])
+    tests = significance(paths, task, [name for _, name in model_runs(points, swept, every_run)])
     table = translation_table(paths, task, points, swept, comet_cfg, tests)
     write_table(table, stem, f"{task}: SacreBLEU and COMET of the distilled students")
     runs_stem = Path(paths.report_file(f"{task}_all_runs", "csv")).with_suffix("")
-    runs = translation_runs_table(paths, task, points, swept, tests)
+    runs = translation_runs_table(paths, task, points, swept, tests, every_run)
     write_table(runs, runs_stem, f"{task}: every model run, with 95 % bootstrap intervals and paired tests")
     base = model_result(paths, task, "base", comet_cfg)
     cache = open_pointer(paths.cache_pointer(task)).manifest()
@@ -341,10 +353,13 @@ def translation_section(
             "context) are not translated and not scored: column Prompt too long."
         )
     md += ["", f"- BLEU signature: `{base['bleu_signature']}`", f"- chrF signature: `{base['chrf_signature']}`"]
-    if "bleu_ci_signature" in base:
+    with_ci = next(
+        (r for r in map(lambda n: read_json(paths.eval_json(task, n)), tests) if "bleu_ci_signature" in r), None
+    )
+    if with_ci:  # evaluations from before the intervals have none
         md += [
-            f"- 95 % intervals (sacrebleu's bootstrap): BLEU `{base['bleu_ci_signature']}`, "
-            f"chrF `{base['chrf_ci_signature']}`"
+            "- 95 % intervals: sacrebleu's bootstrap (its mean over the resamples +- half the range of their "
+            f"2.5th to 97.5th percentiles), BLEU `{with_ci['bleu_ci_signature']}`, chrF `{with_ci['chrf_ci_signature']}`"
         ]
     signatures = next(iter(tests["teacher"].values()))["signatures"]
     md += [f"- Paired bootstrap test: BLEU `{signatures['bleu']}`, chrF `{signatures['chrf']}`"]
@@ -366,9 +381,18 @@ def translation_section(
 
 
 def section(paths: RunPaths, t: dict, reference: dict | None) -> list[str]:
-    """The report's translation section; t: {task, points, swept, samples, comet, experiments}."""
+    """The report's translation section; t: {task, points (the sweep's runs), swept, samples, comet,
+    experiments, runs (every distillation run)}."""
     return translation_section(
-        paths, t["task"], t["points"], t["swept"], t["samples"], t["comet"], reference, t.get("experiments")
+        paths,
+        t["task"],
+        t["points"],
+        t["swept"],
+        t["samples"],
+        t["comet"],
+        reference,
+        t.get("experiments"),
+        t.get("runs"),
     )
 
 
