@@ -1,0 +1,197 @@
+"""Experiment tracking (kdsweep.core.tracking): a real tiny training writes TensorBoard event files
+that agree, step by step, with the trainer's own log (log.jsonl); its setup and throughput; a job
+that starts over clears its old events, a resumed one appends; backend none writes nothing."""
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from transformers import TrainerCallback
+
+from kdsweep.core.io import read_jsonl
+from kdsweep.core.models import load_tokenizer, student_from_teacher
+from kdsweep.core.tracking import Tracking
+from kdsweep.core.trainer import DistillTrainer, train_and_save, training_arguments
+from kdsweep.families import validate_config
+from kdsweep.glue.dataset import PairClassificationDataset, PairCollator
+from kdsweep.glue.loss import ClassificationKD
+from kdsweep.glue.models import load_classifier
+
+TRAIN_ROWS, BATCH = 40, 8  # 5 optimizer steps of 8 examples: an epoch
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_environment(monkeypatch):
+    """The jobs set the backends' variables in their process: restore them after each test."""
+    for name in ("TENSORBOARD_LOGGING_DIR", "WANDB_MODE", "WANDB_DIR", "WANDB_PROJECT", "WANDB_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def make_trainer(teacher_dir, data_dir, out, tracking, callbacks=(), **over):
+    tok = load_tokenizer(str(teacher_dir))
+    teacher = load_classifier(str(teacher_dir), 3)
+    rows = read_jsonl(data_dir / "train.jsonl")[:TRAIN_ROWS]
+    logits = torch.randn(len(rows), 3, generator=torch.Generator().manual_seed(0))
+    train = PairClassificationDataset(rows, tok, 32, teacher_logits=logits, teacher_labels=logits.argmax(-1))
+    dev = PairClassificationDataset(read_jsonl(data_dir / "dev_matched.jsonl")[:8], tok, 32)
+    training = {"max_steps": 5, "batch_size": BATCH, "logging_steps": 1, "eval_steps": 2, "save_steps": 2, "seed": 1}
+    cfg = {
+        "run_name": "t",
+        "glue": {
+            "tasks": ["mnli"],
+            "source": "synthetic",
+            "teacher": {"model": "x"},
+            "student": {"model": "y"},
+            "distill": {"sweep": {"learning_rate": [1e-3]}, "training": training | over},
+        },
+    }
+    args = training_arguments(validate_config(cfg)["glue"]["distill"]["training"], 1e-3, out / "checkpoints")
+    return DistillTrainer(
+        model=student_from_teacher(teacher, [0, 2], seed=1),
+        args=args,
+        train_dataset=train,
+        eval_dataset=dev,
+        data_collator=PairCollator(tok),
+        callbacks=list(callbacks),
+        loss=ClassificationKD(alpha=0.5, temperature=2.0),
+        tracking=tracking,
+    )
+
+
+def events(folder) -> EventAccumulator:
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def scalars(acc: EventAccumulator, tag: str) -> list[tuple[int, float]]:
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def event_files(folder) -> list:
+    return sorted(folder.rglob("events.out.tfevents.*"))
+
+
+def test_tensorboard_logs_agree_with_the_trainers_log_step_by_step(teacher_dir, glue_data, tmp_path):
+    tracking = Tracking("tensorboard", str(tmp_path / "tracking"), name="p0")
+    trainer = make_trainer(teacher_dir, glue_data["data"], tmp_path, tracking)
+    train_and_save(trainer, {"job": 1}, tmp_path / "model", tmp_path / "log.jsonl")
+    history = read_jsonl(tmp_path / "log.jsonl")
+    train_logs = [h for h in history if "loss" in h]
+    assert [h["step"] for h in train_logs] == [1, 2, 3, 4, 5]
+    assert event_files(tmp_path / "tracking")
+    acc = events(tmp_path / "tracking")
+
+    # the loss, its parts and the learning rate, step by step (TensorBoard stores float32)
+    for key in ("loss", "loss_kd", "loss_ce", "learning_rate", "grad_norm"):
+        expected = [(h["step"], h[key]) for h in train_logs]
+        got = scalars(acc, f"train/{key}")
+        assert [s for s, _ in got] == [s for s, _ in expected], key
+        assert [v for _, v in got] == pytest.approx([v for _, v in expected], rel=1e-6), key
+    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    got = scalars(acc, "eval/loss")
+    assert [s for s, _ in got] == [s for s, _ in evals] == [2, 4, 5, 5]  # the last: train_and_save's evaluate
+    assert [v for _, v in got] == pytest.approx([v for _, v in evals], rel=1e-6)
+
+    # the setup, once at step 0
+    assert scalars(acc, "setup/world_size") == [(0, 1.0)]
+    assert scalars(acc, "setup/examples_per_step") == [(0, float(BATCH))]
+    setup_text = acc.Tensors("setup/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "| precision | fp32 |" in setup_text and "| zero_stage | none |" in setup_text
+    assert "| world_size | 1 |" in setup_text
+
+    # throughput: the examples counted per step are the dataset's (8 a step, an epoch of 40), at a
+    # rate of examples over the time the steps took (at most the wall time of the whole training)
+    per_step = scalars(acc, "train/examples_per_step")
+    assert per_step == [(step, float(BATCH)) for step in range(1, 6)]
+    assert sum(v for _, v in per_step) == TRAIN_ROWS
+    rates = scalars(acc, "train/examples_per_second")
+    assert [s for s, _ in rates] == [1, 2, 3, 4, 5]
+    runtime = next(h["train_runtime"] for h in history if "train_runtime" in h)
+    assert sum(BATCH / rate for _, rate in rates) == pytest.approx(runtime, rel=0.5)
+    assert sum(BATCH / rate for _, rate in rates) <= runtime
+    for h in train_logs:  # also in log.jsonl, next to the loss
+        assert h["examples_per_step"] == BATCH and h["examples_per_second"] > 0
+        assert "peak_gpu_memory_gib" not in h and "mfu" not in h  # CPU: neither
+
+
+class CrashAfter(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt("simulated preemption")
+
+
+def test_a_resumed_job_appends_and_a_job_that_starts_over_clears_the_old_events(teacher_dir, glue_data, tmp_path):
+    folder = tmp_path / "tracking"
+    tracking = Tracking("tensorboard", str(folder))
+    killed = make_trainer(teacher_dir, glue_data["data"], tmp_path, tracking, [CrashAfter(4)])
+    with pytest.raises(KeyboardInterrupt):
+        train_and_save(killed, {"job": 1}, tmp_path / "model", tmp_path / "log.jsonl")
+    first = event_files(folder)
+    assert [s for s, _ in scalars(events(folder), "train/loss")] == [1, 2, 3]  # killed before step 4's log
+
+    # resumed from checkpoint-2: the old events stay, the new ones are added, and step 3 (logged
+    # again) is there once: the resumed run's restart mark drops the killed run's steps after 2
+    resumed = make_trainer(teacher_dir, glue_data["data"], tmp_path, tracking, [CrashAfter(5)])
+    with pytest.raises(KeyboardInterrupt):
+        train_and_save(resumed, {"job": 1}, tmp_path / "model", tmp_path / "log.jsonl")
+    assert set(first) < set(event_files(folder))
+    assert [s for s, _ in scalars(events(folder), "train/loss")] == [1, 2, 3, 4]
+
+    # another result (the job's spec changed): the checkpoints go, and so do the old events
+    other = make_trainer(teacher_dir, glue_data["data"], tmp_path, tracking)
+    train_and_save(other, {"job": 2}, tmp_path / "model", tmp_path / "log.jsonl")
+    assert not set(first) & set(event_files(folder))
+    history = read_jsonl(tmp_path / "log.jsonl")
+    logged = scalars(events(folder), "train/loss")
+    assert [s for s, _ in logged] == [1, 2, 3, 4, 5]
+    assert [v for _, v in logged] == pytest.approx([h["loss"] for h in history if "loss" in h], rel=1e-6)
+
+
+def test_backend_none_writes_nothing(teacher_dir, glue_data, tmp_path):
+    tracking = Tracking("none", str(tmp_path / "tracking"))
+    trainer = make_trainer(teacher_dir, glue_data["data"], tmp_path, tracking, max_steps=2)
+    assert trainer.args.report_to == []
+    train_and_save(trainer, {"job": 1}, tmp_path / "model", tmp_path / "log.jsonl")
+    assert not (tmp_path / "tracking").exists()
+    assert not list(tmp_path.rglob("events.out.tfevents.*"))  # nor anywhere else (transformers' default runs/)
+    assert all(h["examples_per_step"] == BATCH for h in read_jsonl(tmp_path / "log.jsonl") if "loss" in h)
+
+
+def test_only_the_main_process_writes(teacher_dir, glue_data, tmp_path, monkeypatch):
+    """Another rank (is_world_process_zero False) trains without creating any event file."""
+    monkeypatch.setattr(DistillTrainer, "is_world_process_zero", lambda self: False)
+    tracking = Tracking("tensorboard", str(tmp_path / "tracking"))
+    trainer = make_trainer(teacher_dir, glue_data["data"], tmp_path, tracking, max_steps=2)
+    trainer.train()
+    assert not list(tmp_path.rglob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize(
+    ("backend", "package"),
+    [("wandb", "wandb"), ("mlflow", "mlflow")],
+)
+def test_a_backend_whose_package_is_missing_fails_at_the_start_saying_what_to_install(backend, package, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == package else real(name, *a))
+    with pytest.raises(RuntimeError, match=rf"tracking\.backend is '{backend}'.*pip install {package}"):
+        Tracking(backend, "x").check()
+
+
+def test_offline_modes_of_the_backends(tmp_path):
+    folder = tmp_path / "t"
+    assert Tracking("tensorboard", str(folder)).environment() == {"TENSORBOARD_LOGGING_DIR": str(folder)}
+    wandb = Tracking("wandb", str(folder), project="kd", name="p1").environment()
+    assert wandb == {"WANDB_MODE": "offline", "WANDB_DIR": str(folder), "WANDB_PROJECT": "kd", "WANDB_NAME": "p1"}
+    mlflow = Tracking("mlflow", str(folder), project="kd").environment()
+    assert mlflow == {"MLFLOW_TRACKING_URI": f"file:{folder}/mlruns", "MLFLOW_EXPERIMENT_NAME": "kd"}
+    assert Tracking("none", str(folder)).environment() == {} and Tracking("none", str(folder)).report_to() == []
+    with pytest.raises(ValueError, match="tracking.backend: 'neptune'"):
+        Tracking("neptune", str(folder))
+
