@@ -195,3 +195,41 @@ def test_offline_modes_of_the_backends(tmp_path):
     with pytest.raises(ValueError, match="tracking.backend: 'neptune'"):
         Tracking("neptune", str(folder))
 
+
+def test_config_tracking_block_defaults_and_a_bad_backend_names_the_key():
+    from kdsweep.core.config import ConfigError
+
+    def config(**tracking):
+        cfg = {
+            "run_name": "t",
+            "glue": {"tasks": ["mnli"], "source": "synthetic", "teacher": {"model": "x"}, "student": {"model": "y"}},
+        }
+        cfg["glue"]["distill"] = {"sweep": {"learning_rate": [1e-3]}}
+        return cfg | ({"tracking": tracking} if tracking else {})
+
+    assert validate_config(config())["tracking"] == {"backend": "tensorboard", "project": "kdsweep"}
+    assert validate_config(config(backend="wandb", project="kd"))["tracking"] == {"backend": "wandb", "project": "kd"}
+    with pytest.raises(ConfigError, match=r"tracking\.backend: 'neptune' is not one of"):
+        validate_config(config(backend="neptune"))
+    with pytest.raises(ConfigError, match=r"tracking: Additional properties are not allowed \('dir'"):
+        validate_config(config(dir="x"))
+
+
+def test_the_training_commands_take_the_tracking_arguments_apart_from_the_spec(tmp_path):
+    from kdsweep.cli import _tracking, build_parser
+    from kdsweep.core.paths import RunPaths
+
+    folder = RunPaths(str(tmp_path / "results" / "r")).tracking_dir("mnli", "p1")
+    assert folder == str(tmp_path / "results" / "r" / "tracking" / "mnli" / "p1")
+    paths = ["--model-out", "m", "--log-out", "l", "--checkpoints", "k", "--data-dir", "d", "--tokenizer", "t"]
+    args = build_parser().parse_args(["finetune-teacher", "--task", "mnli", *paths, "--tracking-dir", folder])
+    assert _tracking(args) == Tracking("tensorboard", folder, "kdsweep", "mnli/p1")
+    args = build_parser().parse_args(
+        ["finetune-teacher", "--task", "mnli", *paths, "--tracking-dir", folder, "--tracking-backend", "none"]
+    )
+    assert _tracking(args).backend == "none" and args.spec == {}
+    assert _tracking(build_parser().parse_args(["finetune-teacher", "--task", "mnli", *paths])) is None
+    evaluate = ["evaluate", "--task", "mnli", "--model", "m", "--data-dir", "d", "--out", "o", "--name", "n"]
+    build_parser().parse_args(evaluate)
+    with pytest.raises(SystemExit):  # only the training commands take them
+        build_parser().parse_args([*evaluate, "--tracking-dir", folder])
