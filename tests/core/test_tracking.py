@@ -245,3 +245,76 @@ def test_the_training_commands_take_the_tracking_arguments_apart_from_the_spec(t
     build_parser().parse_args(evaluate)
     with pytest.raises(SystemExit):  # only the training commands take them
         build_parser().parse_args([*evaluate, "--tracking-dir", folder])
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_translation_teacher_logs_response_tokens_per_step(tmp_path, packing):
+    """The LM family's items are response tokens: over one epoch the tokens logged per step add up
+    to the train split's response tokens (counted here from the encoded pairs), packed or not."""
+    from tiny import DEMO_PROMPT, lm_training, tiny_llama
+
+    from kdsweep.translation.data import PrepareTranslationSpec, prepare_translation
+    from kdsweep.translation.generation import load_lm_tokenizer
+    from kdsweep.translation.prompt import make_prompt
+    from kdsweep.translation.synthetic import SynthesizeEuroparlSpec, write_synthetic_europarl
+    from kdsweep.translation.teacher import TeacherLMSpec, train_teacher_lm, translation_examples
+    from kdsweep.translation.tokenizer import train_bpe_tokenizer
+
+    write_synthetic_europarl(tmp_path / "raw", SynthesizeEuroparlSpec(size=60, seed=3))
+    prepare_translation(
+        tmp_path / "data",
+        PrepareTranslationSpec(source="synthetic", dev_size=8, test_size=8),
+        local_dir=tmp_path / "raw",
+    )
+    rows = read_jsonl(tmp_path / "data" / "train.jsonl")
+    train_bpe_tokenizer([r["source"] for r in rows] + [r["target"] for r in rows], tmp_path / "tok", 300)
+    training = lm_training(epochs=1, batch_size=8, logging_steps=1, eval_steps=1000, save_steps=1000)
+    spec = TeacherLMSpec(
+        tiny_llama(1), {"learning_rate": 1e-3, "training": training}, DEMO_PROMPT, max_length=96, packing=packing
+    )
+    folder = tmp_path / "tracking"
+    tracking = Tracking("tensorboard", str(folder), name="europarl/teacher")
+    train_teacher_lm(str(tmp_path / "tok"), tmp_path / "data", tmp_path / "teacher", tmp_path / "log.jsonl",
+                     tmp_path / "ckpt", spec, tracking)  # fmt: skip
+
+    tok = load_lm_tokenizer(str(tmp_path / "tok"))
+    train = translation_examples(tmp_path / "data" / "train.jsonl", tok, make_prompt(tok, DEMO_PROMPT), 96)
+    response_tokens = sum(len(ids) - start for ids, start in zip(train.input_ids, train.response_starts, strict=True))
+    acc = events(folder)
+    logged = scalars(acc, "train/tokens_per_step")
+    assert sum(v for _, v in logged) == response_tokens
+    train_logs = [h for h in read_jsonl(tmp_path / "log.jsonl") if "loss" in h]
+    assert [(h["step"], h["tokens_per_step"]) for h in train_logs] == logged
+    assert all(h["tokens_per_second"] > 0 for h in train_logs)
+    assert [v for _, v in scalars(acc, "train/loss")] == pytest.approx([h["loss"] for h in train_logs], rel=1e-6)
+    setup = acc.Tensors("setup/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "| items | tokens |" in setup and "examples_per_step" not in setup
+
+
+@pytest.mark.parametrize(
+    ("gpu", "items", "mfu"),
+    [("NVIDIA H200", "tokens", True), ("NVIDIA A100-SXM4-80GB", "tokens", True), ("Tesla V100", "tokens", False)]
+    + [("NVIDIA H100 80GB HBM3", "examples", False)],
+)
+def test_on_cuda_the_peak_memory_and_the_mfu_of_known_gpus(monkeypatch, gpu, items, mfu):
+    """No GPU here: the CUDA calls are stood in for. MFU = 6 x trainable params x tokens/s / (peak x
+    processes), for token items on a GPU of the table only."""
+    from types import SimpleNamespace
+
+    from kdsweep.core.tracking import PEAK_BF16_FLOPS, TrainingMeter
+
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 3 * 2**30)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: gpu)
+    model = torch.nn.Sequential(torch.nn.Linear(10, 10), torch.nn.Linear(10, 5))  # 110 + 55 parameters
+    model[1].requires_grad_(False)  # frozen: not counted
+    trainer = SimpleNamespace(args=SimpleNamespace(device=torch.device("cuda", 0), world_size=2), model=model)
+    meter = TrainingMeter(trainer, items)
+    for step, n in ((1, 600), (1, 600), (2, 400)):  # step 1's count comes with each of its micro-batches
+        meter.count(step, torch.tensor(n))
+    meter.steps, meter.seconds = 2, 0.5
+    out = meter.take()
+    assert out[f"{items}_per_step"] == 500 and out[f"{items}_per_second"] == 2000
+    assert out["peak_gpu_memory_gib"] == 3
+    peak = next(v for k, v in PEAK_BF16_FLOPS.items() if k in gpu) if mfu else None
+    assert out.get("mfu") == (pytest.approx(6 * 110 * 2000 / (peak * 2)) if mfu else None)
+    assert meter.take() == {}  # reset: nothing since this log
