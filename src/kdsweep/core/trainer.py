@@ -2,7 +2,8 @@
 whose compute_loss adds the teacher's signal, so checkpoints, resume and DeepSpeed come with it.
 
 Fine-tuning is the same code with alpha = 0 and no teacher. The per-step log (train loss and its
-KD/CE/cosine parts, eval loss, learning rate) is written to log.jsonl for the report.
+KD/CE/cosine parts, eval loss, learning rate, throughput) is written to log.jsonl for the report,
+and to the job's tracking backend (kdsweep.core.tracking: TensorBoard by default).
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ class DistillTrainer(Trainer):
             tracking.check()
             os.environ.update(tracking.environment())
             kwargs["args"].report_to = tracking.report_to()
-            kwargs["args"].run_name = tracking.name
+            if tracking.name:
+                kwargs["args"].run_name = tracking.name  # wandb's and MLflow's run name
         super().__init__(*args, **kwargs)
         # compute_loss uses num_items_in_batch (so the Trainer counts it and does not divide by
         # the accumulation steps itself).
