@@ -154,6 +154,30 @@ def test_a_resumed_job_appends_and_a_job_that_starts_over_clears_the_old_events(
     assert [v for _, v in logged] == pytest.approx([h["loss"] for h in history if "loss" in h], rel=1e-6)
 
 
+class StepRecorder(TrainerCallback):
+    def __init__(self):
+        self.steps = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+
+
+def test_another_backend_resumes_the_job(teacher_dir, glue_data, tmp_path):
+    """The backend is not in the job's record (job.json): a job killed while logging to TensorBoard
+    resumes with tracking.backend none, and its spec is the same."""
+    killed = make_trainer(
+        teacher_dir, glue_data["data"], tmp_path, Tracking("tensorboard", str(tmp_path / "t")), [CrashAfter(3)]
+    )
+    with pytest.raises(KeyboardInterrupt):
+        train_and_save(killed, {"job": 1}, tmp_path / "model", tmp_path / "log.jsonl")
+    record = (tmp_path / "checkpoints" / "job.json").read_text()
+    assert "tensorboard" not in record
+    steps = StepRecorder()
+    resumed = make_trainer(teacher_dir, glue_data["data"], tmp_path, Tracking("none", str(tmp_path / "t")), [steps])
+    train_and_save(resumed, {"job": 1}, tmp_path / "model", tmp_path / "log.jsonl")
+    assert steps.steps == [3, 4, 5]
+
+
 def test_backend_none_writes_nothing(teacher_dir, glue_data, tmp_path):
     tracking = Tracking("none", str(tmp_path / "tracking"))
     trainer = make_trainer(teacher_dir, glue_data["data"], tmp_path, tracking, max_steps=2)
