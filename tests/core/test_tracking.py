@@ -342,3 +342,35 @@ def test_on_cuda_the_peak_memory_and_the_mfu_of_known_gpus(monkeypatch, gpu, ite
     peak = next(v for k, v in PEAK_BF16_FLOPS.items() if k in gpu) if mfu else None
     assert out.get("mfu") == (pytest.approx(6 * 110 * 2000 / (peak * 2)) if mfu else None)
     assert meter.take() == {}  # reset: nothing since this log
+
+
+def test_a_changed_backend_reruns_no_finished_job(tmp_path):
+    """The rules pass --tracking-* from a params function taking `output`: Snakemake counts such
+    params as derived and leaves them out of its params rerun trigger (checked here on a one-rule
+    workflow; a plain params function, for contrast, reruns)."""
+    import re
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    rules = [(REPO / "workflow" / "rules" / name).read_text() for name in ("glue.smk", "translation.smk")]
+    tracking_params = [line.strip() for text in rules for line in text.splitlines() if "tracking=" in line]
+    assert len(tracking_params) == 4  # the four training rules
+    assert all(re.match(r"tracking=lambda w, output: tracking_args\(P\.tracking_dir\(", p) for p in tracking_params)
+
+    (tmp_path / "Snakefile").write_text(
+        'rule a:\n    output: "out.txt"\n    params:\n'
+        '        tracking=lambda w, output: ["--tracking-backend", config["backend"]],\n'
+        '        plain=lambda w: config["other"],\n'
+        '    shell: "echo {params.tracking:q} {params.plain} > {output}"\n'
+    )
+
+    def snakemake(*args, backend="tensorboard", other=1):
+        command = [sys.executable, "-m", "snakemake", "--cores", "1", *args]
+        command += ["--config", f"backend={backend}", f"other={other}"]
+        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+
+    snakemake()
+    assert "Nothing to be done" in snakemake("-n", backend="none")
+    assert "Params have changed" in snakemake("-n", other=2)
