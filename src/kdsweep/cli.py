@@ -25,6 +25,20 @@ def _build(cls, a):
     return from_json(cls, a.spec, f"kdsweep {a.command} --spec")
 
 
+def _tracking(a):
+    """The training job's tracking (kdsweep.core.tracking) from --tracking-dir/-backend/-project;
+    None without --tracking-dir. Not part of --spec: another backend does not restart a job."""
+    if a.tracking_dir is None:
+        return None
+    from pathlib import Path
+
+    from kdsweep.core.tracking import Tracking
+
+    folder = Path(a.tracking_dir)
+    name = f"{folder.parent.name}/{folder.name}"  # <task>/<point or teacher>: the wandb/MLflow run name
+    return Tracking(a.tracking_backend, a.tracking_dir, a.tracking_project, name)
+
+
 def _threads() -> None:
     n = os.environ.get("KDSWEEP_THREADS")
     if n:
@@ -98,7 +112,7 @@ def cmd_finetune_teacher(a) -> None:
     from kdsweep.glue.teacher import GlueTeacherSpec, finetune_teacher
 
     spec = _build(GlueTeacherSpec, a)
-    finetune_teacher(a.task, a.tokenizer, a.data_dir, a.model_out, a.log_out, a.checkpoints, spec)
+    finetune_teacher(a.task, a.tokenizer, a.data_dir, a.model_out, a.log_out, a.checkpoints, spec, _tracking(a))
 
 
 def cmd_cache_teacher(a) -> None:
@@ -114,7 +128,7 @@ def cmd_distill(a) -> None:
 
     spec = _build(GlueDistillSpec, a)
     paths = (a.teacher, a.teacher_tokenizer, a.student_tokenizer, a.data_dir, a.cache, a.model_out, a.log_out)
-    distill_student(a.task, *paths, a.checkpoints, spec, a.deepspeed)
+    distill_student(a.task, *paths, a.checkpoints, spec, a.deepspeed, _tracking(a))
 
 
 @exits_when_preempted
@@ -122,7 +136,7 @@ def cmd_train_teacher_lm(a) -> None:
     from kdsweep.translation.teacher import TeacherLMSpec, train_teacher_lm
 
     spec = _build(TeacherLMSpec, a)
-    train_teacher_lm(a.tokenizer, a.data_dir, a.model_out, a.log_out, a.checkpoints, spec)
+    train_teacher_lm(a.tokenizer, a.data_dir, a.model_out, a.log_out, a.checkpoints, spec, _tracking(a))
 
 
 def cmd_cache_teacher_lm(a) -> None:
@@ -143,7 +157,7 @@ def cmd_distill_lm(a) -> None:
 
     spec = _build(DistillLMSpec, a)
     paths = (a.student, a.teacher_tokenizer, a.data_dir, a.cache, a.model_out, a.log_out, a.checkpoints)
-    distill_student_lm(*paths, spec, a.deepspeed)
+    distill_student_lm(*paths, spec, a.deepspeed, _tracking(a))
 
 
 def cmd_evaluate_translation(a) -> None:
@@ -221,6 +235,10 @@ COMMANDS = {
 }
 
 
+# The commands that train (DistillTrainer): they take --tracking-dir/-backend/-project.
+TRAINING_COMMANDS = ("finetune-teacher", "distill", "train-teacher-lm", "distill-lm")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kdsweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -232,6 +250,20 @@ def build_parser() -> argparse.ArgumentParser:
             optional = arg.endswith("?")
             arg = arg.rstrip("?")
             p.add_argument("--" + arg.replace("_", "-"), dest=arg, required=not optional)
+        if name in TRAINING_COMMANDS:
+            p.add_argument(
+                "--tracking-dir", dest="tracking_dir", help="the job's tracking logs (RunPaths.tracking_dir)"
+            )
+            p.add_argument(
+                "--tracking-backend",
+                dest="tracking_backend",
+                choices=["tensorboard", "wandb", "mlflow", "none"],
+                default="tensorboard",
+                help="config tracking.backend",
+            )
+            p.add_argument(
+                "--tracking-project", dest="tracking_project", default="kdsweep", help="config tracking.project"
+            )
         p.add_argument("--spec", type=_spec, default={}, help="job settings as a JSON object")
         p.set_defaults(func=func)
     return parser

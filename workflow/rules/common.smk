@@ -122,6 +122,23 @@ def deepspeed_arg(input):
     return ["--deepspeed", *input.deepspeed] if input.deepspeed else []
 
 
+def tracking_args(directory):
+    """A training job's --tracking-* arguments: its folder (P.tracking_dir) and config `tracking`.
+    Not in --spec (another backend must not restart the job), not a Snakemake output (the folder
+    survives a failed job, whose rerun appends to it); called from a params function taking
+    `output`, which Snakemake leaves out of its params rerun trigger (derived params).
+    """
+    tracking = config["tracking"]
+    return [
+        "--tracking-dir",
+        directory,
+        "--tracking-backend",
+        tracking["backend"],
+        "--tracking-project",
+        tracking["project"],
+    ]
+
+
 def launch(dist):
     """How a distillation job starts: one process per GPU the job holds (kdsweep/cluster/launch.py)."""
     return [

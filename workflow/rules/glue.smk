@@ -87,6 +87,7 @@ rule finetune_teacher:
     params:
         tokenizer=lambda w: plan.teacher_tokenizer(GLUE, w.task, P),
         checkpoints=lambda w: P.teacher_checkpoints(w.task),
+        tracking=lambda w, output: tracking_args(P.tracking_dir(w.task, "teacher")),
         spec=lambda w: as_json(
             {
                 "model": GLUE["teacher"]["model"],
@@ -98,7 +99,8 @@ rule finetune_teacher:
     shell:
         "KDSWEEP_THREADS={threads} python -m kdsweep finetune-teacher --task {wildcards.task:q} "
         "--tokenizer {params.tokenizer:q} --data-dir {input.data:q} --model-out {output.model:q} "
-        "--log-out {output.log:q} --checkpoints {params.checkpoints:q} --spec {params.spec:q} > {log:q} 2>&1"
+        "--log-out {output.log:q} --checkpoints {params.checkpoints:q} {params.tracking:q} "
+        "--spec {params.spec:q} > {log:q} 2>&1"
 
 
 rule cache_teacher:
@@ -154,6 +156,7 @@ rule distill:
         teacher_tokenizer=lambda w: plan.teacher_tokenizer(GLUE, w.task, P),
         student_tokenizer=lambda w: plan.student_tokenizer(GLUE, w.task, P),
         checkpoints=lambda w: P.distill_checkpoints(w.task, w.point),
+        tracking=lambda w, output: tracking_args(P.tracking_dir(w.task, w.point)),
         deepspeed=lambda w, input: deepspeed_arg(input),
         spec=lambda w: as_json(
             {
@@ -170,7 +173,7 @@ rule distill:
         "--teacher {params.teacher:q} --teacher-tokenizer {params.teacher_tokenizer:q} "
         "--student-tokenizer {params.student_tokenizer:q} --data-dir {input.data:q} --cache {input.cache:q} "
         "--model-out {output.model:q} --log-out {output.log:q} --checkpoints {params.checkpoints:q} "
-        "--spec {params.spec:q} > {log:q} 2>&1"
+        "{params.tracking:q} --spec {params.spec:q} > {log:q} 2>&1"
 
 
 rule evaluate_student:

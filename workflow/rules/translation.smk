@@ -100,6 +100,7 @@ rule train_teacher_lm:
     params:
         tokenizer=lambda w: plan.teacher_tokenizer(TR, TR_TASK, P),
         checkpoints=lambda w: P.teacher_checkpoints(TR_TASK),
+        tracking=lambda w, output: tracking_args(P.tracking_dir(TR_TASK, "teacher")),
         spec=lambda w: as_json(  # a function: the prompt template holds braces
             {
                 "model": TR["teacher"]["model"],
@@ -114,7 +115,7 @@ rule train_teacher_lm:
     shell:
         "KDSWEEP_THREADS={threads} python -m kdsweep train-teacher-lm --tokenizer {params.tokenizer:q} "
         "--data-dir {input.data:q} --model-out {output.model:q} --log-out {output.log:q} "
-        "--checkpoints {params.checkpoints:q} --spec {params.spec:q} > {log:q} 2>&1"
+        "--checkpoints {params.checkpoints:q} {params.tracking:q} --spec {params.spec:q} > {log:q} 2>&1"
 
 
 rule cache_teacher_lm:
@@ -198,6 +199,7 @@ rule distill_lm:
         student=lambda w: translation_model("base"),
         teacher_tokenizer=lambda w: plan.teacher_tokenizer(TR, TR_TASK, P),
         checkpoints=lambda w: P.distill_checkpoints(TR_TASK, w.point),
+        tracking=lambda w, output: tracking_args(P.tracking_dir(TR_TASK, w.point)),
         deepspeed=lambda w, input: deepspeed_arg(input),
         spec=lambda w: as_json(
             {
@@ -213,7 +215,8 @@ rule distill_lm:
         "KDSWEEP_THREADS={threads} {params.launch:q} distill-lm {params.deepspeed:q} "
         "--student {params.student:q} --teacher-tokenizer {params.teacher_tokenizer:q} "
         "--data-dir {input.data:q} --cache {input.cache:q} --model-out {output.model:q} "
-        "--log-out {output.log:q} --checkpoints {params.checkpoints:q} --spec {params.spec:q} > {log:q} 2>&1"
+        "--log-out {output.log:q} --checkpoints {params.checkpoints:q} {params.tracking:q} "
+        "--spec {params.spec:q} > {log:q} 2>&1"
 
 
 rule evaluate_translation:

@@ -14,6 +14,8 @@ layout change is made here once. Layout under results/<run_name>/:
     cache/store/<key>/             content-addressed teacher outputs, survive reruns
     student_init/<task>/           the base student LM kdsweep builds (from teacher layers or a config)
     distill/<task>/<point>/        model/, log.jsonl; checkpoints/ (not an output: survives failures)
+    tracking/<task>/<name>/        one training job's TensorBoard (wandb, MLflow) logs; name: a sweep
+                                   point or "teacher" (not an output: survives failures)
     eval/<task>/<name>.json        metrics of one model (a sweep point, "teacher", "base")
     eval/<task>/<name>.translations.jsonl   its translations (translation family)
     eval/<task>/<name>.comet.json  their COMET scores, system and per segment (score_comet)
@@ -88,6 +90,10 @@ class RunPaths:
 
     def distill_checkpoints(self, task: str, point: str) -> str:
         return self._p("distill", task, point, "checkpoints")
+
+    def tracking_dir(self, task: str, name: str) -> str:
+        """One training job's tracking logs (kdsweep.core.tracking); name: the sweep point or "teacher"."""
+        return self._p("tracking", task, name)
 
     # evaluation and report
     def eval_json(self, task: str, name: str) -> str:

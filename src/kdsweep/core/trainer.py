@@ -2,7 +2,8 @@
 whose compute_loss adds the teacher's signal, so checkpoints, resume and DeepSpeed come with it.
 
 Fine-tuning is the same code with alpha = 0 and no teacher. The per-step log (train loss and its
-KD/CE/cosine parts, eval loss, learning rate) is written to log.jsonl for the report.
+KD/CE/cosine parts, eval loss, learning rate, throughput) is written to log.jsonl for the report,
+and to the job's tracking backend (kdsweep.core.tracking: TensorBoard by default).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from kdsweep.core import provenance
 from kdsweep.core.io import apply_umask, atomic_path, read_json, sha256_file, sha256_json, write_json, write_jsonl
 from kdsweep.core.precision import training_precision
 from kdsweep.core.progress import ProgressLines
+from kdsweep.core.tracking import Tracking, TrainingMeter
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +59,20 @@ class DistillTrainer(Trainer):
     items of the whole global batch, which the Trainer counts (labels != -100, over the
     gradient-accumulation steps and all processes) and passes as num_items_in_batch: every item
     weighs the same whatever the number of GPUs or accumulation steps, so short (packed)
-    micro-batches do not weigh more. Evaluation takes each batch's own mean."""
+    micro-batches do not weigh more. Evaluation takes each batch's own mean.
 
-    def __init__(self, *args, loss: DistillLoss, **kwargs):
+    `tracking` (kdsweep.core.tracking): where the job's logs go besides log.jsonl (TensorBoard,
+    offline wandb or MLflow, through transformers' integrations; None: nowhere). The training
+    logs get the throughput (TrainingMeter) whatever the backend."""
+
+    def __init__(self, *args, loss: DistillLoss, tracking: Tracking | None = None, **kwargs):
+        self.tracking = tracking
+        if tracking is not None:  # before the Trainer creates its integrations' callbacks from report_to
+            tracking.check()
+            os.environ.update(tracking.environment())
+            kwargs["args"].report_to = tracking.report_to()
+            if tracking.name:
+                kwargs["args"].run_name = tracking.name  # wandb's and MLflow's run name
         super().__init__(*args, **kwargs)
         # compute_loss uses num_items_in_batch (so the Trainer counts it and does not divide by
         # the accumulation steps itself).
@@ -70,6 +83,8 @@ class DistillTrainer(Trainer):
         self._part_steps: set[int] = set()  # the optimizer steps (global_step values) summed in _part_sums
         self.health = TrainingHealth(self)
         self.add_callback(self.health)
+        self.meter = TrainingMeter(self, getattr(loss, "items", "items"))
+        self.add_callback(self.meter)
 
     def evaluate(self, *args, **kwargs):
         """Evaluation draws no random numbers from the training's generators (a DataLoader iterator
@@ -109,6 +124,7 @@ class DistillTrainer(Trainer):
         loss = total * scale / denominator
         if model.training:
             self.health.record(loss)
+            self.meter.count(self.state.global_step, num_items_in_batch)
             for k, v in parts.items():  # tensors: no host sync per micro-batch
                 self._part_sums[k] = self._part_sums.get(k, 0.0) + v.detach().double() / denominator
             self._part_steps.add(self.state.global_step)
@@ -116,7 +132,10 @@ class DistillTrainer(Trainer):
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         """Training logs get the loss parts (loss_kd, loss_ce, loss_cos): each the mean per item
-        over the optimizer steps since the last log, summed over processes like the loss."""
+        over the optimizer steps since the last log, summed over processes like the loss; and
+        the throughput since the last log (TrainingMeter.take)."""
+        if "loss" in logs:
+            logs.update(self.meter.take())
         if "loss" in logs and self._part_sums:
             names, steps = sorted(self._part_sums), len(self._part_steps)
             sums = torch.stack([torch.as_tensor(self._part_sums[k]).double().reshape(()) for k in names]).to(
@@ -632,6 +651,8 @@ def _train_and_save(trainer, job_spec, model_out, log_out, tokenizer, held: cont
             held.enter_context(lock_checkpoint_dir(checkpoints))
             resume = checkpoint_plan(checkpoints, job_spec, run)
             prepare_checkpoint_dir(checkpoints, job_spec, run, resume, trainer.args.train_batch_size)
+            if getattr(trainer, "tracking", None) is not None:  # a job that starts over has one history
+                trainer.tracking.prepare(resume)
             last = last_complete_checkpoint(checkpoints)
             universal = bool(last) and stage in UNIVERSAL_STAGES and zero_partitions(last) != run["world_size"]
             if universal:

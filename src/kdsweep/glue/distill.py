@@ -16,6 +16,7 @@ from kdsweep.core.config import training_seed
 from kdsweep.core.io import read_jsonl
 from kdsweep.core.models import check_tokenizer_fits, load_tokenizer, student_from_teacher
 from kdsweep.core.spec import setting
+from kdsweep.core.tracking import Tracking
 from kdsweep.core.trainer import DistillTrainer, train_and_save, training_arguments
 from kdsweep.glue.data import GLUE_TASKS
 from kdsweep.glue.dataset import PairClassificationDataset, PairCollator
@@ -81,6 +82,7 @@ def distill_student(
     checkpoint_dir: str | Path,
     spec: GlueDistillSpec,
     deepspeed_config: str | None = None,
+    tracking: Tracking | None = None,
 ) -> dict:
     """Runs in every process that kdsweep.cluster.launch started; only the main one writes the outputs."""
     labels = GLUE_TASKS[task].labels
@@ -126,6 +128,7 @@ def distill_student(
     trainer = DistillTrainer(
         model=student,
         args=args,
+        tracking=tracking,
         train_dataset=train,
         eval_dataset=dev,
         data_collator=PairCollator(tokenizer, online_tokenizer),

@@ -17,6 +17,7 @@ from kdsweep.core.losses import cosine_hidden_loss, distillation_loss
 
 @dataclass
 class ClassificationKD:
+    items = "examples"  # what the loss counts (num_items_in_batch): the throughput's unit (TrainingMeter)
     alpha: float = 0.0
     temperature: float = 1.0
     hard_labels: bool = False

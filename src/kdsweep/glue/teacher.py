@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,6 +22,9 @@ from kdsweep.glue.data import GLUE_TASKS
 from kdsweep.glue.dataset import PairClassificationDataset, PairCollator, predict_logits
 from kdsweep.glue.loss import ClassificationKD
 from kdsweep.glue.models import classifier_from_config, load_classifier, name_labels
+
+if TYPE_CHECKING:  # the stages that do not train skip transformers' Trainer
+    from kdsweep.core.tracking import Tracking
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,7 @@ def finetune_teacher(
     log_out: str | Path,
     checkpoint_dir: str | Path,
     spec: GlueTeacherSpec,
+    tracking: Tracking | None = None,
 ) -> dict:
     """Train the teacher on the task's train split (CE only); eval loss on the first dev split."""
     # Here, not at the top: the cache stage, which does not train, skips transformers' Trainer.
@@ -87,6 +92,7 @@ def finetune_teacher(
     trainer = DistillTrainer(
         model=model,
         args=args,
+        tracking=tracking,
         train_dataset=train,
         eval_dataset=dev,
         data_collator=PairCollator(tokenizer),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -30,6 +31,9 @@ from kdsweep.translation.mapped_cache import open_cache_examples
 from kdsweep.translation.models import causal_lm_from_config, load_causal_lm
 from kdsweep.translation.prompt import ce_only_token_ids, check_same_vocabulary, make_prompt
 from kdsweep.translation.teacher import check_cache_alignment, translation_examples
+
+if TYPE_CHECKING:  # the stages that do not train skip transformers' Trainer
+    from kdsweep.core.tracking import Tracking
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +126,7 @@ def distill_student_lm(
     checkpoint_dir: str | Path,
     spec: DistillLMSpec,
     deepspeed_config: str | None = None,
+    tracking: Tracking | None = None,
 ) -> dict:
     """student_path: the base student (a hub name or kdsweep's init_student output)."""
     # Here, not at the top: init-student-lm, which does not train, skips transformers' Trainer.
@@ -152,6 +157,7 @@ def distill_student_lm(
     trainer = DistillTrainer(
         model=student,
         args=args,
+        tracking=tracking,
         train_dataset=train,
         eval_dataset=dev,
         data_collator=TranslationCollator(tokenizer.pad_token_id, spec.max_length if spec.packing else None),

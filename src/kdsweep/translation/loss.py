@@ -20,6 +20,7 @@ from kdsweep.translation.batching import TEACHER_KEYS, response_hidden_states
 
 @dataclass
 class TokenKD:
+    items = "tokens"  # response tokens, what the loss counts: the throughput's unit (TrainingMeter)
     alpha: float = 0.0
     temperature: float = 1.0
     kd_loss: str = "forward_kl"

@@ -27,6 +27,7 @@ import itertools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +53,9 @@ from kdsweep.translation.generation import device, generate_translations, load_l
 from kdsweep.translation.loss import TokenKD
 from kdsweep.translation.models import causal_lm_from_config, load_causal_lm
 from kdsweep.translation.prompt import Prompt, encode_pair, make_prompt
+
+if TYPE_CHECKING:  # the stages that do not train skip transformers' Trainer
+    from kdsweep.core.tracking import Tracking
 
 log = logging.getLogger(__name__)
 # The kind of a store entry, by method (cache.py's REBUILD_RULE names the rule that builds it).
@@ -150,6 +154,7 @@ def train_teacher_lm(
     log_out: str | Path,
     checkpoint_dir: str | Path,
     spec: TeacherLMSpec,
+    tracking: Tracking | None = None,
 ) -> dict:
     """Train the teacher on the train split (CE on the response tokens); eval loss on dev."""
     # Here, not at the top: the cache stage, which does not train, skips transformers' Trainer.
@@ -171,6 +176,7 @@ def train_teacher_lm(
     trainer = DistillTrainer(
         model=model,
         args=args,
+        tracking=tracking,
         train_dataset=train,
         eval_dataset=dev,
         data_collator=TranslationCollator(tokenizer.pad_token_id, max_length if packing else None),
