@@ -269,6 +269,17 @@ def test_shipped_demo_shows_the_learning_rate_effect(tmp_path):
         assert record["cache"]["key"] == json.loads(Path(paths.cache_pointer(family_task)).read_text())["key"]
         assert record["settings"]["seed"] == 43 and record["git"]["commit"] == commit
     assert record["cache"]["method"] == "topk"  # the translation student's cache
+    # Tracking (TensorBoard, the default): the job's event files, read back, hold its training
+    # loss step by step as its log.jsonl does, and the response tokens of each logged step.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(paths.tracking_dir(task, "lr0.001_a0.5_T1_s43"), size_guidance={"scalars": 0})
+    events.Reload()
+    history = [h for h in read_jsonl(paths.distill_log(task, "lr0.001_a0.5_T1_s43")) if "loss" in h]
+    logged = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert [s for s, _ in logged] == [h["step"] for h in history] and len(history) > 3
+    assert [v for _, v in logged] == pytest.approx([h["loss"] for h in history], rel=1e-6)
+    assert all(e.value > 0 for e in events.Scalars("train/tokens_per_step"))
     assert table.iloc[4]["SacreBLEU"] > 20 and (table["COMET"] == "not computed").all()
     report = Path(paths.report_md()).read_text()
     assert "BLEU signature: `nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0`" in report
