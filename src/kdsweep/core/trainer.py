@@ -96,6 +96,22 @@ class DistillTrainer(Trainer):
         finally:
             self.args.__dict__["_setup_devices"] = device
 
+    def _load_best_model(self):
+        """keep: best under DeepSpeed after a resume through a universal checkpoint: the engine
+        reads every checkpoint as universal then, but only those written by another number of
+        processes were converted (_train_and_save); one written by this run is read as it is."""
+        engine = self.model_wrapped
+        if not self.is_deepspeed_enabled or not hasattr(engine, "_config"):
+            return super()._load_best_model()
+        was = engine._config.load_universal_checkpoint
+        engine._config.load_universal_checkpoint = (
+            Path(self.state.best_model_checkpoint) / "latest_universal"
+        ).is_file()
+        try:
+            return super()._load_best_model()
+        finally:
+            engine._config.load_universal_checkpoint = was
+
     def loss_terms(self, model, inputs) -> tuple[torch.Tensor, dict[str, torch.Tensor], int, object]:
         """The loss summed over the micro-batch's items, its parts (summed, for the log), the
         number of items and the model outputs: the family's loss object computes them."""
@@ -482,6 +498,16 @@ def check_world(previous: dict, current: dict, checkpoint: str) -> None:
     )
 
 
+def resumed_best_checkpoint(checkpoint: str | Path) -> Path | None:
+    """The best checkpoint (keep: best) that `checkpoint`'s trainer_state.json names, if it is
+    another one and still there; found in the same folder (the state holds the path it had)."""
+    best = read_json(Path(checkpoint) / "trainer_state.json").get("best_model_checkpoint")
+    if not best:
+        return None
+    best = Path(checkpoint).parent / Path(best).name
+    return best if best.is_dir() and best.name != Path(checkpoint).name else None
+
+
 def zero_partitions(checkpoint: str | Path) -> int:
     """How many processes wrote a ZeRO-1/2 checkpoint (one optimizer partition file each)."""
     return len(list(Path(checkpoint).glob("global_step*/*optim_states.pt")))
@@ -670,6 +696,9 @@ def _train_and_save(trainer, job_spec, model_out, log_out, tokenizer, held: cont
             universal = bool(last) and stage in UNIVERSAL_STAGES and zero_partitions(last) != run["world_size"]
             if universal:
                 to_universal(last)
+                best = resumed_best_checkpoint(last)  # keep: best loads it at the end: convert it too
+                if best is not None and zero_partitions(best) not in (0, run["world_size"]):
+                    to_universal(best)
             decision = [("universal" if universal else "ok", last)]
         except Exception as error:  # the other processes wait in the broadcast: never leave them there
             decision = [
