@@ -218,14 +218,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def torchrun(processes: int, teacher_dir, data_dir, out: Path, crash_after: int | None = None):
+    """This file's __main__ (turning_trainer under DeepSpeed ZeRO-2, keep: best) in `processes`
+    CPU processes started by torchrun."""
+    env = dict(os.environ, KDSWEEP_THREADS="1", OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO / "tests"), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes)]
+    cmd += ["--master-port", str(free_port()), __file__, str(teacher_dir), str(data_dir), str(out)]
+    cmd += [] if crash_after is None else [str(crash_after)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
 def test_keep_best_with_deepspeed_zero2_on_two_processes(teacher_dir, glue_data, tmp_path):
     """The same training under DeepSpeed ZeRO-2 (workflow/deepspeed/zero2.json, two CPU processes,
     torchrun): the best checkpoint is loaded through the DeepSpeed engine and is what is saved."""
-    env = dict(os.environ, KDSWEEP_THREADS="1", OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO / "tests"), env.get("PYTHONPATH", "")])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port())]
-    cmd += [__file__, str(teacher_dir), str(glue_data["data"]), str(tmp_path)]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    done = torchrun(2, teacher_dir, glue_data["data"], tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
     record = provenance.read_record(tmp_path / "model")
     assert record["run"]["zero_stage"] == 2 and record["run"]["world_size"] == 2
@@ -233,6 +240,31 @@ def test_keep_best_with_deepspeed_zero2_on_two_processes(teacher_dir, glue_data,
     best = min(losses, key=lambda step: (losses[step], step))
     assert 1 < best < MAX_STEPS, losses
     assert record["kept"] == {"policy": "best", "step": best, "metric": "eval_loss", "value": losses[best]}
+    assert same_weights(tmp_path / "model", tmp_path / "copies" / f"{best}.safetensors")
+
+
+@pytest.mark.parametrize("crash_after", [6, 3], ids=["best-before-the-kill", "best-after-the-resume"])
+def test_keep_best_after_a_zero2_resume_on_another_number_of_processes(teacher_dir, glue_data, tmp_path, crash_after):
+    """Two ZeRO-2 processes killed during step 6 (or 3), resumed on one: the newest checkpoint goes
+    through a DeepSpeed universal checkpoint, and so does the best one of before the kill (written
+    by two processes too), which is loaded at the end; a best step after the resume (written by
+    the one process) is loaded as it was written."""
+    killed = torchrun(2, teacher_dir, glue_data["data"], tmp_path, crash_after=crash_after)
+    assert killed.returncode != 0 and "simulated preemption" in killed.stderr, killed.stderr[-4000:]
+    last = crash_after - 1
+    state = read_json(tmp_path / "checkpoints" / f"checkpoint-{last}" / "trainer_state.json")
+    resumed = torchrun(1, teacher_dir, glue_data["data"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "through a DeepSpeed universal checkpoint" in resumed.stderr
+    record = provenance.read_record(tmp_path / "model")
+    assert record["run"]["world_size"] == 1
+    losses = evaluations(tmp_path / "log.jsonl", "eval_loss")
+    best = min(losses, key=lambda step: (losses[step], step))
+    assert record["kept"] == {"policy": "best", "step": best, "metric": "eval_loss", "value": losses[best]}
+    if crash_after == 6:  # the best step's checkpoint, written by two processes, survived the rotation
+        assert best == state["best_global_step"] < 4, (losses, state)
+    else:
+        assert best > last, losses
     assert same_weights(tmp_path / "model", tmp_path / "copies" / f"{best}.safetensors")
 
 
@@ -272,7 +304,9 @@ def test_a_trainer_without_the_accuracy_refuses_to_keep_the_best_accuracy(teache
 
 
 if __name__ == "__main__":  # one process of test_keep_best_with_deepspeed_zero2_on_two_processes (torchrun)
-    teacher, data, folder = sys.argv[1:4]
+    teacher, data, folder, *crash = sys.argv[1:]
     zero2 = str(REPO / "workflow" / "deepspeed" / "zero2.json")
     trainer = turning_trainer(teacher, data, Path(folder), deepspeed=zero2, keep="best", batch_size=8)
+    if crash:
+        trainer.add_callback(CrashAfter(int(crash[0])))
     train_and_save(trainer, {"job": json.dumps("zero2")}, Path(folder) / "model", Path(folder) / "log.jsonl")
