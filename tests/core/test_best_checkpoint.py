@@ -268,6 +268,65 @@ def test_keep_best_after_a_zero2_resume_on_another_number_of_processes(teacher_d
     assert same_weights(tmp_path / "model", tmp_path / "copies" / f"{best}.safetensors")
 
 
+def dev_accuracy_of(model_dir: Path, data_dir: Path) -> float:
+    """scikit-learn's accuracy of a saved classifier's predictions on the MNLI dev split."""
+    from sklearn.metrics import accuracy_score
+
+    tok = load_tokenizer(str(model_dir))
+    rows = read_jsonl(Path(data_dir) / "dev_matched.jsonl")
+    logits = predict_logits(
+        load_classifier(str(model_dir), 3), PairClassificationDataset(rows, tok, 32), PairCollator(tok), 64
+    )
+    return accuracy_score([r["label"] for r in rows], logits.argmax(-1).numpy())
+
+
+STAGE_TRAINING = {"max_steps": 6, "batch_size": 16, "logging_steps": 1, "eval_steps": 1, "save_steps": 1}
+STAGE_TRAINING |= {"keep": "best", "best_metric": "accuracy"}
+
+
+def test_the_glue_stages_keep_the_best_accuracy(teacher_dir, glue_data, tmp_path):
+    """The stages as the rules run them (finetune_teacher, then distill_student from its cache)
+    with keep: best on accuracy: each passes the dev accuracy to the Trainer, and its record names
+    the step of the highest logged eval_accuracy, whose value scikit-learn finds on the saved model."""
+    from kdsweep.glue.distill import GlueDistillSpec, distill_student
+    from kdsweep.glue.teacher import GlueCacheSpec, GlueTeacherSpec, cache_teacher_logits, finetune_teacher
+
+    data = glue_data["data"]
+    training = training_block(**STAGE_TRAINING)
+    teacher_spec = GlueTeacherSpec(
+        model=str(teacher_dir), finetune={"learning_rate": 5e-3, "training": training}, max_length=32
+    )
+    finetune_teacher(
+        "mnli",
+        str(teacher_dir),
+        data,
+        tmp_path / "teacher",
+        tmp_path / "teacher.jsonl",
+        tmp_path / "t.ckpt",
+        teacher_spec,
+    )
+    teacher = str(tmp_path / "teacher")
+    cache_teacher_logits(
+        "mnli", teacher, teacher, data, tmp_path / "store", tmp_path / "cache.json", GlueCacheSpec(max_length=32)
+    )
+    spec = GlueDistillSpec(
+        point={"learning_rate": 5e-3, "alpha": 0.5, "temperature": 2.0},
+        student={"model": {"from_teacher": {"layers": [0, 1]}}},
+        distill={"hard_labels": False, "cosine_weight": 0.0, "training": training},
+        max_length=32,
+        eval_batch_size=64,
+    )
+    distill_student("mnli", teacher, teacher, teacher, data, tmp_path / "cache.json", tmp_path / "student",
+                    tmp_path / "student.jsonl", tmp_path / "s.ckpt", spec)  # fmt: skip
+    for name in ("teacher", "student"):
+        accuracy = evaluations(tmp_path / f"{name}.jsonl", "eval_accuracy")
+        assert sorted(accuracy) == list(range(1, 7)), (name, accuracy)
+        best = max(accuracy, key=lambda step: (accuracy[step], -step))
+        kept = provenance.kept(tmp_path / name)
+        assert kept == {"policy": "best", "step": best, "metric": "eval_accuracy", "value": accuracy[best]}, name
+        assert dev_accuracy_of(tmp_path / name, data) == pytest.approx(kept["value"], abs=1e-12), name
+
+
 def test_keep_best_needs_a_checkpoint_at_every_evaluation():
     assert training_block(keep="best", eval_steps=50, save_steps=50)["best_metric"] == "eval_loss"
     assert training_block(keep="last", eval_steps=50, save_steps=100)["keep"] == "last"
