@@ -218,29 +218,41 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(processes: int, teacher_dir, data_dir, out: Path, crash_after: int | None = None):
-    """This file's __main__ (turning_trainer under DeepSpeed ZeRO-2, keep: best) in `processes`
-    CPU processes started by torchrun."""
+def torchrun(processes: int, teacher_dir, data_dir, out: Path, crash_after: int | None = None, metric="eval_loss"):
+    """This file's __main__ (turning_trainer under DeepSpeed ZeRO-2, keep: best on `metric`) in
+    `processes` CPU processes started by torchrun."""
     env = dict(os.environ, KDSWEEP_THREADS="1", OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO / "tests"), env.get("PYTHONPATH", "")])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes)]
-    cmd += ["--master-port", str(free_port()), __file__, str(teacher_dir), str(data_dir), str(out)]
+    cmd += ["--master-port", str(free_port()), __file__, str(teacher_dir), str(data_dir), str(out), metric]
     cmd += [] if crash_after is None else [str(crash_after)]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
 
-def test_keep_best_with_deepspeed_zero2_on_two_processes(teacher_dir, glue_data, tmp_path):
+@pytest.mark.parametrize("metric", ["eval_loss", "accuracy"])
+def test_keep_best_with_deepspeed_zero2_on_two_processes(teacher_dir, glue_data, tmp_path, metric):
     """The same training under DeepSpeed ZeRO-2 (workflow/deepspeed/zero2.json, two CPU processes,
-    torchrun): the best checkpoint is loaded through the DeepSpeed engine and is what is saved."""
-    done = torchrun(2, teacher_dir, glue_data["data"], tmp_path)
+    torchrun): the best checkpoint is loaded through the DeepSpeed engine and is what is saved;
+    the accuracy is over the dev logits of both processes."""
+    done = torchrun(2, teacher_dir, glue_data["data"], tmp_path, metric=metric)
     assert done.returncode == 0, done.stderr[-4000:]
     record = provenance.read_record(tmp_path / "model")
     assert record["run"]["zero_stage"] == 2 and record["run"]["world_size"] == 2
-    losses = evaluations(tmp_path / "log.jsonl", "eval_loss")
-    best = min(losses, key=lambda step: (losses[step], step))
-    assert 1 < best < MAX_STEPS, losses
-    assert record["kept"] == {"policy": "best", "step": best, "metric": "eval_loss", "value": losses[best]}
+    key = "eval_loss" if metric == "eval_loss" else "eval_accuracy"
+    values = evaluations(tmp_path / "log.jsonl", key)
+    sign = 1 if metric == "eval_loss" else -1
+    best = min(values, key=lambda step: (sign * values[step], step))
+    assert 1 < best < MAX_STEPS, values
+    assert record["kept"] == {"policy": "best", "step": best, "metric": key, "value": values[best]}
     assert same_weights(tmp_path / "model", tmp_path / "copies" / f"{best}.safetensors")
+    if metric == "accuracy":
+        from sklearn.metrics import accuracy_score
+
+        tok = load_tokenizer(str(tmp_path / "model"))
+        rows = read_jsonl(glue_data["data"] / "train.jsonl")[:16]
+        model = load_classifier(str(tmp_path / "model"), 3)
+        logits = predict_logits(model, PairClassificationDataset(rows, tok, 32), PairCollator(tok), 16)
+        assert accuracy_score([r["label"] for r in rows], logits.argmax(-1).numpy()) == values[best]
 
 
 @pytest.mark.parametrize("crash_after", [6, 3], ids=["best-before-the-kill", "best-after-the-resume"])
@@ -363,9 +375,9 @@ def test_a_trainer_without_the_accuracy_refuses_to_keep_the_best_accuracy(teache
 
 
 if __name__ == "__main__":  # one process of test_keep_best_with_deepspeed_zero2_on_two_processes (torchrun)
-    teacher, data, folder, *crash = sys.argv[1:]
+    teacher, data, folder, metric, *crash = sys.argv[1:]
     zero2 = str(REPO / "workflow" / "deepspeed" / "zero2.json")
-    trainer = turning_trainer(teacher, data, Path(folder), deepspeed=zero2, keep="best", batch_size=8)
+    trainer = turning_trainer(teacher, data, Path(folder), deepspeed=zero2, keep="best", best_metric=metric)
     if crash:
         trainer.add_callback(CrashAfter(int(crash[0])))
     train_and_save(trainer, {"job": json.dumps("zero2")}, Path(folder) / "model", Path(folder) / "log.jsonl")
