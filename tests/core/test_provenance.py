@@ -246,3 +246,13 @@ def test_a_glue_student_records_its_cache_and_its_evaluation_names_it(teacher_di
     result = evaluate_classifier("mnli", str(model), data, tmp_path / "eval.json", "s", GlueEvaluateSpec(max_length=32))
     assert result["model_fingerprint"] == record["model"]["fingerprint"]
     assert result["model_provenance"] == str(model / "kdsweep.json")
+
+
+def test_the_record_says_which_step_the_model_holds(distilled):
+    """keep: last (the default): the last step, and the evaluation after training from log.jsonl;
+    a model that did not train (the base student) has none."""
+    history = read_jsonl(distilled / "student.log.jsonl")
+    kept = {"policy": "last", "step": 2, "metric": "eval_loss", "value": history[-1]["eval_loss"]}
+    assert record_of(distilled / "student")["kept"] == kept == provenance.kept(distilled / "student")
+    assert provenance.kept_step(distilled / "student") == 2 == history[-1]["step"]
+    assert provenance.kept_step(distilled / "base") is None

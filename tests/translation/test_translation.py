@@ -690,3 +690,61 @@ def test_a_cache_from_before_the_methods_names_its_rebuild():
 
     with pytest.raises(ValueError, match=r"without a known method \(None.*snakemake --forcerun cache_teacher_lm"):
         cache_format({"kind": "lm_topk", "top_k": 64, "value_dtype": "float16"}, 128_256)
+
+
+def test_keep_best_keeps_the_checkpoint_of_the_lowest_dev_loss(lm, tmp_path):
+    """training.keep: best in the translation family compares the eval loss (the student's CE on
+    the dev responses): a training that turns bad after step 3 (its loss negated: gradient ascent,
+    no momentum) writes the weights of the step with the lowest logged eval_loss, which its
+    kdsweep.json records."""
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+
+    from kdsweep.core import provenance
+    from kdsweep.core.trainer import DistillTrainer, train_and_save, training_arguments
+    from kdsweep.translation.batching import TranslationCollator, TranslationExamples
+    from kdsweep.translation.loss import TokenKD
+
+    class TurnsWrong(TokenKD):
+        def __call__(self, trainer, model, inputs):
+            total, parts, count, outputs = super().__call__(trainer, model, inputs)
+            if model.training and trainer.state.global_step >= 3:
+                total = -total
+            return total, parts, count, outputs
+
+    class CopyCheckpoints(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            weights = tmp_path / "checkpoints" / f"checkpoint-{state.global_step}" / "model.safetensors"
+            (tmp_path / "copies").mkdir(exist_ok=True)
+            (tmp_path / "copies" / f"{state.global_step}.safetensors").write_bytes(weights.read_bytes())
+
+    run_cache(lm, lm / "data", tmp_path / "store", tmp_path / "ptr.json")
+    ids, starts, _, _ = read_cache(open_pointer(tmp_path / "ptr.json"))
+    data = TranslationExamples(ids[:16], starts[:16])
+    tok = load_lm_tokenizer(str(lm / "teacher"))
+    cfg = lm_training(keep="best", max_steps=7, batch_size=8, logging_steps=1, eval_steps=1, save_steps=1, seed=1)
+    args = training_arguments(cfg, 1e-2, tmp_path / "checkpoints")
+    args.adam_beta1 = 0.0
+    trainer = DistillTrainer(
+        model=load_causal_lm(str(lm / "teacher")),
+        args=args,
+        train_dataset=data,
+        eval_dataset=data,
+        data_collator=TranslationCollator(tok.pad_token_id, MAX_LENGTH),
+        callbacks=[CopyCheckpoints()],
+        loss=TurnsWrong(alpha=0.0),
+    )
+    train_and_save(trainer, {"job": "keep best"}, tmp_path / "model", tmp_path / "log.jsonl", tokenizer=tok)
+    losses = {}
+    for entry in read_jsonl(tmp_path / "log.jsonl"):
+        if "eval_loss" in entry:
+            losses.setdefault(entry["step"], entry["eval_loss"])
+    best = min(losses, key=lambda step: (losses[step], step))
+    assert sorted(losses) == list(range(1, 8)) and 1 < best < 7, losses
+    kept = provenance.kept(tmp_path / "model")
+    assert kept == {"policy": "best", "step": best, "metric": "eval_loss", "value": losses[best]}
+    saved, copy = (
+        load_file(tmp_path / "model" / "model.safetensors"),
+        load_file(tmp_path / "copies" / f"{best}.safetensors"),
+    )
+    assert saved.keys() == copy.keys() and all(torch.equal(saved[k], copy[k]) for k in saved)

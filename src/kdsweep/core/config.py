@@ -240,6 +240,31 @@ def _check_consistency(config: dict) -> None:
                 )
     _check_models(config)
     _check_sweeps(config)
+    _check_keep(config)
+
+
+def training_blocks(config: dict) -> dict[str, dict]:
+    """Every `training` block of the config, keyed by its key path (teacher fine-tuning's and
+    distillation's, per family)."""
+    blocks = {}
+    for prefix, block in family_blocks(config).items():
+        blocks[f"{prefix}teacher.finetune.training"] = block["teacher"]["finetune"]["training"]
+        blocks[f"{prefix}distill.training"] = block["distill"]["training"]
+    return blocks
+
+
+def _check_keep(config: dict) -> None:
+    """keep: best needs a checkpoint at every evaluation: Hugging Face (load_best_model_at_end)
+    asks save_steps to be a multiple of eval_steps, but it tracks the best metric over every
+    evaluation and loads the best step's checkpoint only if one was saved there: a best step
+    between two saves would leave it loading an older checkpoint, or none. So save_steps = eval_steps."""
+    for key, training in training_blocks(config).items():
+        if training["keep"] == "best" and training["save_steps"] != training["eval_steps"]:
+            raise ConfigError(
+                f"{key}.save_steps: {training['save_steps']} with keep: best must equal {key}.eval_steps "
+                f"({training['eval_steps']}): the best evaluation's weights are loaded from the checkpoint "
+                "saved at its step"
+            )
 
 
 def family_blocks(config: dict) -> dict[str, dict]:

@@ -9,6 +9,8 @@ The record (`model_record`) holds:
   cache key): the same dict that decides whether checkpoints are resumed (job.json);
 - `settings`: what trained the model, read from the TrainingArguments and the job: learning rate,
   seed, alpha, temperature, loss, tail;
+- `kept`: which step's weights the model holds (training.keep): {policy: last or best, step,
+  metric, value}; null for a model that did not train (kept_step reads it);
 - `run`: the processes (trainer.run_record: world size, ZeRO stage, precision, DeepSpeed config hash);
 - `cache`: the teacher cache entry trained from (key, method, key parts), or null (fine-tuning);
 - `teacher`, `tokenizer`, `data`: the teacher's and its tokenizer's content fingerprints and the
@@ -159,9 +161,12 @@ def job_settings(job: dict, args=None) -> dict:
     return settings
 
 
-def model_record(model_dir: str | Path, job: dict, *, run: dict | None = None, args=None, cache=None) -> dict:
+def model_record(
+    model_dir: str | Path, job: dict, *, run: dict | None = None, args=None, cache=None, kept: dict | None = None
+) -> dict:
     """The provenance record of the model saved in `model_dir` by `job` (see the module's doc).
-    `cache`: the CacheEntry trained from, if any; `args`: the TrainingArguments, if it trained."""
+    `cache`: the CacheEntry trained from, if any; `args`: the TrainingArguments, if it trained;
+    `kept`: the step it holds (kdsweep.core.trainer.kept_record)."""
     cache_info = cache_record(cache) if cache is not None else None
     parts = cache_info["key_parts"] if cache_info else {}
     return {
@@ -169,6 +174,7 @@ def model_record(model_dir: str | Path, job: dict, *, run: dict | None = None, a
         "model": {"fingerprint": model_fingerprint(model_dir), "files": fingerprint_files(model_dir)},
         "job": job,
         "settings": job_settings(job, args),
+        "kept": kept,
         "run": run,
         "cache": cache_info,
         "teacher": parts.get("teacher"),
@@ -195,6 +201,20 @@ def read_record(model_dir: str | Path) -> dict | None:
     """The kdsweep.json of a model folder, or None (a hub model, or one from before provenance)."""
     path = Path(model_dir) / RECORD_NAME
     return read_json(path) if path.is_file() else None
+
+
+def kept(model_dir: str | Path) -> dict | None:
+    """The `kept` entry of a model folder's record: {policy: "last" | "best", step, metric,
+    value}; None for a model without a record or one that did not train."""
+    record = read_record(model_dir)
+    return None if record is None else record.get("kept")
+
+
+def kept_step(model_dir: str | Path) -> int | None:
+    """The training step whose weights a model folder holds (the best evaluation's with
+    training.keep: best, else the last step), or None (no record, or not trained)."""
+    entry = kept(model_dir)
+    return None if entry is None else entry["step"]
 
 
 def fingerprint_of(model_dir: str | Path) -> tuple[str, str | None]:
@@ -228,6 +248,7 @@ def describe(model_dir: str | Path) -> dict | None:
         "task": job.get("task"),
         "point": job.get("point"),
         "settings": record.get("settings"),
+        "kept": record.get("kept"),
         "cache_key": cache.get("key"),
         "cache_method": cache.get("method"),
         "log_file": record.get("log_file"),

@@ -85,6 +85,9 @@ class DistillTrainer(Trainer):
         self.add_callback(self.health)
         self.meter = TrainingMeter(self, getattr(loss, "items", "items"))
         self.add_callback(self.meter)
+        metric = self.args.metric_for_best_model
+        if self.args.load_best_model_at_end and metric != "eval_loss" and self.compute_metrics is None:
+            raise ValueError(f"training.best_metric: this stage computes no {metric} (only eval_loss)")
 
     def evaluate(self, *args, **kwargs):
         """Evaluation draws no random numbers from the training's generators (a DataLoader iterator
@@ -107,6 +110,22 @@ class DistillTrainer(Trainer):
             return super()._load_optimizer_and_scheduler(checkpoint)
         finally:
             self.args.__dict__["_setup_devices"] = device
+
+    def _load_best_model(self):
+        """keep: best under DeepSpeed after a resume through a universal checkpoint: the engine
+        reads every checkpoint as universal then, but only those written by another number of
+        processes were converted (_train_and_save); one written by this run is read as it is."""
+        engine = self.model_wrapped
+        if not self.is_deepspeed_enabled or not hasattr(engine, "_config"):
+            return super()._load_best_model()
+        was = engine._config.load_universal_checkpoint
+        engine._config.load_universal_checkpoint = (
+            Path(self.state.best_model_checkpoint) / "latest_universal"
+        ).is_file()
+        try:
+            return super()._load_best_model()
+        finally:
+            engine._config.load_universal_checkpoint = was
 
     def loss_terms(self, model, inputs) -> tuple[torch.Tensor, dict[str, torch.Tensor], int, object]:
         """The loss summed over the micro-batch's items, its parts (summed, for the log), the
@@ -228,6 +247,11 @@ def per_device_batch(global_batch: int, accumulation: int, devices: int) -> int:
     return per_device
 
 
+# training.best_metric -> the Trainer's metric_for_best_model (a key of evaluate()'s metrics)
+BEST_METRICS = {"eval_loss": "eval_loss", "accuracy": "eval_accuracy"}
+GREATER_IS_BETTER = frozenset({"eval_accuracy"})
+
+
 def training_arguments(
     train_cfg: dict,
     learning_rate: float,
@@ -237,11 +261,15 @@ def training_arguments(
 ) -> TrainingArguments:
     """TrainingArguments from the config's `training` block (and a DeepSpeed JSON, if any).
     Mixed precision from the device (precision.py): bf16 where native, fp16 with loss scaling on
-    other GPUs, fp32 on the CPU, unless training.precision says otherwise."""
+    other GPUs, fp32 on the CPU, unless training.precision says otherwise. training.keep: best is
+    the Trainer's load_best_model_at_end on training.best_metric (accuracy: the Trainer needs the
+    family's compute_metrics, and gathers the dev logits for it)."""
     accum = train_cfg["gradient_accumulation_steps"]
     per_device = per_device_batch(train_cfg["batch_size"], accum, world_size())
     cuda = torch.cuda.is_available()
     precision = training_precision(train_cfg.get("precision", "auto"))
+    best = train_cfg.get("keep", "last") == "best"
+    metric = BEST_METRICS[train_cfg.get("best_metric", "eval_loss")]
     args = TrainingArguments(
         output_dir=str(output_dir),
         logging_nan_inf_filter=False,  # a non-finite loss shows in the log (and fails the job: TrainingHealth)
@@ -261,6 +289,10 @@ def training_arguments(
         save_strategy="steps",
         save_steps=train_cfg["save_steps"],
         save_total_limit=train_cfg["save_total_limit"],
+        # keep: best (the best one is kept by save_total_limit's rotation, loaded at the end of train())
+        load_best_model_at_end=best,
+        metric_for_best_model=metric if best else None,
+        greater_is_better=metric in GREATER_IS_BETTER if best else None,
         seed=train_cfg["seed"],
         data_seed=train_cfg["seed"],
         bf16=precision == "bf16",
@@ -269,7 +301,7 @@ def training_arguments(
         report_to=[],
         average_tokens_across_devices=True,  # num_items_in_batch counts every process's items (DistillTrainer)
         remove_unused_columns=False,
-        prediction_loss_only=True,
+        prediction_loss_only=not (best and metric != "eval_loss"),  # accuracy needs the dev logits
         disable_tqdm=not sys.stderr.isatty(),
         dataloader_num_workers=0,
         deepspeed=deepspeed_config,
@@ -485,6 +517,16 @@ def check_world(previous: dict, current: dict, checkpoint: str) -> None:
     )
 
 
+def resumed_best_checkpoint(checkpoint: str | Path) -> Path | None:
+    """The best checkpoint (keep: best) that `checkpoint`'s trainer_state.json names, if it is
+    another one and still there; found in the same folder (the state holds the path it had)."""
+    best = read_json(Path(checkpoint) / "trainer_state.json").get("best_model_checkpoint")
+    if not best:
+        return None
+    best = Path(checkpoint).parent / Path(best).name
+    return best if best.is_dir() and best.name != Path(checkpoint).name else None
+
+
 def zero_partitions(checkpoint: str | Path) -> int:
     """How many processes wrote a ZeRO-1/2 checkpoint (one optimizer partition file each)."""
     return len(list(Path(checkpoint).glob("global_step*/*optim_states.pt")))
@@ -615,6 +657,24 @@ def run_record(trainer: Trainer) -> dict:
     return {"world_size": args.world_size, "zero_stage": stage, "precision": precision, "deepspeed_config": config}
 
 
+def kept_record(trainer: Trainer, final: dict) -> dict:
+    """Which step's weights the saved model holds (provenance `kept`): {policy (training.keep),
+    step, metric (evaluate()'s key), value}. keep: best: the step of the checkpoint train() loaded
+    (state.best_model_checkpoint) and the metric logged at that step; keep: last, or best when no
+    evaluation had a finite metric (nothing loaded: the last weights stay): the last step and
+    `final`, the evaluation after training."""
+    args, state = trainer.args, trainer.state
+    metric = args.metric_for_best_model or "eval_loss"
+    policy = "best" if args.load_best_model_at_end else "last"
+    if policy == "best" and state.best_model_checkpoint is not None:
+        step = int(Path(state.best_model_checkpoint).name.rsplit("-", 1)[-1])
+        logged = [h[metric] for h in state.log_history if h.get("step") == step and metric in h]
+        return {"policy": policy, "step": step, "metric": metric, "value": logged[0] if logged else state.best_metric}
+    if policy == "best":
+        log.warning("keep: best, but no evaluation gave a finite %s: the last step's weights are kept", metric)
+    return {"policy": policy, "step": state.global_step, "metric": metric, "value": final.get(metric)}
+
+
 def train_and_save(
     trainer: DistillTrainer,
     job_spec: dict,
@@ -657,6 +717,9 @@ def _train_and_save(trainer, job_spec, model_out, log_out, tokenizer, held: cont
             universal = bool(last) and stage in UNIVERSAL_STAGES and zero_partitions(last) != run["world_size"]
             if universal:
                 to_universal(last)
+                best = resumed_best_checkpoint(last)  # keep: best loads it at the end: convert it too
+                if best is not None and zero_partitions(best) not in (0, run["world_size"]):
+                    to_universal(best)
             decision = [("universal" if universal else "ok", last)]
         except Exception as error:  # the other processes wait in the broadcast: never leave them there
             decision = [
@@ -691,7 +754,8 @@ def _train_and_save(trainer, job_spec, model_out, log_out, tokenizer, held: cont
             "use bf16 or fp32 (training.precision), or check the data; checkpoints are in "
             f"{checkpoints} (a rerun with other settings starts over)"
         )
-    trainer.evaluate()
+    final = trainer.evaluate()  # with keep: best, of the best checkpoint's weights (train() loaded them)
+    kept = kept_record(trainer, final)
     # Every process takes part in saving (ZeRO-3 gathers the weights); the main one renames.
     model_out = Path(model_out)
     partial = model_out.with_name(f".{model_out.name}.partial")
@@ -702,7 +766,8 @@ def _train_and_save(trainer, job_spec, model_out, log_out, tokenizer, held: cont
     if main:
         if tokenizer is not None:
             tokenizer.save_pretrained(str(partial))
-        provenance.write_record(partial, job_spec, run=run, args=trainer.args, cache=cache)  # before the rename
+        # before the rename
+        provenance.write_record(partial, job_spec, run=run, args=trainer.args, cache=cache, kept=kept)
         apply_umask(partial)  # save_model's safetensors weights are 0600: readable as the umask says
         shutil.rmtree(model_out, ignore_errors=True)
         os.replace(partial, model_out)

@@ -21,6 +21,7 @@ from kdsweep.core.trainer import DistillTrainer, train_and_save, training_argume
 from kdsweep.glue.data import GLUE_TASKS
 from kdsweep.glue.dataset import PairClassificationDataset, PairCollator
 from kdsweep.glue.loss import ClassificationKD
+from kdsweep.glue.metrics import training_metrics
 from kdsweep.glue.models import classifier_from_config, load_classifier, name_labels
 from kdsweep.glue.teacher import check_max_length, class_logits_problem
 
@@ -132,6 +133,7 @@ def distill_student(
         train_dataset=train,
         eval_dataset=dev,
         data_collator=PairCollator(tokenizer, online_tokenizer),
+        compute_metrics=training_metrics(train_cfg),  # dev accuracy for keep: best on accuracy
         loss=ClassificationKD(
             alpha=point["alpha"],
             temperature=point["temperature"],

@@ -25,6 +25,21 @@ def classification_metrics(labels, predictions, label_names: list[str] | tuple[s
     }
 
 
+def dev_accuracy(prediction) -> dict:
+    """The Trainer's compute_metrics for training.best_metric: accuracy (logged as eval_accuracy):
+    the share of dev examples whose largest logit is the gold label. `prediction`: the Trainer's
+    EvalPrediction (predictions: the logits, label_ids: the labels)."""
+    logits = prediction.predictions
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    return {"accuracy": float(np.mean(np.argmax(logits, axis=-1) == np.asarray(prediction.label_ids)))}
+
+
+def training_metrics(train_cfg: dict):
+    """The compute_metrics a GLUE training needs for its `training` block: dev_accuracy when
+    best_metric is accuracy, else None (the eval loss needs none)."""
+    return dev_accuracy if train_cfg.get("best_metric") == "accuracy" else None
+
+
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 12345  # fixed (as sacrebleu's), so an evaluation rerun gives the same interval
 

@@ -21,6 +21,7 @@ from kdsweep.core.spec import setting
 from kdsweep.glue.data import GLUE_TASKS
 from kdsweep.glue.dataset import PairClassificationDataset, PairCollator, predict_logits
 from kdsweep.glue.loss import ClassificationKD
+from kdsweep.glue.metrics import training_metrics
 from kdsweep.glue.models import classifier_from_config, load_classifier, name_labels
 
 if TYPE_CHECKING:  # the stages that do not train skip transformers' Trainer
@@ -96,6 +97,7 @@ def finetune_teacher(
         train_dataset=train,
         eval_dataset=dev,
         data_collator=PairCollator(tokenizer),
+        compute_metrics=training_metrics(finetune_cfg["training"]),  # dev accuracy for keep: best on accuracy
         loss=ClassificationKD(),
     )
     job = {

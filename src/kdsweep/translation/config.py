@@ -41,6 +41,13 @@ def check_config(config: dict) -> None:
                 f"translation.teacher.cache.top_k: {top_k} is larger than the teacher's vocabulary ({vocab} tokens, "
                 f"{teacher}/config.json); top_k = {vocab} caches every token"
             )
+    for key in ("teacher.finetune.training", "distill.training"):
+        training = tr["teacher"]["finetune"]["training"] if key.startswith("teacher") else tr["distill"]["training"]
+        if training["best_metric"] == "accuracy":
+            raise ConfigError(
+                f"translation.{key}.best_metric: accuracy is GLUE's; translation compares eval_loss (the "
+                "student's cross-entropy on the dev responses; BLEU is not computed during training)"
+            )
     comet = tr["evaluate"]["comet"]
     name = comet["model"]
     if comet["enabled"] and not Path(name).exists() and (name.endswith(".ckpt") or not is_repo_id(name)):
