@@ -387,3 +387,30 @@ def test_an_ablation_over_two_seeds_compares_the_means_only(tmp_path):
         assert row["Accuracy (%)"] == pytest.approx(round(mean[row["Loss"]], 2))
         diff = round(mean[row["Loss"]], 2) - round(mean["KD + hidden cosine + CE"], 2)
         assert row["Accuracy (%), diff to full"] == pytest.approx(diff)
+
+
+def test_the_all_runs_table_names_the_kept_step_from_the_models_record(tmp_path):
+    """A run trained with training.keep: best shows the step and the dev metric its kdsweep.json
+    records; one with keep: last its last step; a run without a record says so."""
+    from kdsweep.core.io import read_json
+    from kdsweep.glue.report import glue_results_table
+
+    paths = RunPaths(str(tmp_path / "run"))
+    points = {
+        f"lr0.001_a0.5_T2_s{s}": {"learning_rate": 1e-3, "alpha": 0.5, "temperature": 2.0, "seed": s} for s in (1, 2, 3)
+    }
+    fake_run_outputs(paths, "qqp", ["dev"], points)
+    kept = {
+        "lr0.001_a0.5_T2_s1": {"policy": "best", "step": 300, "metric": "eval_accuracy", "value": 0.8125},
+        "lr0.001_a0.5_T2_s2": {"policy": "last", "step": 900, "metric": "eval_loss", "value": 0.41},
+    }
+    for pid, entry in kept.items():
+        record = Path(paths.distill_model("qqp", pid)) / "kdsweep.json"
+        write_json(record, {"kept": entry, "model": {"fingerprint": "ab" * 32}})
+        result = read_json(paths.eval_json("qqp", pid))
+        write_json(
+            paths.eval_json("qqp", pid), result | {"model_fingerprint": "ab" * 32, "model_provenance": str(record)}
+        )
+    table = glue_results_table(paths, "qqp", points).set_index("run")
+    assert table["Kept step"].tolist() == ["300 (best eval_accuracy 0.8125)", "900 (last)", "not recorded"]
+    assert table.loc["lr0.001_a0.5_T2_s1", "Fingerprint"] == "ab" * 6

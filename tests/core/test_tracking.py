@@ -112,7 +112,7 @@ def test_tensorboard_logs_agree_with_the_trainers_log_step_by_step(teacher_dir, 
     assert [s for s, _ in rates] == [1, 2, 3, 4, 5]
     step_seconds = sum(n / rate for n, (_, rate) in zip(PER_STEP, rates, strict=True))
     runtime = next(h["train_runtime"] for h in history if "train_runtime" in h)
-    assert 0.5 * runtime <= step_seconds <= runtime
+    assert 0 < step_seconds <= runtime  # (a lower bound would time the machine: evaluations and saves vary)
     for h, n in zip(train_logs, PER_STEP, strict=True):  # also in log.jsonl, next to the loss
         assert h["examples_per_step"] == n and h["examples_per_second"] > 0
         assert "peak_gpu_memory_gib" not in h and "mfu" not in h  # CPU: neither

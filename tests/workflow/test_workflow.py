@@ -268,6 +268,8 @@ def test_shipped_demo_shows_the_learning_rate_effect(tmp_path):
         )
         assert record["cache"]["key"] == json.loads(Path(paths.cache_pointer(family_task)).read_text())["key"]
         assert record["settings"]["seed"] == 43 and record["git"]["commit"] == commit
+        last_step = max(h["step"] for h in read_jsonl(paths.distill_log(family_task, run_id)))
+        assert row["Kept step"] == f"{last_step} (last)"  # training.keep: last (the default)
     assert record["cache"]["method"] == "topk"  # the translation student's cache
     # Tracking (TensorBoard, the default): the job's event files, read back, hold its training
     # loss step by step as its log.jsonl does, and the response tokens of each logged step.

@@ -100,13 +100,26 @@ def experiment_md(paths: RunPaths, task: str, title: str, name: str, base: dict,
 
 
 def provenance_cells(result: dict) -> dict:
-    """An all-runs table's way back to the job (kdsweep.core.provenance): the evaluated model's
-    fingerprint (first 12 hex digits) and its kdsweep.json (job, settings, cache key, log file,
-    Slurm job id, commit); "not recorded" for an evaluation or a model from before provenance."""
-    fingerprint = result.get("model_fingerprint")
+    """An all-runs table's way back to the job (kdsweep.core.provenance): the training step whose
+    weights the model holds (training.keep: the best dev evaluation's, or the last), the evaluated
+    model's fingerprint (first 12 hex digits) and its kdsweep.json (job, settings, cache key, log
+    file, Slurm job id, commit); "not recorded" for an evaluation or a model from before them."""
+    from kdsweep.core.provenance import kept
+
+    fingerprint, record = result.get("model_fingerprint"), result.get("model_provenance")
+    entry = kept(Path(record).parent) if record and Path(record).is_file() else None
+    if entry is None:
+        step = "not recorded"
+    elif entry["policy"] == "best" and isinstance(entry.get("value"), (int, float)):
+        step = f"{entry['step']} (best {entry['metric']} {entry['value']:.4g})"
+    elif entry["policy"] == "best":
+        step = f"{entry['step']} (best {entry['metric']})"
+    else:
+        step = f"{entry['step']} (last)"
     return {
+        "Kept step": step,
         "Fingerprint": fingerprint[:12] if fingerprint else "not recorded",
-        "Model record": result.get("model_provenance") or "not recorded",
+        "Model record": record or "not recorded",
     }
 
 
