@@ -354,7 +354,8 @@ def seeded_runs(point: dict, seeds: list[int]) -> dict[str, dict]:
 def training_seed(train_cfg: dict, point: dict) -> dict:
     """A `training` block with the run's seed (sweep.seed) in place of its own (the workflow's
     jobs get their training block without one: workflow/rules/common.smk, distill_settings)."""
-    return {**train_cfg, "seed": int(point["seed"] if "seed" in point else train_cfg["seed"])}
+    seed = point.get("seed", train_cfg.get("seed"))
+    return train_cfg if seed is None else {**train_cfg, "seed": int(seed)}  # None: a spec written by hand
 
 
 def sweep_points(distill: dict) -> dict[str, dict]:
