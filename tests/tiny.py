@@ -116,3 +116,16 @@ def run_and_signal_distill(cmd, cwd, env, checkpoints, job_tag: str, timeout: fl
         time.sleep(0.2)
     output = run.communicate(timeout=600)[0]
     return signalled, output, run.returncode
+
+
+def crash_after(step: int):
+    """A Trainer callback that raises KeyboardInterrupt at the end of optimizer step `step`: a job
+    killed there (its last checkpoint is what a rerun resumes from)."""
+    from transformers import TrainerCallback
+
+    class CrashAfter(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == step:
+                raise KeyboardInterrupt("simulated preemption")
+
+    return CrashAfter()

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import crash_after
 from transformers import TrainerCallback
 
 from kdsweep.core import provenance
@@ -177,15 +178,6 @@ def test_keep_best_on_accuracy_records_the_accuracy_of_the_saved_model(teacher_d
     assert accuracy_score([r["label"] for r in rows], logits.argmax(-1).numpy()) == record["kept"]["value"]
 
 
-class CrashAfter(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise KeyboardInterrupt("simulated preemption")
-
-
 def test_a_resumed_job_keeps_the_best_step_of_before_the_crash(teacher_dir, glue_data, tmp_path):
     """Killed during step 6 (after the best step, 3 or so): the resumed run knows the best so far
     from checkpoint-5's trainer_state.json (the best checkpoint survives the rotation) and ends
@@ -193,7 +185,7 @@ def test_a_resumed_job_keeps_the_best_step_of_before_the_crash(teacher_dir, glue
     ref = run(teacher_dir, glue_data["data"], tmp_path / "ref", keep="best")
     out = tmp_path / "run"
     crashed = turning_trainer(teacher_dir, glue_data["data"], out, keep="best")
-    crashed.add_callback(CrashAfter(6))
+    crashed.add_callback(crash_after(6))
     with pytest.raises(KeyboardInterrupt):
         train_and_save(crashed, {"job": {"keep": "best"}}, out / "model", out / "log.jsonl")
     state = read_json(out / "checkpoints" / "checkpoint-5" / "trainer_state.json")
@@ -218,14 +210,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(processes: int, teacher_dir, data_dir, out: Path, crash_after: int | None = None, metric="eval_loss"):
+def torchrun(processes: int, teacher_dir, data_dir, out: Path, kill_at: int | None = None, metric="eval_loss"):
     """This file's __main__ (turning_trainer under DeepSpeed ZeRO-2, keep: best on `metric`) in
     `processes` CPU processes started by torchrun."""
     env = dict(os.environ, KDSWEEP_THREADS="1", OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO / "tests"), env.get("PYTHONPATH", "")])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes)]
     cmd += ["--master-port", str(free_port()), __file__, str(teacher_dir), str(data_dir), str(out), metric]
-    cmd += [] if crash_after is None else [str(crash_after)]
+    cmd += [] if kill_at is None else [str(kill_at)]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
 
@@ -255,15 +247,15 @@ def test_keep_best_with_deepspeed_zero2_on_two_processes(teacher_dir, glue_data,
         assert accuracy_score([r["label"] for r in rows], logits.argmax(-1).numpy()) == values[best]
 
 
-@pytest.mark.parametrize("crash_after", [6, 3], ids=["best-before-the-kill", "best-after-the-resume"])
-def test_keep_best_after_a_zero2_resume_on_another_number_of_processes(teacher_dir, glue_data, tmp_path, crash_after):
+@pytest.mark.parametrize("kill_at", [6, 3], ids=["best-before-the-kill", "best-after-the-resume"])
+def test_keep_best_after_a_zero2_resume_on_another_number_of_processes(teacher_dir, glue_data, tmp_path, kill_at):
     """Two ZeRO-2 processes killed during step 6 (or 3), resumed on one: the newest checkpoint goes
     through a DeepSpeed universal checkpoint, and so does the best one of before the kill (written
     by two processes too), which is loaded at the end; a best step after the resume (written by
     the one process) is loaded as it was written."""
-    killed = torchrun(2, teacher_dir, glue_data["data"], tmp_path, crash_after=crash_after)
+    killed = torchrun(2, teacher_dir, glue_data["data"], tmp_path, kill_at=kill_at)
     assert killed.returncode != 0 and "simulated preemption" in killed.stderr, killed.stderr[-4000:]
-    last = crash_after - 1
+    last = kill_at - 1
     state = read_json(tmp_path / "checkpoints" / f"checkpoint-{last}" / "trainer_state.json")
     resumed = torchrun(1, teacher_dir, glue_data["data"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
@@ -273,7 +265,7 @@ def test_keep_best_after_a_zero2_resume_on_another_number_of_processes(teacher_d
     losses = evaluations(tmp_path / "log.jsonl", "eval_loss")
     best = min(losses, key=lambda step: (losses[step], step))
     assert record["kept"] == {"policy": "best", "step": best, "metric": "eval_loss", "value": losses[best]}
-    if crash_after == 6:  # the best step's checkpoint, written by two processes, survived the rotation
+    if kill_at == 6:  # the best step's checkpoint, written by two processes, survived the rotation
         assert best == state["best_global_step"] < 4, (losses, state)
     else:
         assert best > last, losses
@@ -379,5 +371,5 @@ if __name__ == "__main__":  # one process of test_keep_best_with_deepspeed_zero2
     zero2 = str(REPO / "workflow" / "deepspeed" / "zero2.json")
     trainer = turning_trainer(teacher, data, Path(folder), deepspeed=zero2, keep="best", best_metric=metric)
     if crash:
-        trainer.add_callback(CrashAfter(int(crash[0])))
+        trainer.add_callback(crash_after(int(crash[0])))
     train_and_save(trainer, {"job": json.dumps("zero2")}, Path(folder) / "model", Path(folder) / "log.jsonl")

@@ -5,6 +5,7 @@ that starts over clears its old events, a resumed one appends; backend none writ
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tiny import crash_after
 from transformers import TrainerCallback
 
 from kdsweep.core.io import read_jsonl
@@ -118,19 +119,10 @@ def test_tensorboard_logs_agree_with_the_trainers_log_step_by_step(teacher_dir, 
         assert "peak_gpu_memory_gib" not in h and "mfu" not in h  # CPU: neither
 
 
-class CrashAfter(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise KeyboardInterrupt("simulated preemption")
-
-
 def test_a_resumed_job_appends_and_a_job_that_starts_over_clears_the_old_events(teacher_dir, glue_data, tmp_path):
     folder = tmp_path / "tracking"
     tracking = Tracking("tensorboard", str(folder))
-    killed = make_trainer(teacher_dir, glue_data["data"], tmp_path, tracking, [CrashAfter(4)])
+    killed = make_trainer(teacher_dir, glue_data["data"], tmp_path, tracking, [crash_after(4)])
     with pytest.raises(KeyboardInterrupt):
         train_and_save(killed, {"job": 1}, tmp_path / "model", tmp_path / "log.jsonl")
     first = event_files(folder)
@@ -138,7 +130,7 @@ def test_a_resumed_job_appends_and_a_job_that_starts_over_clears_the_old_events(
 
     # resumed from checkpoint-2: the old events stay, the new ones are added, and step 3 (logged
     # again) is there once: the resumed run's restart mark drops the killed run's steps after 2
-    resumed = make_trainer(teacher_dir, glue_data["data"], tmp_path, tracking, [CrashAfter(5)])
+    resumed = make_trainer(teacher_dir, glue_data["data"], tmp_path, tracking, [crash_after(5)])
     with pytest.raises(KeyboardInterrupt):
         train_and_save(resumed, {"job": 1}, tmp_path / "model", tmp_path / "log.jsonl")
     assert set(first) < set(event_files(folder))
@@ -166,7 +158,7 @@ def test_another_backend_resumes_the_job(teacher_dir, glue_data, tmp_path):
     """The backend is not in the job's record (job.json): a job killed while logging to TensorBoard
     resumes with tracking.backend none, and its spec is the same."""
     killed = make_trainer(
-        teacher_dir, glue_data["data"], tmp_path, Tracking("tensorboard", str(tmp_path / "t")), [CrashAfter(3)]
+        teacher_dir, glue_data["data"], tmp_path, Tracking("tensorboard", str(tmp_path / "t")), [crash_after(3)]
     )
     with pytest.raises(KeyboardInterrupt):
         train_and_save(killed, {"job": 1}, tmp_path / "model", tmp_path / "log.jsonl")

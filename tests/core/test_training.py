@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import crash_after
 from transformers import TrainerCallback
 
 import kdsweep
@@ -238,18 +239,9 @@ class StepRecorder(TrainerCallback):
         self.steps.append(state.global_step)
 
 
-class CrashAfter(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise KeyboardInterrupt("simulated preemption")
-
-
 def killed_after(step: int, trainer, spec: dict, out) -> None:
     """Train until `step`, then die as a killed job does (no signal handling): checkpoints stay."""
-    trainer.add_callback(CrashAfter(step))
+    trainer.add_callback(crash_after(step))
     with pytest.raises(KeyboardInterrupt):
         train_and_save(trainer, spec, out / "model", out / "log.jsonl")
 
