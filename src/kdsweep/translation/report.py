@@ -371,7 +371,7 @@ def translation_section(
     ]
     for name, exp in (experiments or {}).items():
         table = experiment_table(paths, task, name, exp["rows"], comet_cfg)
-        md += experiment_md(paths, task, task, name, exp["base"], table)
+        md += ["", *experiment_md(paths, task, task, name, exp["base"], table)]
     names = {"Base model": "base", "Teacher": "teacher", **{f"Distilled {p}": p for p in points}}
     sample_file = write_samples(paths, task, names, samples)
     png = plot_loss_curves(paths, task, points, Path(paths.report_plot(task)))
