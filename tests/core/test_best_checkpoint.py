@@ -340,6 +340,10 @@ def test_keep_best_needs_a_checkpoint_at_every_evaluation():
         training_block(keep="best", eval_steps=50, save_steps=100)
     with pytest.raises(ConfigError, match=r"best_metric"):
         training_block(best_metric="f1")
+    # with 1, Hugging Face's rotation keeps the best only: a stopped job's new checkpoint would go
+    with pytest.raises(ConfigError, match=r"glue\.distill\.training\.save_total_limit: 1 with keep: best"):
+        training_block(keep="best", eval_steps=50, save_steps=50, save_total_limit=1)
+    assert training_block(keep="last", save_total_limit=1)["save_total_limit"] == 1
 
 
 def test_accuracy_is_glues_only():

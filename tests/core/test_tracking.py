@@ -366,3 +366,16 @@ def test_a_changed_backend_reruns_no_finished_job(tmp_path):
     snakemake()
     assert "Nothing to be done" in snakemake("-n", backend="none")
     assert "Params have changed" in snakemake("-n", other=2)
+
+
+def test_mfu_counts_a_zero3_partitioned_parameter_at_its_full_size():
+    """Under ZeRO-3 a parameter's own tensor is empty (DeepSpeed keeps its size in ds_numel): the
+    MFU's parameter count must not drop to 0 there; frozen parameters do not count."""
+    from kdsweep.core.tracking import trainable_parameters
+
+    model = torch.nn.Linear(4, 3)  # 12 + 3
+    assert trainable_parameters(model) == 15
+    model.weight.data = torch.empty(0)  # what ZeRO-3 leaves in the module
+    model.weight.ds_numel = 12
+    model.bias.requires_grad_(False)
+    assert trainable_parameters(model) == 12

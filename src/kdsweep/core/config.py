@@ -265,6 +265,12 @@ def _check_keep(config: dict) -> None:
                 f"({training['eval_steps']}): the best evaluation's weights are loaded from the checkpoint "
                 "saved at its step"
             )
+        if training["keep"] == "best" and training["save_total_limit"] < 2:
+            raise ConfigError(
+                f"{key}.save_total_limit: {training['save_total_limit']} with keep: best must be at least 2: "
+                "Hugging Face keeps the best checkpoint and deletes the others down to the limit, so with 1 a "
+                "job stopped by a signal would lose the checkpoint it has just saved (and resume from the best)"
+            )
 
 
 def family_blocks(config: dict) -> dict[str, dict]:

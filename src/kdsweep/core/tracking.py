@@ -43,6 +43,12 @@ PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"} 
 PEAK_BF16_FLOPS = {"A100": 312e12, "H100": 989e12, "H200": 989e12}
 
 
+def trainable_parameters(model) -> int:
+    """The model's trainable parameters; under ZeRO-3 a partitioned parameter's own tensor is
+    empty, DeepSpeed keeps its full size in ds_numel."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
+
+
 @dataclass(frozen=True)
 class Tracking:
     """Where and how one training job logs: the backend (config tracking.backend), its folder
@@ -177,7 +183,7 @@ class TrainingMeter(TrainerCallback):
             out["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
             peak = peak_flops(device)
             if peak and self.items_name == "tokens" and self.seconds > 0:
-                params = sum(p.numel() for p in self.trainer.model.parameters() if p.requires_grad)
+                params = trainable_parameters(self.trainer.model)
                 world = self.trainer.args.world_size
                 out["mfu"] = 6 * params * out["tokens_per_second"] / (peak * world)
         self.items, self.steps, self.seconds = 0, 0, 0.0
