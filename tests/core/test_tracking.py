@@ -8,6 +8,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tiny import crash_after
 from transformers import TrainerCallback
 
+from kdsweep.core.config import training_block
 from kdsweep.core.io import read_jsonl
 from kdsweep.core.models import load_tokenizer, student_from_teacher
 from kdsweep.core.tracking import Tracking
@@ -38,17 +39,7 @@ def make_trainer(teacher_dir, data_dir, out, tracking, callbacks=(), **over):
     train = PairClassificationDataset(rows, tok, 32, teacher_logits=logits, teacher_labels=logits.argmax(-1))
     dev = PairClassificationDataset(read_jsonl(data_dir / "dev_matched.jsonl")[:8], tok, 32)
     training = {"max_steps": 5, "batch_size": BATCH, "logging_steps": 1, "eval_steps": 2, "save_steps": 2, "seed": 1}
-    cfg = {
-        "run_name": "t",
-        "glue": {
-            "tasks": ["mnli"],
-            "source": "synthetic",
-            "teacher": {"model": "x"},
-            "student": {"model": "y"},
-            "distill": {"sweep": {"learning_rate": [1e-3]}, "training": training | over},
-        },
-    }
-    args = training_arguments(validate_config(cfg)["glue"]["distill"]["training"], 1e-3, out / "checkpoints")
+    args = training_arguments(training_block(**(training | over)), 1e-3, out / "checkpoints")
     return DistillTrainer(
         model=student_from_teacher(teacher, [0, 2], seed=1),
         args=args,
